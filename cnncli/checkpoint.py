@@ -1,0 +1,121 @@
+"""cnncli model files: one ``.safetensors`` file whose metadata holds the model card as JSON.
+
+Writes are atomic (temporary file in the same folder, fsync, rename), so a kill at any moment leaves the
+previous file intact. Reading never unpickles: a pickle or PyTorch ``.pt`` handed to us is refused before
+anything in it runs. :func:`read_card` needs neither torch nor the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from cnncli.card import METADATA_KEY, ModelCard
+from cnncli.errors import ModelFileError
+
+SAFETENSORS_SUFFIX = ".safetensors"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _refuse_if_not_safetensors(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        raise ModelFileError(
+            f"{path} is a pickle / PyTorch checkpoint, which cnncli does not load because unpickling can run code; "
+            "use a cnncli .safetensors model file (or pass a plain state dict with --weights)."
+        )
+    if len(head) < 8:
+        raise ModelFileError(f"{path} is too short to be a safetensors model file; it is empty or truncated.")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > MAX_HEADER_BYTES or header_len > path.stat().st_size - 8:
+        raise ModelFileError(f"{path} is not a safetensors file (or it is truncated); pass a cnncli model file.")
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of ``path``, read from the header alone (no torch, no tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist; check the path.")
+    _refuse_if_not_safetensors(path)
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFileError(f"{path} has a corrupt safetensors header; the file is damaged.") from None
+    return header.get("__metadata__") or {}
+
+
+def read_card(path: str | Path) -> ModelCard:
+    metadata = read_metadata(path)
+    if METADATA_KEY not in metadata:
+        raise ModelFileError(
+            f"{path} is a safetensors file without cnncli metadata (no class names or preprocessing); "
+            "load it as weights instead: --arch NAME --weights PATH."
+        )
+    return ModelCard.from_json(metadata[METADATA_KEY])
+
+
+def save_model(path: str | Path, model, card: ModelCard) -> Path:
+    """Write ``model``'s weights and ``card`` to ``path`` (.safetensors), atomically."""
+    from safetensors.torch import save_model as st_save_model
+
+    path = Path(path)
+    if path.suffix != SAFETENSORS_SUFFIX:
+        raise ModelFileError(f"model files are .safetensors; {path} has another extension.")
+    with atomic_path(path) as tmp:
+        st_save_model(model, str(tmp), metadata={METADATA_KEY: card.to_json()})
+    return path
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """Rebuild the architecture from the card and load the weights: returns (model in eval mode, card)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from cnncli.registry import build_architecture, load_weights_into
+
+    path = Path(path)
+    card = read_card(path)
+    model = build_architecture(card.arch, card.num_classes, card.preprocessing.channels)
+    try:
+        state = load_file(str(path), device=device)
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(f"{path}: cannot read the weights ({exc}); the file is damaged.") from None
+    # save_model drops tensors that share storage; reload them from their surviving twin
+    own = model.state_dict()
+    for key in own.keys() - state.keys():
+        twin = next((k for k, v in own.items() if k in state and v.data_ptr() == own[key].data_ptr()), None)
+        if twin is not None:
+            state[key] = state[twin]
+    load_weights_into(model, state, str(path))
+    return model.to(device).eval(), card

@@ -1,0 +1,35 @@
+"""``cnncli models``: list the architectures the registry knows."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def models(
+        source: Optional[str] = typer.Option(None, "--source", "-s", help="torchvision, timm or builtin."),
+        pattern: Optional[str] = typer.Argument(None, help="Only names containing this text."),
+        fmt: str = typer.Option("table", "--format", "-f", help="table, json or names (one per line)."),
+    ) -> None:
+        """List every architecture cnncli can build: torchvision's, timm's (timm:NAME) and the built-ins."""
+        import json
+
+        from cnncli.errors import UsageError
+        from cnncli.registry import list_architectures
+        from cnncli.report import rich_table
+
+        entries = list_architectures(source, pattern)
+        if fmt == "json":
+            typer.echo(json.dumps([e.__dict__ for e in entries], indent=2))
+        elif fmt == "names":
+            typer.echo("\n".join(e.name for e in entries))
+        elif fmt == "table":
+            counts = {s: sum(e.source == s for e in entries) for s in ("builtin", "torchvision", "timm")}
+            summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+            rich_table(None, ["name", "source", "description"], [(e.name, e.source, e.description) for e in entries])
+            typer.echo(f"{len(entries)} architectures ({summary or 'none match'}).")
+        else:
+            raise UsageError(f"unknown --format {fmt!r}; choose table, json or names.")

@@ -1,0 +1,65 @@
+"""``cnncli predict``: classify images (files, folders, globs) with the default model, a registry model or a
+cnncli model file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def predict(
+        inputs: List[str] = typer.Argument(..., metavar="IMAGE_OR_DIR_OR_GLOB...", help="Image files, folders or glob patterns."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="A cnncli .safetensors file or a registry name (default: efficientnet_lite0, ImageNet)."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
+        top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to report per image."),
+        batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout."),
+        recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Look into sub-folders."),
+        workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoder processes (0: decode in this process)."),
+    ) -> None:
+        """Classify images. Exit code 0 if every image was classified, 1 if any failed, 2 for usage errors."""
+        from cnncli.errors import UsageError
+        from cnncli.report import FORMATS, PredictionWriter, err_console, warn
+
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+        from cnncli.engines import open_engine
+        from cnncli.pipeline import collect_inputs
+        from cnncli.predict import predict_items
+
+        items = collect_inputs(inputs, recursive=recursive)
+        engine = open_engine(model, device=device, weights=weights)
+        stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+        writer = PredictionWriter(fmt, stream, top_k)
+        failed = 0
+        progress = None
+        if len(items) > 8 and err_console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=err_console, transient=True)
+            task = progress.add_task("predict", total=len(items))
+            progress.start()
+        try:
+            for pred in predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers,
+                                      on_batch=(lambda n: progress.advance(task, n)) if progress else None):
+                if pred.error is not None:
+                    failed += 1
+                    warn(pred.error)
+                writer.write(pred)
+        finally:
+            if progress is not None:
+                progress.stop()
+            writer.close()
+            if output:
+                stream.close()
+        if failed:
+            err_console.print(f"{failed} of {len(items)} images failed.", highlight=False)
+            raise typer.Exit(1)

@@ -1,0 +1,75 @@
+"""The PyTorch engine: eval mode, inference_mode, channels_last; on CUDA also AMP (bf16 where supported),
+pinned memory and non-blocking copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnncli.card import ModelCard
+from cnncli.errors import UsageError
+from cnncli.registry_names import DEFAULT_ARCH
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda.")
+    return torch.device(device)
+
+
+def load_for_inference(spec: str | None, weights: str | None = None, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
+    """A model spec (None = default model, registry name, or .safetensors file) -> (model, card)."""
+    from cnncli.checkpoint import load_model
+    from cnncli.registry import create_model
+
+    if spec is not None and (spec.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")) or Path(spec).is_file()):
+        return load_model(spec, device=device)
+    built = create_model(spec or DEFAULT_ARCH, weights=weights or "default")
+    return built.model.to(device).eval(), built.card
+
+
+class TorchEngine:
+    def __init__(self, model: nn.Module, card: ModelCard, device: str = "auto", amp: str = "auto",
+                 channels_last: bool = True) -> None:
+        self.device = resolve_device(device)
+        self.card = card
+        self.channels_last = channels_last
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda" and amp == "auto":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if self.device.type == "cuda" else None
+        self.name = f"torch ({self.device.type}{', ' + amp if self.amp_dtype else ''})"
+
+    @classmethod
+    def from_spec(cls, spec: str | None, device: str = "auto", weights: str | None = None, **kwargs) -> "TorchEngine":
+        dev = resolve_device(device)
+        model, card = load_for_inference(spec, weights=weights, device="cpu")
+        return cls(model, card, device=str(dev), **kwargs)
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.amp_dtype is not None:
+                with torch.autocast("cuda", dtype=self.amp_dtype):
+                    logits = self.model(x)
+            else:
+                logits = self.model(x)
+        return logits.float().cpu().numpy()
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        from cnncli.engines import softmax
+
+        return softmax(self.predict_logits(batch))

@@ -1,0 +1,27 @@
+"""Errors that cnncli reports to the user as one sentence and an exit code, never as a traceback."""
+
+from __future__ import annotations
+
+
+class CnncliError(Exception):
+    """A problem the user can fix; the message says what is wrong and what to do. Exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(CnncliError):
+    """The command was asked for something that cannot be done as asked (unknown model, no images). Exit 2."""
+
+    exit_code = 2
+
+
+class ImageError(CnncliError):
+    """One image could not be read; batch jobs report it and go on with the others."""
+
+
+class ModelFileError(CnncliError):
+    """A model file is missing, corrupt, of the wrong type, or not a cnncli model file."""
+
+
+class WeightsError(CnncliError):
+    """Pretrained weights could not be found, downloaded or verified."""

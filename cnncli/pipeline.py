@@ -1,0 +1,136 @@
+"""Feeding images to an engine: collecting inputs (files, folders, globs) and decoding them in worker
+processes while the engine runs, in input order, with a bounded number of batches in flight.
+
+Workers import only PIL, numpy and cnncli.images (never torch), so the same pipeline serves every engine.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing as mp
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from cnncli.card import Preprocessing
+from cnncli.errors import ImageError, UsageError
+from cnncli.images import is_image_file, load_and_preprocess
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class InputItem:
+    path: str
+    error: str | None = None  # set when the input itself is bad (missing file)
+
+
+def _natural_key(text: str):
+    import re
+
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def images_in_folder(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files in ``folder`` (hidden files and folders skipped), in natural order."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=_natural_key) if recursive else []
+        found += [Path(root) / f for f in sorted(files, key=_natural_key) if is_image_file(Path(f))]
+    return found
+
+
+def collect_inputs(specs: Iterable[str], recursive: bool = True) -> list[InputItem]:
+    """Expand files, folders and glob patterns into items; missing paths become error items.
+
+    Raises UsageError when nothing at all was found to work on.
+    """
+    items: list[InputItem] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            items += [InputItem(str(p)) for p in images_in_folder(path, recursive)]
+        elif path.exists():
+            items.append(InputItem(str(path)))
+        elif GLOB_CHARS & set(spec):
+            matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True), key=_natural_key)
+            for match in matches:
+                mp_ = Path(match)
+                if mp_.is_dir():
+                    items += [InputItem(str(p)) for p in images_in_folder(mp_, recursive)]
+                elif is_image_file(mp_):
+                    items.append(InputItem(match))
+        else:
+            items.append(InputItem(str(path), error=f"{path}: no such file or folder."))
+    if not items:
+        raise UsageError(f"no images found in {', '.join(specs)}; pass image files, folders or glob patterns.")
+    if all(item.error for item in items):
+        raise UsageError(" ".join(item.error for item in items[:3]) + " Nothing to predict.")
+    return items
+
+
+# ---------------------------------------------------------------- decoding
+
+
+@dataclass
+class DecodedBatch:
+    paths: list[str]
+    array: np.ndarray | None  # (n_ok, C, H, W) for the images that decoded, in order
+    ok: list[bool]  # one per path
+    errors: dict[str, str]  # path -> message, for the ones that did not
+
+
+def decode_batch(paths: list[str], pre: Preprocessing, preset_errors: dict[str, str] | None = None) -> DecodedBatch:
+    arrays, ok, errors = [], [], dict(preset_errors or {})
+    for path in paths:
+        if path in errors:
+            ok.append(False)
+            continue
+        try:
+            arrays.append(load_and_preprocess(path, pre))
+            ok.append(True)
+        except ImageError as exc:
+            errors[path] = str(exc)
+            ok.append(False)
+        except Exception as exc:  # a decoder bug must not take the whole batch down
+            errors[path] = f"{path}: cannot read the image ({type(exc).__name__}: {exc})."
+            ok.append(False)
+    array = np.stack(arrays) if arrays else None
+    return DecodedBatch(paths=paths, array=array, ok=ok, errors=errors)
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def decoded_batches(
+    items: list[InputItem], pre: Preprocessing, batch_size: int = 32, workers: int | None = None, prefetch: int = 2
+) -> Iterator[DecodedBatch]:
+    """Decode ``items`` in batches, in order. With workers > 0, decoding runs in a process pool (spawned, so it
+    never inherits an engine's threads) with at most ``workers + prefetch`` batches in flight."""
+    workers = default_workers() if workers is None else workers
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    jobs = [([it.path for it in chunk], {it.path: it.error for it in chunk if it.error}) for chunk in chunks]
+    if workers <= 0 or len(items) <= max(4, batch_size // 4):
+        for paths, errors in jobs:
+            yield decode_batch(paths, pre, errors)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(processes=min(workers, len(jobs) * 4)) as pool:
+        pending: deque = deque()
+        job_iter = iter(jobs)
+        limit = workers + prefetch
+        for job in job_iter:
+            pending.append(pool.apply_async(decode_batch, (job[0], pre, job[1])))
+            if len(pending) >= limit:
+                break
+        while pending:
+            result = pending.popleft().get()
+            nxt = next(job_iter, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(decode_batch, (nxt[0], pre, nxt[1])))
+            yield result

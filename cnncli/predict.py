@@ -1,0 +1,57 @@
+"""Classifying images: engine + pipeline -> a stream of :class:`Prediction`, in input order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from cnncli.engines import Engine
+from cnncli.pipeline import InputItem, decoded_batches
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[dict] = field(default_factory=list)  # [{"label", "index", "prob"}], best first
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "top": self.top}
+
+
+def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    k = min(k, probs.shape[0])
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"label": classes[i], "index": int(i), "prob": float(probs[i])} for i in order]
+
+
+def predict_items(
+    engine: Engine,
+    items: list[InputItem],
+    k: int = 5,
+    batch_size: int = 32,
+    workers: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[Prediction]:
+    """Predict every item, yielding results in input order as soon as each batch is done."""
+    pre = engine.card.preprocessing
+    classes = engine.card.classes
+    for batch in decoded_batches(items, pre, batch_size=batch_size, workers=workers):
+        probs = engine.predict_proba(batch.array) if batch.array is not None else None
+        row = 0
+        for path, ok in zip(batch.paths, batch.ok):
+            if ok:
+                yield Prediction(path=path, top=top_k(probs[row], classes, k))
+                row += 1
+            else:
+                yield Prediction(path=path, error=batch.errors[path])
+        if on_batch is not None:
+            on_batch(len(batch.paths))
