@@ -1,6 +1,7 @@
 """Datasets for training, evaluation and ``inspect``: layout detection and splits (:mod:`.layout`) and the
 health checker (:mod:`.check`). Torch-free: PIL, numpy and hashlib only."""
 
+from cnncli.data.check import DatasetReport, check_dataset
 from cnncli.data.layout import (
     DatasetScan,
     DatasetSplits,
@@ -15,6 +16,8 @@ from cnncli.data.layout import (
 )
 
 __all__ = [
+    "DatasetReport",
+    "check_dataset",
     "DatasetScan",
     "DatasetSplits",
     "Sample",
