@@ -82,8 +82,8 @@ def read_file_facts(path: Path, decode: bool = True) -> FileFacts:
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
                 facts.mode = img.mode
-                orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
-                facts.exif_rotated = orientation not in (1, None)
+                orientation = _orientation(img)
+                facts.exif_rotated = orientation != 1
                 if orientation in (5, 6, 7, 8):  # a quarter turn: what training sees is transposed
                     width, height = height, width
                 facts.size = (width, height)
@@ -100,6 +100,14 @@ def read_file_facts(path: Path, decode: bool = True) -> FileFacts:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         facts.error = f"cannot decode the image ({exc}); the file is truncated or corrupt."
     return facts
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright) without decoding pixels: PIL's PNG getexif() would load the
+    whole image to look for an eXIf chunk after the pixel data, so PNGs are asked only about the header's."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    return img.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1
 
 
 def check_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_csv: str | Path | None = None,

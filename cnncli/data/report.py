@@ -58,43 +58,26 @@ def _print_summary(console: Console, report: DatasetReport) -> None:
 
 
 def _print_lists(console: Console, report: DatasetReport) -> None:
-    if report.unreadable:
-        table = Table(title=f"unreadable images ({len(report.unreadable)})", title_justify="left")
-        table.add_column("path", overflow="fold")
-        table.add_column("error", overflow="fold")
-        for item in report.unreadable[:LIST_LIMIT]:
-            table.add_row(escape(item["path"]), escape(item["error"]))
-        console.print(table)
-        _more(console, len(report.unreadable))
-    _print_paths(console, "empty class folders", report.empty_classes)
-    if report.duplicates:
-        table = Table(title=f"identical files within a split ({len(report.duplicates)})", title_justify="left")
-        table.add_column("group", justify="right")
-        table.add_column("paths", overflow="fold")
-        for number, group in enumerate(report.duplicates[:LIST_LIMIT], 1):
-            table.add_row(str(number), escape("\n".join(group)))
-        console.print(table)
-        _more(console, len(report.duplicates))
-    if report.leaks:
-        table = Table(title=f"same image in more than one split ({len(report.leaks)})", title_justify="left")
-        table.add_column("sha256", no_wrap=True)
-        split_names = [s for s in ("train", "val", "test") if any(s in leak for leak in report.leaks)]
-        for split in split_names:
-            table.add_column(split, overflow="fold")
-        for leak in report.leaks[:LIST_LIMIT]:
-            table.add_row(leak["hash"][:12], *[escape("\n".join(leak.get(split, []))) for split in split_names])
-        console.print(table)
-        _more(console, len(report.leaks))
-    _print_paths(console, "hidden files and folders (ignored)", report.hidden_ignored)
+    """Paths are printed whole, one per line (never folded into table cells), so they can be copied."""
+    _print_lines(console, "unreadable images", [f"{item['path']}: {item['error']}" for item in report.unreadable])
+    _print_lines(console, "empty class folders", report.empty_classes)
+    _print_lines(console, "groups of identical files within a split",
+                 ["group " + str(n) + ":\n" + "\n".join(f"    {p}" for p in group)
+                  for n, group in enumerate(report.duplicates, 1)])
+    _print_lines(console, "same image in more than one split",
+                 [f"sha256 {leak['hash'][:16]}:\n" + "\n".join(f"    {split}: {p}" for split, paths in leak.items()
+                                                        if split != "hash" for p in paths)
+                  for leak in report.leaks])
+    _print_lines(console, "hidden files and folders (ignored)", report.hidden_ignored)
 
 
-def _print_paths(console: Console, title: str, paths: list[str]) -> None:
-    if not paths:
+def _print_lines(console: Console, title: str, lines: list[str]) -> None:
+    if not lines:
         return
-    console.print(f"{title} ({len(paths)}):", markup=False)
-    for path in paths[:LIST_LIMIT]:
-        console.print(f"  {path}", markup=False, soft_wrap=True)
-    _more(console, len(paths))
+    console.print(f"{title} ({len(lines)}):", markup=False)
+    for line in lines[:LIST_LIMIT]:
+        console.print(f"  {line}", markup=False, soft_wrap=True)
+    _more(console, len(lines))
 
 
 def _more(console: Console, total: int) -> None:
