@@ -17,11 +17,11 @@ from cnncli.data.layout import (
 
 __all__ = [
     "DatasetReport",
-    "check_dataset",
     "DatasetScan",
     "DatasetSplits",
     "Sample",
     "assemble_splits",
+    "check_dataset",
     "load_dataset",
     "load_eval_split",
     "looks_like_dataset",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from cnncli.errors import UsageError
 from cnncli.images import is_image_file
+from cnncli.pipeline import _natural_key as natural_key  # "2" before "10", case ignored
 
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
 TRAIN_FOLDER_NAME = "train"
@@ -74,11 +74,6 @@ class DatasetScan:
     def class_names(self) -> list[str]:
         names = {name for classes in self.groups.values() for name in classes}
         return sorted(names, key=natural_key)
-
-
-def natural_key(text: str) -> list:
-    """Sort key that puts "2" before "10" and ignores case: ["class", 2] < ["class", 10]."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
 def is_hidden(name: str) -> bool:
@@ -251,7 +246,7 @@ def stratified_split(files_by_class: dict[str, list[Path]], val_split: float, se
     train: dict[str, list[Path]] = {}
     val: dict[str, list[Path]] = {}
     for name, files in files_by_class.items():
-        n_val = int(round(len(files) * val_split))  # 0 for a tiny class: assemble_splits names it
+        n_val = round(len(files) * val_split)  # 0 for a tiny class: assemble_splits names it
         rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
         chosen = set(rng.permutation(len(files))[:n_val].tolist())
         val[name] = [f for i, f in enumerate(files) if i in chosen]
