@@ -313,6 +313,16 @@ def test_inspect_clean_dataset_exits_0_and_usage_errors_exit_2(tmp_path, run_cli
     assert code == 0 and "no problems found" in out, out + err
     assert "brick" in out and "class-folders" in out
 
+    write_class(tmp_path / "tt" / "train" / "grass", "grass", 30)
+    write_class(tmp_path / "tt" / "train" / "gravel", "gravel", 5)
+    write_class(tmp_path / "tt" / "test" / "grass", "grass", 2, start=100)
+    code, out, err = run_cli("inspect", tmp_path / "tt", "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and data["problems"] == [], data["problems"]  # val held out of train/: a note, not a problem
+    assert data["counts"]["val"] == {"grass": 6, "gravel": 1} and data["counts"]["test"] == {"grass": 2, "gravel": 0}
+    assert data["imbalance_ratio"] == pytest.approx(24 / 4)
+    assert any("held out" in n for n in data["notes"]) and any("--balance" in n for n in data["notes"])
+
     code, out, err = run_cli("inspect", tmp_path / "textures", "--format", "xml")
     assert code == 2 and err.startswith("error:") and "--format" in err
     code, out, err = run_cli("inspect", tmp_path / "missing.csv")

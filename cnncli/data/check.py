@@ -25,6 +25,7 @@ from cnncli.data.layout import DatasetSplits, Sample, assemble_splits, scan_data
 from cnncli.images import max_image_pixels
 
 TOP_SIZES = 10
+IMBALANCE_NOTE_RATIO = 5.0  # from this max/min ratio on, the report suggests class balancing
 EXIF_ORIENTATION_TAG = 0x0112
 EXIF_ROTATED = "exif-rotated"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -45,7 +46,7 @@ class DatasetReport:
     hidden_ignored: list[str]
     empty_classes: list[str]
     problems: list[str]  # one sentence each; what train/finetune would refuse or warn
-    warnings: list[str] = field(default_factory=list)  # the layout's warnings (also in problems)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not problems (how val was made, imbalance)
     n_images: int = 0
 
     def to_dict(self) -> dict:
@@ -148,10 +149,13 @@ def check_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_c
         hidden_ignored=[str(p) for p in scan.hidden],
         empty_classes=[str(p) for p in scan.empty_class_folders],
         problems=[],
-        warnings=list(splits.warnings),
+        notes=list(splits.notes),
         n_images=len(all_samples),
     )
     report.problems = list(refusals) + _health_problems(report, splits, conflicting)
+    if math.isfinite(imbalance) and imbalance >= IMBALANCE_NOTE_RATIO:
+        report.notes.append(f"the largest class has {imbalance:.1f}x the train images of the smallest; "
+                            "consider `--balance sampler` or `--balance weights` when training.")
     return report
 
 

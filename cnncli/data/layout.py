@@ -52,6 +52,7 @@ class DatasetSplits:
     val: list[Sample]
     test: list[Sample]  # only for split-folders with test/; used only by evaluate
     warnings: list[str] = field(default_factory=list)  # e.g. "class 'x' has no images in val"
+    notes: list[str] = field(default_factory=list)  # how the split was made, when it is worth saying; not problems
 
 
 @dataclass
@@ -259,24 +260,26 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
     """Turn a scan into samples and the refusals (one sentence each) that :func:`load_dataset` raises.
 
     Never raises for dataset content: everything wrong is returned, so the checker can report it all.
-    Warnings (kept in ``DatasetSplits.warnings``) are things training goes on with.
+    Warnings (kept in ``DatasetSplits.warnings``) are things training goes on with; notes say how the split
+    was made where that is not obvious (val held out of train/, no val at all).
     """
     if not 0.0 <= val_split < 1.0:
         raise UsageError(f"--val-split must be at least 0 and below 1, not {val_split}.")
     refusals: list[str] = []
     warnings: list[str] = []
+    notes: list[str] = []
     where = scan.root
     for folder in scan.empty_class_folders:
         refusals.append(f"class folder {folder} has no images; add images to it or remove it.")
     to_split = scan.groups.get("all")
     if to_split is None and "val" not in scan.groups:
         to_split = scan.groups["train"]
-        warnings.append(f"{where} has train/ but no val/, valid/ or validation/ folder; "
+        notes.append(f"{where} has train/ but no val/, valid/ or validation/ folder; "
                         f"{val_split:.0%} of train/ is held out as val.")
     if to_split is not None:
         train_files, val_files = stratified_split(to_split, val_split, seed) if val_split > 0 else (dict(to_split), {})
         if val_split == 0:
-            warnings.append("--val-split 0: no validation images; accuracy will not be measured on held-out images.")
+            notes.append("--val-split 0: no validation images; accuracy will not be measured on held-out images.")
         for name, files in to_split.items():
             if files and val_split > 0 and not val_files[name]:
                 refusals.append(f"--val-split {val_split:g} leaves class '{name}' with no val images "
@@ -334,6 +337,7 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
     splits = DatasetSplits(
         root=scan.root, layout=scan.layout, classes=class_list, train=samples(parts["train"]),
         val=samples(parts["val"]), test=samples(parts["test"]), warnings=warnings,
+        notes=notes,
     )
     return splits, refusals
 

@@ -27,6 +27,8 @@ def render_dataset_report(report: DatasetReport, fmt: str, stream: IO[str]) -> N
     console = Console(file=stream, highlight=False, soft_wrap=False, width=max(100, Console(file=stream).width))
     _print_summary(console, report)
     _print_lists(console, report)
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     if report.problems:
         console.print(f"\n[bold red]{len(report.problems)} problem{'s' if len(report.problems) > 1 else ''} found:[/]")
         for problem in report.problems:
