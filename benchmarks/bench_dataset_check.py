@@ -68,7 +68,7 @@ def main() -> None:
         for decode in (False, True):
             for workers in (1, None):
                 label = f"check_dataset decode={decode} workers={'1' if workers else 'default'}"
-                rows.append((label, timed(lambda: check_dataset(root, decode=decode, workers=workers))))
+                rows.append((label, timed(lambda d=decode, w=workers: check_dataset(root, decode=d, workers=w))))
     print(f"{args.images} JPEG images of {args.size}x{args.size}, page cache warm")
     print(f"| {'step':<46} | {'seconds':>8} | {'images/s':>9} | {'x baseline':>10} |")
     print(f"|{'-' * 48}|{'-' * 10}|{'-' * 11}|{'-' * 12}|")

@@ -71,6 +71,7 @@ class DatasetScan:
     non_image_files: list[Path] = field(default_factory=list)
     missing_files: list[Path] = field(default_factory=list)  # named by a CSV manifest, not on disk
     loose_images: list[Path] = field(default_factory=list)  # images directly in a folder meant to hold classes
+    ignored_folders: list[Path] = field(default_factory=list)  # next to train/ and val/ but not a split
 
     def class_names(self) -> list[str]:
         names = {name for classes in self.groups.values() for name in classes}
@@ -111,6 +112,8 @@ def scan_dataset(path: str | Path, val_csv: str | Path | None = None) -> Dataset
         for entry in _visible_entries(root, scan):
             if entry.is_file() and is_image_file(entry):
                 scan.loose_images.append(entry)
+            elif entry.is_dir() and entry not in split_dirs.values():
+                scan.ignored_folders.append(entry)
         return scan
     scan = DatasetScan(root, "class-folders", {})
     scan.groups["all"] = _scan_class_folders(root, scan)
@@ -327,6 +330,10 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
     if scan.missing_files:
         warnings.append(f"the CSV manifest names {len(scan.missing_files)} files that do not exist "
                         f"(first: {scan.missing_files[0]}); they are skipped.")
+    if scan.ignored_folders:
+        warnings.append(f"{_quote_list([p.name for p in scan.ignored_folders])} next to train/ "
+                        f"{'is' if len(scan.ignored_folders) == 1 else 'are'} not train/, val/ or test/ and "
+                        f"{'is' if len(scan.ignored_folders) == 1 else 'are'} ignored.")
     if scan.loose_images:
         warnings.append(f"{len(scan.loose_images)} images lie outside any class folder (first: "
                         f"{scan.loose_images[0]}) and are ignored.")
