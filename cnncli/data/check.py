@@ -211,7 +211,8 @@ def _health_problems(report: DatasetReport, splits: DatasetSplits, conflicting: 
     problems = list(splits.warnings)
     if report.unreadable:
         problems.append(f"{_plural(len(report.unreadable), 'unreadable image')} (first: {report.unreadable[0]['path']}); "
-                        "training skips them: fix or remove them.")
+                        f"training skips {'it' if len(report.unreadable) == 1 else 'them'}: fix or remove "
+                        f"{'it' if len(report.unreadable) == 1 else 'them'}.")
     if report.leaks:
         n_files = sum(len(paths) for leak in report.leaks for key, paths in leak.items() if key != "hash")
         problems.append(f"{_plural(len(report.leaks), 'image')} {'is' if len(report.leaks) == 1 else 'are'} in more "
@@ -221,7 +222,8 @@ def _health_problems(report: DatasetReport, splits: DatasetSplits, conflicting: 
         problems.append(f"{_plural(len(report.duplicates), 'group')} of identical files within a split (first: "
                         f"{', '.join(report.duplicates[0][:2])}); remove the copies.")
     if conflicting:
-        problems.append(f"{_plural(len(conflicting), 'group')} of identical files carry different labels (first: "
+        problems.append(f"{_plural(len(conflicting), 'group')} of identical files "
+                        f"{'carries' if len(conflicting) == 1 else 'carry'} different labels (first: "
                         f"{', '.join(conflicting[0][:2])}); keep each image in one class only.")
     return problems
 
