@@ -312,9 +312,11 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
     if n_images == 0 and scan.loose_images and not found:
         refusals.insert(0, f"{where} holds {len(scan.loose_images)} images but no class sub-folders; put each "
                            "class's images in a sub-folder named after the class.")
+    elif n_images == 0 and scan.layout == "csv":
+        refusals.insert(0, f"no images found from {where}: the {len(scan.missing_files)} files it names do not exist; "
+                           "paths are read relative to the CSV's folder.")
     elif n_images == 0:
-        hint = " (the CSV manifest names only missing files)" if scan.missing_files else ""
-        refusals.insert(0, f"no images found in {where}{hint}; expected class sub-folders of .jpg/.png files, "
+        refusals.insert(0, f"no images found in {where}; expected class sub-folders of .jpg/.png files, "
                            "train/ and val/ folders, or a CSV manifest (path,label).")
     elif len(with_train_images) < 2:
         only = f" (only '{with_train_images[0]}')" if with_train_images else ""
@@ -327,14 +329,14 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
                 warnings.append(f"class '{name}' has images in train but none in val; its val accuracy is not measured.")
             if present["val"] and not present["train"]:
                 warnings.append(f"class '{name}' has images in val but none in train; the model cannot learn it.")
-    if scan.missing_files:
+    if scan.missing_files and n_images:
         warnings.append(f"the CSV manifest names {len(scan.missing_files)} files that do not exist "
                         f"(first: {scan.missing_files[0]}); they are skipped.")
     if scan.ignored_folders:
         warnings.append(f"{_quote_list([p.name for p in scan.ignored_folders])} next to train/ "
                         f"{'is' if len(scan.ignored_folders) == 1 else 'are'} not train/, val/ or test/ and "
                         f"{'is' if len(scan.ignored_folders) == 1 else 'are'} ignored.")
-    if scan.loose_images:
+    if scan.loose_images and n_images:
         warnings.append(f"{len(scan.loose_images)} images lie outside any class folder (first: "
                         f"{scan.loose_images[0]}) and are ignored.")
 
