@@ -1,0 +1,152 @@
+"""The fast path: PyTorch models run through onnxruntime from a cached, verified ONNX export.
+
+The cache lives in the user cache folder (XDG, via platformdirs; ``CNNCLI_CACHE`` overrides). A cached file's
+name carries a key derived from the model's content hash (the weights file, or the sha256 of the bundled
+default weights), the cnncli version and the export settings, so a changed model or a new cnncli makes a new
+export. Files are written atomically under a lock, verified when made, and re-made when missing or corrupt.
+When the cached file exists, nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from cnncli import __version__
+from cnncli.errors import ModelFileError
+from cnncli.registry_names import DEFAULT_ARCH, TIMM_PREFIX
+from cnncli.weights import NO_WEIGHTS, PRETRAINED_ALIASES, is_weights_path, read_descriptor, sha256_of
+
+CACHE_FORMAT = 1
+PRECISIONS = ("fp32", "int8")
+
+
+def cache_dir() -> Path:
+    override = os.environ.get("CNNCLI_CACHE")
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cnncli"))
+
+
+def model_identity(spec: str | None, weights: str | None) -> tuple[str, str]:
+    """(a readable name, a content fingerprint) for a model spec, without importing torch."""
+    if spec is not None and (spec.endswith(".safetensors") or Path(spec).is_file()):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelFileError(f"model file {path} does not exist; check the path.")
+        return path.stem, "file:" + sha256_of(path)
+    arch = spec or DEFAULT_ARCH
+    wspec = (weights or "default").strip()
+    if is_weights_path(wspec):
+        return arch, f"{arch}|file:{sha256_of(Path(wspec))}"
+    if arch == DEFAULT_ARCH and wspec.lower() in PRETRAINED_ALIASES:
+        return arch, f"{arch}|sha256:{read_descriptor(DEFAULT_ARCH)['sha256']}"
+    if wspec.lower() in NO_WEIGHTS:
+        return arch, f"{arch}|random"  # random weights differ on every build: never cached (see below)
+    return arch, f"{arch}|weights:{wspec}"
+
+
+def cache_key(fingerprint: str, precision: str, calib_fingerprint: str | None = None) -> str:
+    material = json.dumps({"model": fingerprint, "cnncli": __version__, "format": CACHE_FORMAT,
+                           "precision": precision, "calib": calib_fingerprint, "dynamic_batch": True})
+    return hashlib.sha256(material.encode()).hexdigest()[:20]
+
+
+def cached_path(spec: str | None, weights: str | None, precision: str = "fp32",
+                calib_fingerprint: str | None = None) -> Path | None:
+    """Where the ONNX export of this model lives (or would live); None when it cannot be cached."""
+    name, fingerprint = model_identity(spec, weights)
+    if fingerprint.endswith("|random"):
+        return None
+    safe = name.replace(TIMM_PREFIX, "timm-").replace("/", "_").replace(":", "_")
+    return cache_dir() / "onnx" / f"{safe}-{precision}-{cache_key(fingerprint, precision, calib_fingerprint)}.onnx"
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """Content fingerprint of a calibration folder (names, sizes and bytes of its images)."""
+    from cnncli.pipeline import images_in_folder
+
+    digest = hashlib.sha256()
+    for path in images_in_folder(Path(folder)):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a sidecar lock file), so concurrent processes prepare a cache entry once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _usable(path: Path) -> bool:
+    """The cached file exists and onnxruntime can load it (a truncated or corrupt file is not usable)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return True
+    except Exception:  # noqa: BLE001 - any load failure means: make it again
+        return False
+
+
+def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision: str = "fp32",
+                        calib_dir: str | Path | None = None, quiet: bool = False) -> Path | None:
+    """Return the path of a verified ONNX export of ``spec``, exporting it first if the cache lacks it.
+
+    Returns None for models that cannot be cached (random weights). The first export says so on stderr.
+    """
+    from cnncli.report import info
+
+    if precision not in PRECISIONS:
+        raise ValueError(precision)
+    calib_fp = folder_fingerprint(calib_dir) if calib_dir is not None else None
+    path = cached_path(spec, weights, precision, calib_fp)
+    if path is None:
+        return None
+    if path.is_file() and path.stat().st_size > 0:
+        return path  # the hot path: the engine's own load reports corruption (see open_cached_engine)
+    with file_lock(path.with_suffix(".lock")):
+        if _usable(path):  # another process made it while we waited for the lock
+            return path
+        start = time.perf_counter()
+        if not quiet:
+            info(f"preparing the fast path for {spec or DEFAULT_ARCH}: exporting to ONNX and verifying it "
+                 f"({precision}); this happens once.")
+        from cnncli.engines.torch_engine import load_for_inference
+        from cnncli.export import export_onnx, image_files
+
+        model, card = load_for_inference(spec, weights=weights, device="cpu")
+        options = {}
+        if precision == "int8":
+            options = {"precision": "int8-static", "calib_images": image_files(calib_dir, 200)}
+        export_onnx(model, card, path, **options)
+        if not quiet:
+            info(f"fast path ready in {time.perf_counter() - start:.1f} s: {path}")
+    return path
+
+
+def remove_entry(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
