@@ -342,7 +342,7 @@ def export_onnx(
     model = model.cpu().eval().float()
     notes: list[str] = []
     calib = load_images(calib_images, card) if calib_images else None
-    real = load_images([*verify_images, *calib_images][:64], card) if (verify_images or calib_images) else None
+    real = load_images(list(dict.fromkeys(map(str, [*verify_images, *calib_images])))[:64], card) if (verify_images or calib_images) else None
     if precision == "int8-dynamic":
         notes.append("dynamic int8 quantizes weights only and runs CNN convolutions far slower than fp32 "
                      "(5-25x here); prefer --int8 static with --calib.")
