@@ -1,12 +1,71 @@
-"""``cnncli export``."""
+"""``cnncli export``: a cnncli model (file or registry name) to one verified, self-describing ONNX file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-def register(app: typer.Typer) -> None:
-    from cnncli.cli.common import PASS_THROUGH as _PASS, not_built
 
-    @app.command("export", context_settings=_PASS, help="Export a model to ONNX for onnxruntime, verified against PyTorch. (Not built yet.)")
-    def command(ctx: typer.Context) -> None:
-        not_built("export")
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export(
+        model: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="A cnncli .safetensors file or a registry name (default: efficientnet_lite0)."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx file to write (default: <model>[.fp16|.int8].onnx here)."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name: default, an enum name or a file."),
+        opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
+        dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Batch axis dynamic (default) or fixed at 1."),
+        fp16: bool = typer.Option(False, "--fp16", help="fp16 weights and compute (for CUDA); input and output stay float32."),
+        int8: Optional[str] = typer.Option(None, "--int8", metavar="static|dynamic", help="int8 quantization: static (QDQ, needs --calib; fast on CPU) or dynamic (weights only; slow for CNNs)."),
+        calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for --int8 static (also used to verify)."),
+        verify_images: Optional[Path] = typer.Option(None, "--verify-images", help="Folder of real images to verify on, besides random inputs."),
+        simplify: bool = typer.Option(False, "--simplify", help="Simplify the graph with onnxslim (verified the same way)."),
+        verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare onnxruntime with PyTorch and refuse a file that differs."),
+        image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Input size (square) to export at, instead of the model's own."),
+    ) -> None:
+        """Export a model to ONNX for onnxruntime, verified against PyTorch. Exit 1 if it cannot be exported or
+        does not match."""
+        from cnncli.errors import UsageError
+
+        if fp16 and int8:
+            raise UsageError("--fp16 and --int8 exclude each other; pick one.")
+        if int8 not in (None, "static", "dynamic"):
+            raise UsageError(f"unknown --int8 {int8!r}; use static or dynamic.")
+        if output is not None and output.suffix.lower() != ".onnx":
+            raise UsageError(f"{output}: the output file must end in .onnx.")
+        precision = "fp16" if fp16 else f"int8-{int8}" if int8 else "fp32"
+        from cnncli.export import export_model
+        from cnncli.report import warn
+
+        if int8 == "dynamic":
+            warn("dynamic int8 runs CNN convolutions 5-25x slower than fp32 on CPU; prefer --int8 static --calib DIR.")
+        report = export_model(model, output, weights=weights, calib_dir=calib, verify_dir=verify_images, opset=opset,
+                              dynamic_batch=dynamic_batch, precision=precision, simplify=simplify, verify=verify,
+                              image_size=image_size)
+        render_export_report(report)
+
+
+def render_export_report(report) -> None:
+    from cnncli.report import info, warn
+
+    h, w = report.input_size
+    size = f"{report.size_bytes / 1e6:.1f} MB"
+    if report.precision != "fp32":
+        size += f" ({report.size_bytes / report.fp32_size_bytes:.0%} of fp32's {report.fp32_size_bytes / 1e6:.1f} MB)"
+    info(f"wrote {report.path}: {report.precision}, {size}, input 'input' (N,{'' if report.dynamic_batch else '1,'}C,{h},{w})"
+         f"{' batch dynamic' if report.dynamic_batch else ''}, output 'logits', opset {report.opset}, "
+         f"{report.exporter} exporter{', simplified' if report.simplified else ''}, {report.seconds:.1f} s.")
+    checks = [("fp32 vs PyTorch", report.fp32_verification)]
+    if report.precision != "fp32":
+        checks.append((f"{report.precision} vs PyTorch fp32", report.verification))
+    for label, check in checks:
+        if check is None:
+            continue
+        real = f", {check.real_top1_agreement:.1%} on {check.real_images} real images" if check.real_top1_agreement is not None else ""
+        info(f"verified {label} on {check.inputs} inputs: max |diff| of logits {check.max_abs_diff:.3g} "
+             f"({check.relative_diff:.2g} of the range), top-1 agreement {check.top1_agreement:.1%}{real}.")
+    if report.fp32_verification is None:
+        warn("not verified (--no-verify).")
+    for note in report.notes:
+        warn(note)

@@ -1,5 +1,5 @@
 """``cnncli predict``: classify images (files, folders, globs) with the default model, a registry model or a
-cnncli model file."""
+cnncli model file (PyTorch) or an exported .onnx file (onnxruntime); ensembles and flip TTA."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def predict(
         inputs: List[str] = typer.Argument(..., metavar="IMAGE_OR_DIR_OR_GLOB...", help="Image files, folders or glob patterns."),
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="A cnncli .safetensors file or a registry name (default: efficientnet_lite0, ImageNet)."),
+        model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="A cnncli .safetensors file, an exported .onnx file (onnxruntime, no PyTorch) or a registry name (default: efficientnet_lite0, ImageNet). Repeat it for an ensemble that averages the models' probabilities."),
         weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
         top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to report per image."),
         batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout."),
         recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Look into sub-folders."),
         workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoder processes (0: decode in this process)."),
+        tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for the engine (default: the engine's own choice)."),
     ) -> None:
         """Classify images. Exit code 0 if every image was classified, 1 if any failed, 2 for usage errors."""
         from cnncli.errors import UsageError
@@ -30,12 +32,12 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in FORMATS:
             raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
-        from cnncli.engines import open_engine
+        from cnncli.engines import open_engines
         from cnncli.pipeline import collect_inputs
         from cnncli.predict import predict_items
 
         items = collect_inputs(inputs, recursive=recursive)
-        engine = open_engine(model, device=device, weights=weights)
+        engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta)
         stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
         writer = PredictionWriter(fmt, stream, top_k)
         failed = 0

@@ -1,0 +1,153 @@
+"""The onnxruntime engine: runs an exported ``.onnx`` file on CPU or CUDA without importing torch.
+
+The model card (classes, preprocessing) comes from the file's ``metadata_props`` (key ``"cnncli"``); a file
+without it still runs, with classes labelled by index and ImageNet-style preprocessing at the graph's size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.card import METADATA_KEY, ModelCard, Preprocessing
+from cnncli.errors import ModelFileError, UsageError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers for ``device``; UsageError when CUDA is asked for and onnxruntime has none."""
+    import onnxruntime as ort
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda.")
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if device == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if CUDA not in available:
+        raise UsageError(
+            "--device cuda was asked for, but this onnxruntime has no CUDA provider; install cnncli[gpu] "
+            "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --device cpu."
+        )
+    return [CUDA]
+
+
+def session_options(threads: int | None = None, allow_spinning: bool | None = None):
+    """intra-op threads (None: onnxruntime's default, one per physical core) and whether idle worker threads
+    spin (faster alone, wasteful when image decoders share the cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    if allow_spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return options
+
+
+def run_onnx(session, batch: np.ndarray) -> np.ndarray:
+    """Logits from an onnxruntime session, feeding batches of the size a static-batch graph needs."""
+    inp = session.get_inputs()[0]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    if fixed is None or fixed == len(batch):
+        return np.asarray(session.run(None, {inp.name: batch.astype(dtype, copy=False)})[0], dtype=np.float32)
+    outs = []
+    for start in range(0, len(batch), fixed):
+        chunk = batch[start : start + fixed]
+        n = len(chunk)
+        if n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(np.asarray(session.run(None, {inp.name: chunk.astype(dtype, copy=False)})[0][:n], np.float32))
+    return np.concatenate(outs)
+
+
+def _card_without_metadata(session, path: Path) -> ModelCard:
+    inp = session.get_inputs()[0]
+    shape = inp.shape
+    channels = shape[1] if len(shape) == 4 and shape[1] in (1, 3) else 3
+    h = shape[2] if len(shape) == 4 and isinstance(shape[2], int) else 224
+    w = shape[3] if len(shape) == 4 and isinstance(shape[3], int) else 224
+    n = session.get_outputs()[0].shape[-1]
+    if not isinstance(n, int):
+        n = run_onnx(session, np.zeros((1, channels, h, w), np.float32)).shape[-1]
+    pre = Preprocessing(input_size=(h, w)).replace(channels=channels)
+    return ModelCard(arch=f"onnx:{path.name}", classes=[f"class_{i}" for i in range(n)], preprocessing=pre)
+
+
+def read_onnx_card(path: str | Path) -> ModelCard | None:
+    """The cnncli card in an ONNX file, or None if it has none (opens the file with onnxruntime)."""
+    session = _open_session(Path(path), [CPU], session_options())
+    return _card_from_session(session)
+
+
+def _card_from_session(session) -> ModelCard | None:
+    meta = session.get_modelmeta().custom_metadata_map
+    text = meta.get(METADATA_KEY)
+    return ModelCard.from_json(text) if text else None
+
+
+def _open_session(path: Path, providers: list[str], options):
+    import onnxruntime as ort
+
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist; check the path.")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not an ONNX model file.")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes); re-export it with `cnncli export`.")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own (pybind) exception types
+        first = " ".join(str(exc).split())[:160]
+        raise ModelFileError(
+            f"{path} is not a loadable ONNX model (truncated, corrupt or another file type: {first}); "
+            "re-export it with `cnncli export`."
+        ) from None
+
+
+class OnnxEngine:
+    """An exported model on onnxruntime: ``predict_proba`` takes (N, C, H, W) float32, returns probabilities."""
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
+                 allow_spinning: bool | None = None, verbose: bool = True) -> None:
+        from cnncli.report import info, warn
+
+        self.path = Path(path)
+        providers = providers_for(device)
+        self.session = _open_session(self.path, providers, session_options(threads, allow_spinning))
+        self.provider = self.session.get_providers()[0]
+        if device.startswith("cuda") and self.provider != CUDA:
+            raise UsageError(
+                "--device cuda was asked for, but onnxruntime could not start its CUDA provider here (no GPU, or "
+                "CUDA/cuDNN libraries missing); use --device cpu."
+            )
+        if device == "auto" and verbose:
+            info(f"onnxruntime provider: {self.provider}")
+        card = _card_from_session(self.session)
+        self.has_metadata = card is not None
+        if card is None:
+            card = _card_without_metadata(self.session, self.path)
+            if verbose:
+                h, w = card.preprocessing.input_size
+                warn(f"{self.path.name} has no cnncli metadata: classes are labelled by index (class_0 ...) and "
+                     f"images get ImageNet preprocessing at {h}x{w}; export with `cnncli export` to keep labels.")
+        self.card = card
+        self.input = self.session.get_inputs()[0]
+        self.name = f"onnxruntime ({self.provider})"
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        return run_onnx(self.session, np.ascontiguousarray(batch, dtype=np.float32))
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        from cnncli.engines import softmax
+
+        return softmax(self.predict_logits(batch))

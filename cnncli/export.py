@@ -1,0 +1,449 @@
+"""Exporting a cnncli model to one self-describing ONNX file, verified against PyTorch.
+
+:func:`export_onnx` (a library function, also used to build cached exports) traces the model with torch's
+ONNX exporter (the TorchScript exporter first, the dynamo exporter where that fails), stores the model card
+in the file's ``metadata_props`` under ``"cnncli"``, optionally simplifies (onnxslim), converts to fp16
+(onnxruntime's float16 tool) or quantizes to int8 (onnxruntime.quantization, static QDQ or dynamic), then
+runs onnxruntime and PyTorch on the same inputs and refuses the file beyond tolerance. The input is
+``input`` (N, C, H, W) float32 and the output ``logits`` (N, classes). Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cnncli import __version__
+from cnncli.card import METADATA_KEY, ModelCard
+from cnncli.engines.onnx_engine import run_onnx
+from cnncli.errors import CnncliError, UsageError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+VERSION_KEY = "cnncli_version"
+DEFAULT_OPSET = 17
+FP32_RELATIVE_TOLERANCE = 1e-4  # max |diff| of logits / (max - min of the PyTorch logits)
+MIN_TOP1_AGREEMENT = 0.9  # fp16 / int8 versus fp32, over the verification inputs
+RANDOM_VERIFY_INPUTS = 4
+PRECISIONS = ("fp32", "fp16", "int8-static", "int8-dynamic")
+
+
+class ExportError(CnncliError):
+    """The model could not be exported, or the exported file did not match PyTorch (exit 1)."""
+
+
+@dataclass
+class Verification:
+    """How the ONNX file's outputs compare with PyTorch's on the same inputs."""
+
+    inputs: int  # how many inputs were compared (random + real images)
+    real_images: int
+    max_abs_diff: float  # of the logits
+    logit_range: float  # max - min of the PyTorch logits
+    top1_agreement: float  # fraction of inputs with the same top-1 class
+    real_top1_agreement: float | None  # over the real images alone
+    passed: bool
+    criterion: str  # what was required, in words
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / self.logit_range if self.logit_range > 0 else self.max_abs_diff
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    precision: str  # one of PRECISIONS
+    exporter: str  # "torchscript" or "dynamo"
+    opset: int
+    dynamic_batch: bool
+    simplified: bool
+    input_size: tuple[int, int]
+    size_bytes: int
+    fp32_size_bytes: int
+    seconds: float
+    fp32_verification: Verification | None = None
+    verification: Verification | None = None  # of the final file (same as fp32 for an fp32 export)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """The image files in ``folder`` (recursively, natural order); UsageError if there are none."""
+    from cnncli.pipeline import images_in_folder
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder of images; pass a folder for --calib / --verify-images.")
+    files = images_in_folder(folder)
+    if not files:
+        raise UsageError(f"{folder} holds no image files ({', '.join(('.jpg', '.png', '...'))}); add some or drop the option.")
+    return files[:limit] if limit else files
+
+
+def load_images(paths: Sequence[str | Path], card: ModelCard) -> np.ndarray:
+    """Preprocess ``paths`` exactly as every engine does; unreadable images are skipped. (N, C, H, W)."""
+    from cnncli.errors import ImageError
+    from cnncli.images import load_and_preprocess
+
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(load_and_preprocess(p, card.preprocessing))
+        except ImageError:
+            continue
+    c = card.preprocessing.channels
+    h, w = card.preprocessing.input_size
+    return np.stack(arrays) if arrays else np.zeros((0, c, h, w), np.float32)
+
+
+def random_inputs(card: ModelCard, n: int = RANDOM_VERIFY_INPUTS, seed: int = 0) -> np.ndarray:
+    h, w = card.preprocessing.input_size
+    return np.random.default_rng(seed).standard_normal((n, card.preprocessing.channels, h, w)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def card_from_onnx_metadata(metadata: dict[str, str]) -> ModelCard | None:
+    """The cnncli card stored in an ONNX file's metadata_props, or None if it has none."""
+    text = metadata.get(METADATA_KEY)
+    return ModelCard.from_json(text) if text else None
+
+
+def _set_metadata(onnx_model, card: ModelCard) -> None:
+    props = {p.key: p.value for p in onnx_model.metadata_props}
+    props.update({METADATA_KEY: card.to_json(), VERSION_KEY: __version__})
+    del onnx_model.metadata_props[:]
+    for key, value in props.items():
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx_model.producer_name = "cnncli"
+    onnx_model.producer_version = __version__
+
+
+# ---------------------------------------------------------------- tracing
+
+
+def _operator_in(message: str) -> str | None:
+    for pattern in (r"operator '?([\w:.]+)'?", r"(aten[:.]{1,2}[\w.]+)", r"(prim::\w+)"):
+        found = re.search(pattern, message)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _trace(model, example, path: Path, opset: int, dynamic_batch: bool, exporter: str) -> None:
+    import torch
+
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with warnings.catch_warnings(), quiet:
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(
+                model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=opset, dynamo=False, do_constant_folding=True,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+            )
+        else:
+            import inspect
+
+            arg = next(iter(inspect.signature(model.forward).parameters))
+            shapes = {arg: {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
+            program = torch.onnx.export(
+                model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=max(opset, 18), dynamo=True, dynamic_shapes=shapes, external_data=False,
+                verbose=False, optimize=True,
+            )
+            program.save(str(path), external_data=False)
+
+
+def trace_to_onnx(model, card: ModelCard, path: Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+                  exporter: str = "auto") -> str:
+    """Write the fp32 graph of ``model`` to ``path``; returns which exporter worked. Raises ExportError naming
+    the operator that could not be exported."""
+    import torch
+
+    h, w = card.preprocessing.input_size
+    example = torch.from_numpy(random_inputs(card, n=2 if dynamic_batch else 1, seed=1))
+    order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
+    failures: list[str] = []
+    for name in order:
+        try:
+            _trace(model, example, path, opset, dynamic_batch, name)
+            return name
+        except Exception as exc:  # noqa: BLE001 - every exporter failure becomes one sentence below
+            text = " ".join(str(exc).split())
+            op = _operator_in(text)
+            failures.append(f"{name} exporter: " + (f"operator {op} is not supported" if op else text[:200]))
+    raise ExportError(
+        f"{card.arch} cannot be exported to ONNX at {h}x{w} (opset {opset}): {'; '.join(failures)}; "
+        "try another --opset or --image-size, or run it with the PyTorch engine."
+    )
+
+
+# ---------------------------------------------------------------- onnxruntime side
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    from cnncli.engines.onnx_engine import CPU, session_options
+
+    return ort.InferenceSession(str(path), session_options(), providers=[CPU])
+
+
+def torch_logits(model, batch: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.from_numpy(batch)).float().numpy()
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, real_images: int, precision: str,
+            min_agreement: float = MIN_TOP1_AGREEMENT) -> Verification:
+    """fp32: max |diff| relative to the logit range within FP32_RELATIVE_TOLERANCE; fp16/int8: top-1 agreement
+    >= ``min_agreement`` (over the real images when there are some, else over all inputs)."""
+    diff = float(np.max(np.abs(reference - candidate))) if reference.size else 0.0
+    span = float(reference.max() - reference.min()) if reference.size else 0.0
+    same = reference.argmax(1) == candidate.argmax(1)
+    agreement = float(same.mean()) if len(same) else 1.0
+    real = float(same[-real_images:].mean()) if real_images else None
+    if precision == "fp32":
+        relative = diff / span if span > 0 else diff
+        passed = relative <= FP32_RELATIVE_TOLERANCE and bool(np.isfinite(candidate).all())
+        criterion = f"max |diff| of logits <= {FP32_RELATIVE_TOLERANCE:g} of the logit range"
+    else:
+        judged = real if real is not None else agreement
+        passed = judged >= min_agreement
+        over = "real images" if real is not None else "random inputs"
+        criterion = f"top-1 agreement with fp32 >= {min_agreement:.0%} over the {over}"
+    return Verification(len(reference), real_images, diff, span, agreement, real, passed, criterion)
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over preprocessed calibration images, a few at a time."""
+
+    def __init__(self, images: np.ndarray, batch: int) -> None:
+        self.batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return {INPUT_NAME: self.batches[self.position - 1]}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, mode: str, calib: np.ndarray | None, workdir: Path,
+                  dynamic_batch: bool) -> None:
+    """int8 with onnxruntime.quantization. The graph is first simplified with onnxslim (shape arithmetic such as
+    TF-"same" padding folded into the convolutions: quantizing it breaks the padding); static mode is QDQ, per-channel,
+    uint8 activations and weights (measured: signed int8 saturates in onnxruntime's AVX2 kernels and costs top-1
+    agreement), MinMax calibration, with the final layer that produces the logits kept in float."""
+    import onnx
+    import onnxruntime as ort
+    import onnxslim
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    ort.set_default_logger_severity(3)
+    prepared = workdir / "prepared.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = onnxslim.slim(onnx.load(str(fp32_path)))
+    onnx.save(graph, str(prepared))
+    if mode == "dynamic":
+        quantize_dynamic(str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=True)
+        return
+    if calib is None or len(calib) == 0:
+        raise UsageError("--int8 static needs calibration images: pass --calib DIR with a few dozen typical images.")
+    head = [n.name for n in graph.graph.node if OUTPUT_NAME in n.output]
+    reader = _Calibration(calib, batch=8 if dynamic_batch else 1)
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+        quantize_static(
+            str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=head,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def to_fp16(onnx_model):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_float_to_float16(onnx_model, keep_io_types=True)
+
+
+# ---------------------------------------------------------------- the export
+
+
+def failed_path(path: Path) -> Path:
+    """Where a file that failed verification is kept for inspection: ``model.unverified.onnx``."""
+    return path.with_name(path.stem + ".unverified" + path.suffix)
+
+
+def export_onnx(
+    model,
+    card: ModelCard,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    precision: str = "fp32",
+    simplify: bool = False,
+    verify: bool = True,
+    calib_images: Sequence[str | Path] = (),
+    verify_images: Sequence[str | Path] = (),
+    image_size: int | tuple[int, int] | None = None,
+    exporter: str = "auto",
+    min_agreement: float = MIN_TOP1_AGREEMENT,
+) -> ExportReport:
+    """Export ``model`` (a torch module) with ``card`` to ``path`` and verify it; see the module docstring.
+
+    On a verification failure the file is kept as :func:`failed_path` and ExportError is raised.
+    """
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
+    start = time.perf_counter()
+    path = Path(path)
+    if image_size is not None:
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        card = ModelCard.from_dict({**card.to_dict(), "preprocessing": card.preprocessing.replace(input_size=size).to_dict()})
+    model = model.cpu().eval().float()
+    notes: list[str] = []
+    calib = load_images(calib_images, card) if calib_images else None
+    real = load_images(list(dict.fromkeys(map(str, [*verify_images, *calib_images])))[:64], card) if (verify_images or calib_images) else None
+    if precision == "int8-dynamic":
+        notes.append("dynamic int8 quantizes weights only and runs CNN convolutions far slower than fp32 "
+                     "(5-25x here); prefer --int8 static with --calib.")
+
+    with tempfile.TemporaryDirectory(prefix="cnncli-export-", dir=path.parent if path.parent.exists() else None) as tmp:
+        work = Path(tmp)
+        fp32_path = work / "fp32.onnx"
+        used = trace_to_onnx(model, card, fp32_path, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
+        graph = onnx.load(str(fp32_path))
+        if simplify:
+            import onnxslim
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                graph = onnxslim.slim(graph)
+        _set_metadata(graph, card)
+        onnx.save(graph, str(fp32_path))
+        actual_opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), opset)
+        fp32_size = fp32_path.stat().st_size
+
+        inputs = random_inputs(card, RANDOM_VERIFY_INPUTS if dynamic_batch else 1)
+        n_real = 0
+        if real is not None and len(real):
+            inputs = np.concatenate([inputs, real])
+            n_real = len(real)
+        reference = torch_logits(model, inputs) if verify else None
+        fp32_check = None
+        if verify:
+            fp32_check = compare(reference, run_onnx(_session(fp32_path), inputs), n_real, "fp32")
+
+        final_path = fp32_path
+        if precision == "fp16":
+            final_path = work / "fp16.onnx"
+            onnx.save(to_fp16(graph), str(final_path))
+        elif precision.startswith("int8"):
+            final_path = work / "int8.onnx"
+            quantize_int8(fp32_path, final_path, precision.split("-")[1], calib, work, dynamic_batch)
+            quantized = onnx.load(str(final_path))
+            _set_metadata(quantized, card)
+            onnx.save(quantized, str(final_path))
+
+        check = fp32_check
+        if verify and precision != "fp32":
+            try:
+                candidate = run_onnx(_session(final_path), inputs)
+            except Exception as exc:  # noqa: BLE001 - e.g. fp16 kernels missing on this CPU
+                candidate = None
+                notes.append(f"the {precision} file could not run on this CPU to be verified ({str(exc).splitlines()[0][:120]}).")
+            check = compare(reference, candidate, n_real, precision, min_agreement) if candidate is not None else None
+
+        report = ExportReport(path=path, precision=precision, exporter=used, opset=actual_opset,
+                              dynamic_batch=dynamic_batch, simplified=simplify, input_size=card.preprocessing.input_size,
+                              size_bytes=final_path.stat().st_size, fp32_size_bytes=fp32_size, seconds=0.0,
+                              fp32_verification=fp32_check, verification=check, notes=notes)
+        failure = _failure(fp32_check, check, precision)
+        target = failed_path(path) if failure else path
+        from cnncli.checkpoint import atomic_path
+
+        with atomic_path(target) as out:
+            out.write_bytes(final_path.read_bytes())
+        report.seconds = time.perf_counter() - start
+        if failure:
+            report.path = target
+            raise ExportError(f"{failure}; the file was kept as {target} for inspection, not as {path}.")
+        return report
+
+
+def _failure(fp32_check: Verification | None, check: Verification | None, precision: str) -> str | None:
+    if fp32_check is not None and not fp32_check.passed:
+        return (f"the ONNX graph does not match PyTorch: max |diff| of logits {fp32_check.max_abs_diff:.3g} is "
+                f"{fp32_check.relative_diff:.3g} of the logit range (allowed {FP32_RELATIVE_TOLERANCE:g})")
+    if check is not None and not check.passed:
+        agreement = check.real_top1_agreement if check.real_top1_agreement is not None else check.top1_agreement
+        return f"the {precision} file agrees with fp32 on top-1 for only {agreement:.1%} of inputs ({check.criterion})"
+    return None
+
+
+def export_model(
+    spec: str | None,
+    output: str | Path | None = None,
+    weights: str | None = None,
+    calib_dir: str | Path | None = None,
+    verify_dir: str | Path | None = None,
+    max_calib: int = 200,
+    **options,
+) -> ExportReport:
+    """The ``cnncli export`` command as a function: load a model spec (a .safetensors file, a registry name or
+    None for the default model) and :func:`export_onnx` it; ``output`` defaults to ``<name>[.fp16|.int8].onnx``."""
+    from cnncli.engines.torch_engine import load_for_inference
+
+    if spec is not None and spec.lower().endswith(".onnx"):
+        raise UsageError(f"{spec} is already an ONNX file; export takes a cnncli .safetensors file or a registry name.")
+    if spec is not None and not Path(spec).exists() and (spec.endswith(".safetensors") or "/" in spec):
+        raise UsageError(f"{spec}: no such model file; pass a cnncli .safetensors file or a registry name.")
+    precision = options.get("precision", "fp32")
+    if precision == "int8-static" and calib_dir is None:
+        raise UsageError("--int8 static needs calibration images: pass --calib DIR with a few dozen typical images.")
+    calib = image_files(calib_dir, max_calib) if calib_dir else []
+    verify_images = image_files(verify_dir, 64) if verify_dir else []
+    model, card = load_for_inference(spec, weights=weights, device="cpu")
+    if output is None:
+        stem = Path(spec).stem if spec else card.arch
+        suffix = {"fp16": ".fp16", "int8-static": ".int8", "int8-dynamic": ".int8-dynamic"}.get(precision, "")
+        output = Path(stem.replace(":", "_") + suffix + ".onnx")
+    return export_onnx(model, card, output, calib_images=calib, verify_images=verify_images, **options)
