@@ -1,0 +1,416 @@
+"""Finding the images and labels of a dataset: layout detection, class order, and the seeded val split.
+
+Three layouts are understood, detected automatically:
+
+* ``class-folders``: ``DATA/<class>/**/*.jpg``; a stratified, seeded share goes to val.
+* ``split-folders``: ``DATA/train/<class>/...`` and ``DATA/val|valid|validation/<class>/...``, optionally
+  ``DATA/test/<class>/...`` (used only by ``evaluate``).
+* ``csv``: a manifest ``path,label`` (paths relative to the CSV, header optional), optionally with a second
+  manifest for val.
+
+Nothing here decodes an image (listing a big dataset stays fast); :mod:`cnncli.data.check` looks inside
+the files. :func:`scan_dataset` never refuses a dataset that it can read; :func:`assemble_splits` turns a scan
+into :class:`DatasetSplits` plus the sentences :func:`load_dataset` refuses with, so ``cnncli inspect`` can
+list every problem that ``train`` would stop at.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import UsageError
+from cnncli.images import is_image_file
+
+VAL_FOLDER_NAMES = ("val", "valid", "validation")
+TRAIN_FOLDER_NAME = "train"
+TEST_FOLDER_NAME = "test"
+SPLIT_NAMES = ("train", "val", "test")
+PATH_COLUMN_NAMES = ("path", "file", "filename", "filepath", "image", "image_path", "img")
+LABEL_COLUMN_NAMES = ("label", "class", "class_name", "target", "category")
+_JUNK_FOLDERS = ("__MACOSX",)
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # index into DatasetSplits.classes
+
+
+@dataclass
+class DatasetSplits:
+    root: Path
+    layout: str  # "class-folders" | "split-folders" | "csv"
+    classes: list[str]  # natural order ("2" before "10"); index order everywhere
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]  # only for split-folders with test/; used only by evaluate
+    warnings: list[str] = field(default_factory=list)  # e.g. "class 'x' has no images in val"
+
+
+@dataclass
+class DatasetScan:
+    """What is on disk, before any refusal: files per group and class, and what was left out.
+
+    ``groups`` maps a group to class -> image paths. Groups are "all" (class folders, or a single CSV:
+    val still has to be split off), or "train", "val", "test".
+    """
+
+    root: Path
+    layout: str
+    groups: dict[str, dict[str, list[Path]]]
+    hidden: list[Path] = field(default_factory=list)  # hidden files/folders that were ignored
+    empty_class_folders: list[Path] = field(default_factory=list)
+    non_image_files: list[Path] = field(default_factory=list)
+    missing_files: list[Path] = field(default_factory=list)  # named by a CSV manifest, not on disk
+    loose_images: list[Path] = field(default_factory=list)  # images directly in a folder meant to hold classes
+
+    def class_names(self) -> list[str]:
+        names = {name for classes in self.groups.values() for name in classes}
+        return sorted(names, key=natural_key)
+
+
+def natural_key(text: str) -> list:
+    """Sort key that puts "2" before "10" and ignores case: ["class", 2] < ["class", 10]."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders (".ipynb_checkpoints", ".DS_Store", "__MACOSX") are never classes or samples."""
+    return name.startswith(".") or name in _JUNK_FOLDERS
+
+
+def looks_like_dataset(path: str | Path) -> bool:
+    """True for a folder or a .csv manifest: what ``inspect`` treats as a dataset rather than a model."""
+    path = Path(path).expanduser()
+    return path.is_dir() or path.suffix.lower() == ".csv"
+
+
+# ------------------------------------------------------------------------------------------- scanning
+
+
+def scan_dataset(path: str | Path, val_csv: str | Path | None = None) -> DatasetScan:
+    """List the dataset at ``path`` (a folder or a CSV manifest). Raises UsageError only when the path is
+    missing or cannot be read as a dataset at all (a file that is not a CSV, a malformed manifest)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise UsageError(f"{root}: no such file or folder; pass a dataset folder or a CSV manifest.")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise UsageError(f"{root}: not a dataset; pass a folder of class sub-folders or a CSV manifest (path,label).")
+        return _scan_csv(root, val_csv)
+    if val_csv is not None:
+        raise UsageError("--val-csv goes with a CSV manifest; for a folder dataset use --val-split or a val/ folder.")
+    split_dirs = _split_folders(root)
+    if _is_split_layout(root, split_dirs):
+        scan = DatasetScan(root, "split-folders", {})
+        for split, folder in split_dirs.items():
+            scan.groups[split] = _scan_class_folders(folder, scan)
+        for entry in _visible_entries(root, scan):
+            if entry.is_file() and is_image_file(entry):
+                scan.loose_images.append(entry)
+        return scan
+    scan = DatasetScan(root, "class-folders", {})
+    scan.groups["all"] = _scan_class_folders(root, scan)
+    return scan
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """train/, val/ (or valid/, validation/) and test/ under ``root``, matched case-insensitively."""
+    found: dict[str, Path] = {}
+    for entry in sorted(root.iterdir(), key=lambda p: natural_key(p.name)):
+        if not entry.is_dir() or is_hidden(entry.name):
+            continue
+        name = entry.name.lower()
+        if name == TRAIN_FOLDER_NAME:
+            found["train"] = entry
+        elif name in VAL_FOLDER_NAMES and "val" not in found:
+            found["val"] = entry
+        elif name == TEST_FOLDER_NAME:
+            found["test"] = entry
+    return found
+
+
+def _is_split_layout(root: Path, split_dirs: dict[str, Path]) -> bool:
+    """train/ holding class sub-folders, next to val/ or test/ or alone: not a dataset whose class is "train"."""
+    if "train" not in split_dirs:
+        return False
+    train_has_classes = any(p.is_dir() and not is_hidden(p.name) for p in split_dirs["train"].iterdir())
+    other_dirs = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name) and p not in split_dirs.values()]
+    return train_has_classes and (len(split_dirs) > 1 or not other_dirs)
+
+
+def _visible_entries(folder: Path, scan: DatasetScan) -> list[Path]:
+    """Entries of ``folder`` in natural order; hidden ones are recorded in ``scan.hidden`` and skipped."""
+    entries = []
+    for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+        if is_hidden(entry.name):
+            scan.hidden.append(entry)
+        else:
+            entries.append(entry)
+    return entries
+
+
+def _scan_class_folders(folder: Path, scan: DatasetScan) -> dict[str, list[Path]]:
+    """class name -> image files (recursive, natural order) for each visible sub-folder of ``folder``."""
+    classes: dict[str, list[Path]] = {}
+    for entry in _visible_entries(folder, scan):
+        if entry.is_dir():
+            images = _images_below(entry, scan)
+            classes[entry.name] = images
+            if not images:
+                scan.empty_class_folders.append(entry)
+        elif is_image_file(entry):
+            scan.loose_images.append(entry)
+        else:
+            scan.non_image_files.append(entry)
+    return classes
+
+
+def _images_below(folder: Path, scan: DatasetScan) -> list[Path]:
+    images: list[Path] = []
+    for here, dirs, files in os.walk(folder):
+        here_path = Path(here)
+        scan.hidden += [here_path / d for d in dirs if is_hidden(d)]
+        dirs[:] = sorted((d for d in dirs if not is_hidden(d)), key=natural_key)
+        for name in sorted(files, key=natural_key):
+            file = here_path / name
+            if is_hidden(name):
+                scan.hidden.append(file)
+            elif is_image_file(file):
+                images.append(file)
+            else:
+                scan.non_image_files.append(file)
+    return images
+
+
+def _scan_csv(manifest: Path, val_csv: str | Path | None) -> DatasetScan:
+    scan = DatasetScan(manifest, "csv", {})
+    if val_csv is None:
+        scan.groups["all"] = _read_manifest(manifest, scan)
+    else:
+        val_path = Path(val_csv).expanduser()
+        if not val_path.is_file():
+            raise UsageError(f"--val-csv {val_path}: no such file; pass the CSV manifest of the validation images.")
+        scan.groups["train"] = _read_manifest(manifest, scan)
+        scan.groups["val"] = _read_manifest(val_path, scan)
+    return scan
+
+
+def _read_manifest(manifest: Path, scan: DatasetScan) -> dict[str, list[Path]]:
+    """class -> paths from a ``path,label`` CSV. The header is optional; with one, the columns may be in
+    any order and named path/file/filename/image and label/class/target."""
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{manifest}: cannot read the CSV manifest ({exc}).") from None
+    rows = [(number, row) for number, row in enumerate(rows, 1) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise UsageError(f"{manifest}: the CSV manifest is empty; write one 'path,label' line per image.")
+    path_col, label_col = 0, 1
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    if any(name in PATH_COLUMN_NAMES for name in header) and any(name in LABEL_COLUMN_NAMES for name in header):
+        path_col = next(i for i, name in enumerate(header) if name in PATH_COLUMN_NAMES)
+        label_col = next(i for i, name in enumerate(header) if name in LABEL_COLUMN_NAMES)
+        rows = rows[1:]
+    base = manifest.parent
+    classes: dict[str, list[Path]] = {}
+    for number, row in rows:
+        if len(row) <= max(path_col, label_col):
+            raise UsageError(f"{manifest} line {number}: expected 'path,label' but found {','.join(row)!r}.")
+        rel, label = row[path_col].strip(), row[label_col].strip()
+        if not rel or not label:
+            raise UsageError(f"{manifest} line {number}: the path or the label is empty.")
+        file = Path(rel).expanduser()
+        file = file if file.is_absolute() else base / file
+        if not file.is_file():
+            scan.missing_files.append(file)
+            continue
+        classes.setdefault(label, []).append(file)
+    return {name: classes[name] for name in sorted(classes, key=natural_key)}
+
+
+# ------------------------------------------------------------------------------------------- splitting
+
+
+def stratified_split(files_by_class: dict[str, list[Path]], val_split: float, seed: int
+                     ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Send round(n * val_split) images of each class to val, chosen by a seeded shuffle.
+
+    Each class is shuffled by its own generator, seeded by (seed, crc32 of the class name), so adding or
+    removing a class does not change which images of the other classes go to val. Order inside each part
+    follows the input order (natural path order).
+    """
+    train: dict[str, list[Path]] = {}
+    val: dict[str, list[Path]] = {}
+    for name, files in files_by_class.items():
+        n_val = int(round(len(files) * val_split))  # 0 for a tiny class: assemble_splits names it
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+        chosen = set(rng.permutation(len(files))[:n_val].tolist())
+        val[name] = [f for i, f in enumerate(files) if i in chosen]
+        train[name] = [f for i, f in enumerate(files) if i not in chosen]
+    return train, val
+
+
+def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
+                    classes: list[str] | None = None) -> tuple[DatasetSplits, list[str]]:
+    """Turn a scan into samples and the refusals (one sentence each) that :func:`load_dataset` raises.
+
+    Never raises for dataset content: everything wrong is returned, so the checker can report it all.
+    Warnings (kept in ``DatasetSplits.warnings``) are things training goes on with.
+    """
+    if not 0.0 <= val_split < 1.0:
+        raise UsageError(f"--val-split must be at least 0 and below 1, not {val_split}.")
+    refusals: list[str] = []
+    warnings: list[str] = []
+    where = scan.root
+    for folder in scan.empty_class_folders:
+        refusals.append(f"class folder {folder} has no images; add images to it or remove it.")
+    to_split = scan.groups.get("all")
+    if to_split is None and "val" not in scan.groups:
+        to_split = scan.groups["train"]
+        warnings.append(f"{where} has train/ but no val/, valid/ or validation/ folder; "
+                        f"{val_split:.0%} of train/ is held out as val.")
+    if to_split is not None:
+        train_files, val_files = stratified_split(to_split, val_split, seed) if val_split > 0 else (dict(to_split), {})
+        if val_split == 0:
+            warnings.append("--val-split 0: no validation images; accuracy will not be measured on held-out images.")
+        for name, files in to_split.items():
+            if files and val_split > 0 and not val_files[name]:
+                refusals.append(f"--val-split {val_split:g} leaves class '{name}' with no val images "
+                                f"({len(files)} in all); add images or raise --val-split.")
+            elif files and not train_files[name]:
+                refusals.append(f"--val-split {val_split:g} leaves class '{name}' with no train images "
+                                f"({len(files)} in all); add images or lower --val-split.")
+        parts = {"train": train_files, "val": val_files, "test": scan.groups.get("test", {})}
+    else:
+        parts = {split: scan.groups.get(split, {}) for split in SPLIT_NAMES}
+
+    found = scan.class_names()
+    if classes is None:
+        class_list = found
+    else:
+        class_list = list(classes)
+        unknown = [name for name in found if name not in class_list]
+        if unknown:
+            refusals.append(
+                f"{_quote_list(unknown)} in {where} {'is' if len(unknown) == 1 else 'are'} not among the "
+                f"{len(class_list)} classes given ({_quote_list(class_list, 6)})."
+            )
+    index = {name: i for i, name in enumerate(class_list)}
+
+    n_images = sum(len(files) for part in parts.values() for files in part.values())
+    with_train_images = [name for name, files in parts["train"].items() if files]
+    if n_images == 0 and scan.loose_images and not found:
+        refusals.insert(0, f"{where} holds {len(scan.loose_images)} images but no class sub-folders; put each "
+                           "class's images in a sub-folder named after the class.")
+    elif n_images == 0:
+        hint = " (the CSV manifest names only missing files)" if scan.missing_files else ""
+        refusals.insert(0, f"no images found in {where}{hint}; expected class sub-folders of .jpg/.png files, "
+                           "train/ and val/ folders, or a CSV manifest (path,label).")
+    elif len(with_train_images) < 2:
+        only = f" (only '{with_train_images[0]}')" if with_train_images else ""
+        refusals.append(f"{where} has a single class{only}; a classifier needs at least two class folders or labels.")
+
+    if to_split is None and n_images:
+        for name in class_list:
+            present = {split: bool(parts[split].get(name)) for split in ("train", "val")}
+            if present["train"] and "val" in scan.groups and not present["val"]:
+                warnings.append(f"class '{name}' has images in train but none in val; its val accuracy is not measured.")
+            if present["val"] and not present["train"]:
+                warnings.append(f"class '{name}' has images in val but none in train; the model cannot learn it.")
+    if scan.missing_files:
+        warnings.append(f"the CSV manifest names {len(scan.missing_files)} files that do not exist "
+                        f"(first: {scan.missing_files[0]}); they are skipped.")
+    if scan.loose_images:
+        warnings.append(f"{len(scan.loose_images)} images lie outside any class folder (first: "
+                        f"{scan.loose_images[0]}) and are ignored.")
+
+    def samples(part: dict[str, list[Path]]) -> list[Sample]:
+        return [Sample(file, index[name]) for name in class_list if name in part for file in part[name]]
+
+    splits = DatasetSplits(
+        root=scan.root, layout=scan.layout, classes=class_list, train=samples(parts["train"]),
+        val=samples(parts["val"]), test=samples(parts["test"]), warnings=warnings,
+    )
+    return splits, refusals
+
+
+def _quote_list(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def refusal_error(refusals: list[str], path: str | Path) -> UsageError:
+    """The UsageError raised for a refused dataset: the first refusal, and a pointer when there are more."""
+    first = refusals[0]
+    if len(refusals) > 1:
+        first = first.rstrip(".") + f" ({len(refusals) - 1} more problems: run `cnncli inspect {path}` to list them)."
+    return UsageError(first)
+
+
+# ------------------------------------------------------------------------------------------- public API
+
+
+def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_csv: str | Path | None = None,
+                 classes: list[str] | None = None) -> DatasetSplits:
+    """Find the dataset's images, classes (natural order, or ``classes`` when given) and train/val/test split.
+
+    Refuses with a one-sentence UsageError: missing path, no images, a single class, a class folder with no
+    images, a val split that leaves a class empty. Does not decode images.
+    """
+    splits, refusals = assemble_splits(scan_dataset(path, val_csv), val_split, seed, classes)
+    if refusals:
+        raise refusal_error(refusals, path)
+    return splits
+
+
+def load_eval_split(path: str | Path, split: str = "auto", classes: list[str] | None = None
+                    ) -> tuple[list[Sample], list[str]]:
+    """Images to evaluate a model on: ``split`` "auto" takes test/ if present, else val/, else every image of
+    a class-folder dataset or CSV manifest; "train", "val", "test" or "all" pick one explicitly.
+
+    ``classes`` (the model's) fixes the label indices; a class in the data that the model does not know is
+    refused. Returns (samples, classes).
+    """
+    choices = ("auto", "train", "val", "test", "all")
+    if split not in choices:
+        raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(choices)}.")
+    scan = scan_dataset(path)
+    if split == "auto":
+        split = next((s for s in ("test", "val") if s in scan.groups), "all")
+    if split == "all":
+        files = {}
+        for group in scan.groups.values():
+            for name, paths in group.items():
+                files.setdefault(name, []).extend(paths)
+    elif split in scan.groups:
+        files = scan.groups[split]
+    else:
+        have = ", ".join(sorted(scan.groups)) if scan.layout != "class-folders" else "none (a class-folder dataset)"
+        raise UsageError(f"{scan.root} has no {split}/ split (splits found: {have}); use --split all or auto.")
+    empty = [p for p in scan.empty_class_folders if split == "all" or p.parent.name.lower() in _names_of(split)]
+    if empty:
+        raise UsageError(f"class folder {empty[0]} has no images; add images to it or remove it.")
+    found = sorted((name for name, paths in files.items() if paths), key=natural_key)
+    class_list = found if classes is None else list(classes)
+    unknown = [name for name in found if name not in class_list]
+    if unknown:
+        raise UsageError(f"{_quote_list(unknown)} in {scan.root} {'is' if len(unknown) == 1 else 'are'} not "
+                         f"among the model's {len(class_list)} classes ({_quote_list(class_list, 6)}).")
+    index = {name: i for i, name in enumerate(class_list)}
+    samples = [Sample(f, index[name]) for name in found for f in files[name]]
+    if not samples:
+        raise UsageError(f"no images found in {scan.root} ({split}); expected class sub-folders of images.")
+    return samples, class_list
+
+
+def _names_of(split: str) -> tuple[str, ...]:
+    return {"train": (TRAIN_FOLDER_NAME,), "val": VAL_FOLDER_NAMES, "test": (TEST_FOLDER_NAME,)}.get(split, ())
