@@ -166,3 +166,36 @@ def save_plots(result: EvalResult, folder: str | Path) -> list[Path]:
             plot_reliability(folder / "reliability.png", result.reliability, result.ece)]
     gallery = plot_error_gallery(folder / "errors.png", result.errors)
     return made + ([gallery] if gallery else [])
+
+
+def render_evaluation(result: EvalResult, stream) -> None:
+    """Rich tables: summary, per-class scores, confusion matrix, most confidently wrong images."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream, highlight=False, soft_wrap=False, width=max(100, Console(file=stream).width))
+    console.print(f"{result.n_images} images, {len(result.classes)} classes ({result.engine}): top-1 {result.top1:.4f}, "
+                  f"top-5 {result.top5:.4f}, ECE {result.ece:.4f}"
+                  + (f", {len(result.unreadable)} unreadable skipped" if result.unreadable else ""))
+    table = Table(title="per class", title_justify="left")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    rows = list(result.per_class.items()) + [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
+    for name, s in rows:
+        table.add_row(name, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", str(s["support"]))
+    console.print(table)
+    if len(result.classes) <= 30:
+        cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+        cm.add_column("")
+        for name in result.classes:
+            cm.add_column(name, justify="right")
+        for name, row in zip(result.classes, result.confusion_matrix):
+            cm.add_row(name, *[str(v) for v in row])
+        console.print(cm)
+    if result.errors:
+        errs = Table(title="most confidently wrong", title_justify="left")
+        for col in ("image", "true", "predicted", "prob"):
+            errs.add_column(col, overflow="fold")
+        for e in result.errors:
+            errs.add_row(e["path"], e["true"], e["predicted"], f"{e['prob']:.4f}")
+        console.print(errs)
