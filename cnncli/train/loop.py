@@ -239,8 +239,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_training(cfg: TrainConfig, log=None) -> TrainResult:
-    """Train as ``cfg`` says; returns the summary. Raises CnncliError subclasses for anything the user can fix."""
+def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
+    """Train as ``cfg`` says; returns the summary. Raises CnncliError subclasses for anything the user can fix.
+
+    ``log`` replaces the per-epoch log printer; ``on_epoch_end(epoch, model)`` is called before the first epoch
+    (with the last finished epoch, 0 for a new run) and after each epoch's files are written.
+    """
     from cnncli.data.layout import load_dataset
     from cnncli.engines.torch_engine import resolve_device
 
@@ -376,6 +380,8 @@ def run_training(cfg: TrainConfig, log=None) -> TrainResult:
 
     stopped = "completed"
     epoch = start_epoch - 1
+    if on_epoch_end is not None:
+        on_epoch_end(epoch, model)
     with _StopFlag() as flag:
         for epoch in range(start_epoch, cfg.epochs + 1):
             if cfg.freeze_epochs and epoch > cfg.freeze_epochs and phase_plan is not final_plan:
@@ -424,6 +430,8 @@ def run_training(cfg: TrainConfig, log=None) -> TrainResult:
                     f"{val['loss']:.4f} acc {val['acc']:.4f} top5 {val['top5']:.4f}  {row['seconds']:.1f} s "
                     f"({n_seen / max(row['seconds'], 1e-9):.1f} img/s){'  *' if improved else ''}")
             dist.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
             if cfg.patience is not None and bad_epochs >= cfg.patience:
                 stopped = "early-stopped"
                 say(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
