@@ -1,0 +1,68 @@
+"""Shared fixtures: real photos from scikit-image written to temporary folders, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``cnncli ARGS`` in this process through the real entry point; returns exit code, stdout, stderr."""
+    from cnncli.cli.app import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    return getattr(data, name)()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """chelsea (a cat) and coffee (a cup of espresso) as JPEG files."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name in ("chelsea", "coffee"):
+        path = folder / f"{name}.jpg"
+        Image.fromarray(skimage_photo(name)).save(path, quality=95)
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """A small simplecnn model file with three named classes (random weights, fixed seed)."""
+    import torch
+
+    from cnncli.checkpoint import save_model
+    from cnncli.registry import create_model
+
+    torch.manual_seed(0)
+    built = create_model("simplecnn", classes=["brick", "grass", "gravel"])
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_model(path, built.model, built.card)
+    return path

@@ -1,0 +1,128 @@
+"""`cnncli predict` on folders with good and bad files, output formats, exit codes, and a torch-free --help."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import skimage_photo
+
+GOOD = ["chelsea.jpg", "cmyk.jpg", "gray16.png", "rgba.png", "exif_rotated.jpg", "sub/coffee.png"]
+BAD = ["empty.jpg", "truncated.jpg", "text.png"]
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    cat = Image.fromarray(skimage_photo("chelsea"))
+    cat.save(root / "chelsea.jpg")
+    cat.convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray(np.asarray(cat.convert("L"), dtype=np.uint16) * 257).save(root / "gray16.png")
+    cat.convert("RGBA").save(root / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    cat.save(root / "exif_rotated.jpg", exif=exif)
+    (root / "sub").mkdir()
+    Image.fromarray(skimage_photo("coffee")).save(root / "sub" / "coffee.png")
+    (root / "empty.jpg").write_bytes(b"")
+    cat.save(root / "truncated.jpg")
+    (root / "truncated.jpg").write_bytes((root / "truncated.jpg").read_bytes()[:3000])
+    (root / "text.png").write_text("not an image")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    (root / ".hidden").mkdir()
+    cat.save(root / ".hidden" / "skip.jpg")
+    return root
+
+
+def test_mixed_folder_predicts_good_reports_bad_exit_1(run_cli, mixed_folder, tiny_model_file):
+    result = run_cli("predict", mixed_folder, "--model", tiny_model_file, "--format", "jsonl", "--workers", "2",
+                     "--batch-size", "4")
+    assert result.code == 1
+    rows = {json.loads(line)["path"]: json.loads(line) for line in result.out.splitlines()}
+    assert set(rows) == {str(mixed_folder / name) for name in GOOD + BAD}
+    for name in GOOD:
+        top = rows[str(mixed_folder / name)]["top"]
+        assert top[0]["label"] in {"brick", "grass", "gravel"} and len(top) == 3
+    for name in BAD:
+        row = rows[str(mixed_folder / name)]
+        assert "top" not in row and str(mixed_folder / name) in row["error"]
+        assert str(mixed_folder / name) in result.err
+    assert "3 of 9 images failed" in result.err and "Traceback" not in result.err
+
+
+def test_workers_do_not_change_results_or_order(mixed_folder, tiny_model_file):
+    from cnncli.engines import open_engine
+    from cnncli.pipeline import collect_inputs
+    from cnncli.predict import predict_items
+
+    engine = open_engine(str(tiny_model_file), device="cpu")
+    items = collect_inputs([str(mixed_folder)])
+    inline = [p.to_dict() for p in predict_items(engine, items, k=3, batch_size=3, workers=0)]
+    pooled = [p.to_dict() for p in predict_items(engine, items, k=3, batch_size=3, workers=2)]
+    assert [r["path"] for r in inline] == [r["path"] for r in pooled]
+    for a, b in zip(inline, pooled):
+        assert a.get("error") == b.get("error")
+        for ta, tb in zip(a.get("top", []), b.get("top", [])):
+            assert ta["index"] == tb["index"] and abs(ta["prob"] - tb["prob"]) < 1e-5
+
+
+def test_output_formats(run_cli, photos, tiny_model_file, tmp_path):
+    args = ("predict", photos["chelsea"], photos["coffee"], "--model", tiny_model_file, "-k", "2")
+    as_json = json.loads(run_cli(*args, "--format", "json").out)
+    assert [r["path"] for r in as_json] == [str(photos["chelsea"]), str(photos["coffee"])]
+    assert set(as_json[0]["top"][0]) == {"label", "index", "prob"}
+
+    rows = list(csv.DictReader(io.StringIO(run_cli(*args, "--format", "csv").out)))
+    assert [r["rank"] for r in rows] == ["1", "2", "1", "2"]
+    assert rows[0]["label"] == as_json[0]["top"][0]["label"]
+    assert abs(float(rows[0]["prob"]) - as_json[0]["top"][0]["prob"]) < 1e-6
+
+    table = run_cli(*args).out
+    assert "chelsea.jpg" in table and as_json[0]["top"][0]["label"] in table
+
+    out_file = tmp_path / "out.jsonl"
+    result = run_cli(*args, "--format", "jsonl", "--output", out_file)
+    assert result.code == 0 and result.out == ""
+    assert len(out_file.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(("predict", "/no/such/dir/*.jpg"), "no images found"),
+     (("predict", "{img}", "--model", "resnet81"), "unknown architecture"),
+     (("predict", "{img}", "--format", "xml"), "unknown --format"),
+     (("predict", "/no/such/file.jpg"), "no such file")],
+)
+def test_usage_errors_exit_2_with_one_line(run_cli, photos, args, message):
+    args = [a.replace("{img}", str(photos["chelsea"])) for a in args]
+    result = run_cli(*args)
+    assert result.code == 2
+    assert message in result.err and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\nfrom cnncli.cli.app import main\n"
+        "for argv in (['--help'], ['predict', '--help'], ['train', '--help'], ['export', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'timm', 'onnxruntime') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in done.stderr, done.stderr
+
+
+def test_module_entry_point_and_debug_traceback(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("nope")
+    quiet = subprocess.run([sys.executable, "-m", "cnncli", "predict", str(bad), "--model", str(bad)],
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode != 0 and "Traceback" not in quiet.stderr and "error:" in quiet.stderr
