@@ -65,7 +65,7 @@ def _options(command: str):
         from cnncli.train.loop import run_training
 
         values = dict(locals())
-        cfg = TrainConfig(command=command, **{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
+        cfg = TrainConfig(command=command, **{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__ and k != "command"})
         result = run_training(cfg)
         if result.history:
             info(f"best epoch {result.best_epoch}: val acc {result.best_val_acc:.4f}, val loss {result.best_val_loss:.4f} "

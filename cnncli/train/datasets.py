@@ -101,5 +101,5 @@ class SkippedImages:
     def count(self) -> int:
         return len(self.messages)
 
-    def first(self) -> list[str]:
-        return list(self.messages)[: self.keep]
+    def first(self, n: int | None = None) -> list[str]:
+        return list(self.messages)[: self.keep if n is None else n]
