@@ -442,7 +442,8 @@ def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
                          best_val_loss=best.get("val_loss", float("nan")), stopped=stopped,
                          skipped_images=skipped.count, trainable_params=final_params, history=history)
     if dist.main and history:
-        result.metrics = _final_outputs(out, model, step_module, val_ds, val_loader, device, channels_last, amp_dtype,
+        full_val = make_loader(val_ds, cfg, Dist(), False, generator, workers, device) if dist.enabled else val_loader
+        result.metrics = _final_outputs(out, model, step_module, val_ds, full_val, device, channels_last, amp_dtype,
                                         classes, history, best_epoch, cfg, skipped, final_params, stopped)
         if skipped.count:
             warn(f"{skipped.count} unreadable image(s) were skipped; first: {'; '.join(skipped.first(3))}")
