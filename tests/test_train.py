@@ -125,7 +125,7 @@ def test_cache_features_gives_the_same_training_as_the_full_forward(textures, tm
 # ---------------------------------------------------------------- lifecycle
 
 
-def test_seed_resume_and_run_outputs(digits, tmp_path):
+def test_seed_resume_outputs_and_finetune_of_the_result(digits, textures, tmp_path):
     ref = run_training(lenet_cfg(digits, tmp_path / "a"))
     again = run_training(lenet_cfg(digits, tmp_path / "b"))
     other = run_training(lenet_cfg(digits, tmp_path / "c", seed=1, epochs=1))
@@ -167,6 +167,16 @@ def test_seed_resume_and_run_outputs(digits, tmp_path):
     assert card["training"]["best_epoch"] == ref.best_epoch and card["training"]["policy"] == "all"
     assert card["classes"] == [str(i) for i in range(10)] and card["preprocessing"]["channels"] == 1
     assert json.loads((run / "args.json").read_text())["arch"] == "lenet5"
+
+    # finetune of that cnncli model on another class set: its architecture, a new head, and a note saying so
+    said: list[str] = []
+    tuned = run_training(TrainConfig(data=str(textures), command="finetune", arch=None, weights=str(run / "best.safetensors"),
+                                     trainable="head", augment="none", epochs=1, out=str(tmp_path / "ft"), workers=0),
+                         log=said.append)
+    assert any("new 3-class head" in line for line in said)
+    card = _card(tmp_path / "ft" / "best.safetensors")
+    assert card["arch"] == "lenet5" and card["classes"] == ["brick", "grass", "gravel"]
+    assert tuned.trainable_params == 84 * 3 + 3
 
 
 def test_corrupt_image_is_skipped_and_counted(digits, tmp_path):

@@ -16,7 +16,7 @@ def _options(command: str):
 
     def run(
         data: str = typer.Argument(..., metavar="DATA", help=DATA_HELP),
-        arch: str = typer.Option("efficientnet_lite0" if finetune else "simplecnn", "--arch", "-a", help="Registry architecture (`cnncli models`)."),
+        arch: Optional[str] = typer.Option(None if finetune else "simplecnn", "--arch", "-a", help="Registry architecture (`cnncli models`)" + ("; default: the --weights model file's, else efficientnet_lite0." if finetune else ".")),
         weights: str = typer.Option("default" if finetune else "none", "--weights", help="Pretrained weights: default, an enum name, or a weights / cnncli model file." if finetune else "none (train from scratch); use finetune for pretrained weights."),
         init: str = typer.Option("default", "--init", help="Initialisation for train: default, kaiming or xavier."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help=f"Run folder (default runs/{command}-N)."),

@@ -26,7 +26,7 @@ DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "adagra
 class TrainConfig:
     data: str
     command: str = "train"  # "train" (random init) or "finetune" (pretrained backbone)
-    arch: str = "lenet5"
+    arch: str | None = "lenet5"  # finetune: None = the --weights file's architecture, else efficientnet_lite0
     weights: str = "none"  # finetune: "default", a torchvision enum name, or a model / weights file
     init: str = "default"
     out: str | None = None
@@ -80,6 +80,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Refuse impossible combinations with one sentence each (UsageError, exit 2)."""
+        if self.arch is None and self.command == "train":
+            raise UsageError("train needs --arch (e.g. --arch simplecnn); `cnncli models` lists them.")
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS, "loss": LOSSES,
                    "balance": BALANCES, "bn": BN_MODES, "init": INITS, "monitor": MONITORS, "amp": AMP_MODES}
         for name, allowed in choices.items():

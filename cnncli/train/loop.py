@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from cnncli.card import ModelCard
 from cnncli.checkpoint import atomic_path, save_model
 from cnncli.errors import CnncliError, UsageError
+from cnncli.registry_names import DEFAULT_ARCH
 from cnncli.report import info, warn
 from cnncli.train.config import TrainConfig, next_run_dir
 from cnncli.train.datasets import SampleDataset, SkippedImages, collate
@@ -133,6 +134,13 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[nn.Module, ModelC
         built = create_model(cfg.arch, weights="none", classes=classes, in_chans=in_chans)
         initialise(built.model, cfg.init)
     else:
+        file_card = cnncli_card_of(cfg.weights)
+        if file_card is not None:  # finetune an existing cnncli model: its architecture and input channels
+            if cfg.arch and cfg.arch != file_card.arch:
+                raise UsageError(f"{cfg.weights} holds a {file_card.arch} model, not {cfg.arch}; drop --arch or pass --arch {file_card.arch}.")
+            cfg.arch = file_card.arch
+            in_chans = file_card.preprocessing.channels
+        cfg.arch = cfg.arch or DEFAULT_ARCH
         built = create_model(cfg.arch, weights=cfg.weights, in_chans=in_chans)
         if list(built.card.classes) != list(classes):
             replace_head(built.model, len(classes))
@@ -148,6 +156,17 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[nn.Module, ModelC
     if cfg.dropout:
         add_head_dropout(built.model, cfg.dropout)
     return built.model, card, notes
+
+
+def cnncli_card_of(weights: str | None) -> ModelCard | None:
+    """The card of a cnncli .safetensors model file given as --weights, else None."""
+    from cnncli.checkpoint import read_metadata
+    from cnncli.card import METADATA_KEY
+
+    if not weights or not str(weights).endswith(".safetensors") or not Path(weights).is_file():
+        return None
+    metadata = read_metadata(weights)
+    return ModelCard.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
 
 
 def add_head_dropout(model: nn.Module, p: float) -> None:
@@ -400,6 +419,7 @@ def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
             train_loss, train_acc, n_seen = _train_epoch(
                 cfg, epoch, train_fn, train_loader, optimizer, scheduler, scaler, criterion, mixer, device,
                 channels_last, amp_dtype, flag, note_errors, dist, say, len(splits.train))
+            train_seconds = time.perf_counter() - t0
             if flag.stop:
                 if dist.main:
                     done = epoch - 1
@@ -409,7 +429,7 @@ def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
             val = _validate(step_module, val_loader, val_criterion, device, channels_last, amp_dtype, dist, note_errors)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
                    "val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"],
-                   "seconds": round(time.perf_counter() - t0, 2)}
+                   "seconds": round(time.perf_counter() - t0, 2), "train_img_s": n_seen / max(train_seconds, 1e-9)}
             history.append(row)
             score = -val["loss"] if cfg.monitor == "val_loss" else val["acc"]
             improved = best_score is None or score > best_score
@@ -428,7 +448,7 @@ def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
                 write_results_csv(out / "results.csv", history)
                 say(f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  val loss "
                     f"{val['loss']:.4f} acc {val['acc']:.4f} top5 {val['top5']:.4f}  {row['seconds']:.1f} s "
-                    f"({n_seen / max(row['seconds'], 1e-9):.1f} img/s){'  *' if improved else ''}")
+                    f"(train {row['train_img_s']:.1f} img/s){'  *' if improved else ''}")
             dist.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
