@@ -46,15 +46,17 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def _refuse_if_not_safetensors(path: Path) -> None:
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        head = fh.read(9)
+    # a safetensors header (u64 length, then JSON "{") may itself start with 0x80, like a pickle
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not looks_safetensors and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"):
         raise ModelFileError(
             f"{path} is a pickle / PyTorch checkpoint, which cnncli does not load because unpickling can run code; "
             "use a cnncli .safetensors model file (or pass a plain state dict with --weights)."
         )
-    if len(head) < 8:
+    if len(head) < 9:
         raise ModelFileError(f"{path} is too short to be a safetensors model file; it is empty or truncated.")
-    (header_len,) = struct.unpack("<Q", head)
+    (header_len,) = struct.unpack("<Q", head[:8])
     if header_len > MAX_HEADER_BYTES or header_len > path.stat().st_size - 8:
         raise ModelFileError(f"{path} is not a safetensors file (or it is truncated); pass a cnncli model file.")
 

@@ -103,8 +103,8 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Any], dict[str, st
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist; check the path.")
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if not head.startswith(PICKLE_MAGIC):
+        head = fh.read(9)
+    if not head.startswith(PICKLE_MAGIC) or head[8:9] == b"{":  # safetensors: u64 header length, then JSON
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

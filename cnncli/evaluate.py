@@ -1,0 +1,201 @@
+"""Evaluating a classifier: top-1/top-5 accuracy, per-class precision/recall/F1/support with macro and weighted
+averages, the confusion matrix, the most confidently wrong images, and calibration (ECE + reliability bins).
+
+:func:`compute_metrics` works on probabilities (used by training for metrics.json); :func:`evaluate_engine` runs
+any :class:`cnncli.engines.Engine` (PyTorch or onnxruntime) over samples through the shared eval preprocessing.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import UsageError
+
+ECE_BINS = 15
+
+
+@dataclass
+class EvalResult:
+    classes: list[str]
+    n_images: int
+    top1: float
+    top5: float
+    per_class: dict[str, dict]  # class -> precision, recall, f1, support
+    macro_avg: dict[str, float]
+    weighted_avg: dict[str, float]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    ece: float
+    reliability: list[dict]  # per bin: lower, upper, count, confidence, accuracy
+    errors: list[dict]  # most confidently wrong: path, true, predicted, prob
+    unreadable: list[dict] = field(default_factory=list)  # path, error
+    model: str | None = None
+    engine: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "engine": self.engine, "n_images": self.n_images, "classes": self.classes,
+            "top1": self.top1, "top5": self.top5, "per_class": self.per_class, "macro_avg": self.macro_avg,
+            "weighted_avg": self.weighted_avg, "confusion_matrix": self.confusion_matrix, "ece": self.ece,
+            "reliability": self.reliability, "errors": self.errors, "unreadable": self.unreadable,
+        }
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
+    m = np.zeros((n, n), dtype=np.int64)
+    np.add.at(m, (labels, predicted), 1)
+    return m
+
+
+def per_class_scores(matrix: np.ndarray, classes: list[str]) -> tuple[dict, dict, dict]:
+    """Precision, recall, F1, support per class, and their macro and support-weighted averages (0 where undefined)."""
+    tp = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    support = matrix.sum(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    per_class = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                     "support": int(support[i])} for i, c in enumerate(classes)}
+    total = support.sum()
+    macro = {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean()),
+             "support": int(total)}
+    w = support / total if total else support
+    weighted = {"precision": float((precision * w).sum()), "recall": float((recall * w).sum()),
+                "f1": float((f1 * w).sum()), "support": int(total)}
+    return per_class, macro, weighted
+
+
+def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict]]:
+    """Expected calibration error over equal-width confidence bins, and the bins for a reliability diagram."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    n = len(confidence)
+    ece, out = 0.0, []
+    for b in range(bins):
+        mask = index == b
+        count = int(mask.sum())
+        conf = float(confidence[mask].mean()) if count else 0.0
+        acc = float(correct[mask].mean()) if count else 0.0
+        if count:
+            ece += count / n * abs(acc - conf)
+        out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": conf, "accuracy": acc})
+    return float(ece), out
+
+
+def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str] | None = None,
+                    n_errors: int = 12) -> EvalResult:
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    if n == 0:
+        raise UsageError("no readable images to evaluate.")
+    predicted = probs.argmax(axis=1)
+    k = min(5, probs.shape[1])
+    top_k = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    matrix = confusion_matrix(labels, predicted, len(classes))
+    per_class, macro, weighted = per_class_scores(matrix, classes)
+    confidence = probs[np.arange(n), predicted]
+    correct = predicted == labels
+    ece, bins = calibration(confidence, correct.astype(np.float64))
+    wrong = np.flatnonzero(~correct)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:n_errors]
+    errors = [{"path": paths[i] if paths else str(i), "true": classes[labels[i]], "predicted": classes[predicted[i]],
+               "prob": float(confidence[i])} for i in wrong]
+    return EvalResult(
+        classes=list(classes), n_images=n, top1=float(correct.mean()),
+        top5=float((top_k == labels[:, None]).any(axis=1).mean()), per_class=per_class, macro_avg=macro,
+        weighted_avg=weighted, confusion_matrix=matrix.tolist(), ece=ece, reliability=bins, errors=errors,
+    )
+
+
+def engine_probabilities(engine, samples, batch_size: int = 32, workers: int | None = None):
+    """Run ``engine`` over ``samples`` with the shared eval preprocessing: (probs, labels, paths, unreadable)."""
+    from cnncli.pipeline import InputItem, decoded_batches
+
+    items = [InputItem(str(s.path)) for s in samples]
+    label_of = {str(s.path): s.label for s in samples}
+    probs, labels, paths, unreadable = [], [], [], []
+    for batch in decoded_batches(items, engine.card.preprocessing, batch_size=batch_size, workers=workers):
+        if batch.array is not None:
+            probs.append(engine.predict_proba(batch.array))
+        for path, ok in zip(batch.paths, batch.ok):
+            if ok:
+                labels.append(label_of[path])
+                paths.append(path)
+            else:
+                unreadable.append({"path": path, "error": batch.errors[path]})
+    stacked = np.concatenate(probs) if probs else np.zeros((0, engine.card.num_classes), np.float32)
+    return stacked, np.asarray(labels, dtype=np.int64), paths, unreadable
+
+
+def evaluate_engine(engine, samples, classes: list[str], batch_size: int = 32, workers: int | None = None) -> EvalResult:
+    probs, labels, paths, unreadable = engine_probabilities(engine, samples, batch_size, workers)
+    if not paths:
+        raise UsageError(f"none of the {len(samples)} images could be read; check the dataset with `cnncli inspect`.")
+    result = compute_metrics(probs, labels, classes, paths)
+    result.unreadable = unreadable
+    result.engine = engine.name
+    return result
+
+
+def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size: int = 32, device: str = "auto",
+                   workers: int | None = None) -> EvalResult:
+    """Evaluate a model file (or registry name) on a dataset folder / CSV, with the model's own class list."""
+    from cnncli.data.layout import load_eval_split
+    from cnncli.engines import open_engine
+
+    engine = open_engine(model, device=device)
+    samples, classes = load_eval_split(data, split=split, classes=list(engine.card.classes))
+    result = evaluate_engine(engine, samples, classes, batch_size=batch_size, workers=workers)
+    result.model = str(model)
+    return result
+
+
+def save_plots(result: EvalResult, folder: str | Path) -> list[Path]:
+    """confusion_matrix.png, reliability.png and errors.png (gallery of the most confidently wrong) in ``folder``."""
+    from cnncli.train.outputs import plot_confusion_matrix, plot_error_gallery, plot_reliability
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    made = [plot_confusion_matrix(folder / "confusion_matrix.png", result.confusion_matrix, result.classes),
+            plot_reliability(folder / "reliability.png", result.reliability, result.ece)]
+    gallery = plot_error_gallery(folder / "errors.png", result.errors)
+    return made + ([gallery] if gallery else [])
+
+
+def render_evaluation(result: EvalResult, stream) -> None:
+    """Rich tables: summary, per-class scores, confusion matrix, most confidently wrong images."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream, highlight=False, soft_wrap=False, width=max(100, Console(file=stream).width))
+    console.print(f"{result.n_images} images, {len(result.classes)} classes ({result.engine}): top-1 {result.top1:.4f}, "
+                  f"top-5 {result.top5:.4f}, ECE {result.ece:.4f}"
+                  + (f", {len(result.unreadable)} unreadable skipped" if result.unreadable else ""))
+    table = Table(title="per class", title_justify="left")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    rows = list(result.per_class.items()) + [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
+    for name, s in rows:
+        table.add_row(name, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", str(s["support"]))
+    console.print(table)
+    if len(result.classes) <= 30:
+        cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+        cm.add_column("")
+        for name in result.classes:
+            cm.add_column(name, justify="right")
+        for name, row in zip(result.classes, result.confusion_matrix):
+            cm.add_row(name, *[str(v) for v in row])
+        console.print(cm)
+    if result.errors:
+        errs = Table(title="most confidently wrong", title_justify="left")
+        for col in ("image", "true", "predicted", "prob"):
+            errs.add_column(col, overflow="fold")
+        for e in result.errors:
+            errs.add_row(e["path"], e["true"], e["predicted"], f"{e['prob']:.4f}")
+        console.print(errs)

@@ -1,0 +1,105 @@
+"""Torch datasets over :class:`cnncli.data.layout.Sample` lists.
+
+Training images get torchvision.transforms.v2 augmentation; evaluation images get exactly
+:func:`cnncli.images.load_and_preprocess`, the preprocessing every engine uses. An image that cannot be read is
+skipped (the batch is one shorter), counted, and its path reported: never a crash hours into training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from cnncli.card import Preprocessing
+from cnncli.errors import ImageError
+from cnncli.images import draft_size_for, load_and_preprocess, load_image
+
+
+def train_transform(pre: Preprocessing, augment: str):
+    """The v2 pipeline for ``--augment light|standard|strong`` (PIL image in, normalised float tensor out)."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    size = list(pre.input_size)
+    interp = InterpolationMode(pre.interpolation)
+    steps = [v2.RandomResizedCrop(size, scale=(0.5 if augment == "light" else 0.25, 1.0), interpolation=interp, antialias=True),
+             v2.RandomHorizontalFlip()]
+    if augment in ("standard", "strong"):
+        steps.append(v2.ColorJitter(0.3, 0.3, 0.3, 0.05 if pre.channels == 3 else 0))
+    if augment == "strong":
+        steps.append(v2.TrivialAugmentWide(interpolation=interp))
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    if augment == "strong":
+        steps.append(v2.RandomErasing(p=0.25))
+    return v2.Compose(steps)
+
+
+class SampleDataset(Dataset):
+    """(tensor, label) for each sample, or (None, label, error) for an unreadable image (dropped by :func:`collate`)."""
+
+    def __init__(self, samples, pre: Preprocessing, augment: str = "none") -> None:
+        self.samples = list(samples)
+        self.pre = pre
+        self.augment = augment
+        self.transform = train_transform(pre, augment) if augment != "none" else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        try:
+            if self.transform is None:
+                return torch.from_numpy(load_and_preprocess(sample.path, self.pre)), sample.label, None
+            w, h = draft_size_for(self.pre)
+            img = load_image(sample.path, self.pre.channels, draft_size=(2 * w, 2 * h))
+            return self.transform(img), sample.label, None
+        except ImageError as exc:
+            return None, sample.label, str(exc)
+        except Exception as exc:  # a decoder bug on one odd file must not stop the run
+            return None, sample.label, f"{sample.path}: cannot read the image ({type(exc).__name__}: {exc})."
+
+    def labels(self) -> np.ndarray:
+        return np.asarray([s.label for s in self.samples], dtype=np.int64)
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    errors: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return 0 if self.labels is None else int(self.labels.shape[0])
+
+
+def collate(items) -> Batch:
+    good = [(x, y) for x, y, err in items if err is None]
+    errors = [err for _, _, err in items if err is not None]
+    if not good:
+        return Batch(None, None, errors)
+    images, labels = default_collate(good)
+    return Batch(images, labels, errors)
+
+
+class SkippedImages:
+    """Unreadable images seen so far (each path once), with the first few kept for the run log."""
+
+    def __init__(self, keep: int = 5) -> None:
+        self.messages: dict[str, str] = {}
+        self.keep = keep
+
+    def add(self, errors: list[str]) -> list[str]:
+        new = [e for e in errors if e not in self.messages]
+        for e in new:
+            self.messages[e] = e
+        return new
+
+    @property
+    def count(self) -> int:
+        return len(self.messages)
+
+    def first(self, n: int | None = None) -> list[str]:
+        return list(self.messages)[: self.keep if n is None else n]

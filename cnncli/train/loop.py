@@ -1,0 +1,633 @@
+"""The training run: dataset -> model -> epochs -> run folder.
+
+:func:`run_training` builds the model (random init for ``train``, pretrained backbone and new head for
+``finetune``), applies the trainable policy, and runs the epoch loop: gradient accumulation, clipping, label
+smoothing or hinge loss, class balancing, mixup/cutmix, AMP and channels_last, optional torch.compile, early
+stopping, a NaN guard, and Ctrl-C handling. Each epoch ends with atomic writes of last.safetensors,
+train_state.pt (weights_only-loadable), results.csv and, when it improves, best.safetensors. Every epoch's
+randomness is seeded from (seed, epoch), so ``--resume`` reaches the same numbers as an uninterrupted run.
+Under ``torchrun`` it runs DDP (gloo on CPU); only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cnncli.card import ModelCard
+from cnncli.checkpoint import atomic_path, save_model
+from cnncli.errors import CnncliError, UsageError
+from cnncli.registry_names import DEFAULT_ARCH
+from cnncli.report import info, warn
+from cnncli.train.config import TrainConfig, next_run_dir
+from cnncli.train.datasets import SampleDataset, SkippedImages, collate
+from cnncli.train.outputs import plot_confusion_matrix, plot_curves, write_json, write_results_csv
+from cnncli.train.policy import TrainablePlan, apply_trainable, set_train_mode, trainable_names
+
+STATE_FILE = "train_state.pt"
+
+
+class TrainingDiverged(CnncliError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(CnncliError):
+    """Ctrl-C: the resumable state is on disk."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs_run: int
+    best_epoch: int
+    best_val_acc: float
+    best_val_loss: float
+    stopped: str  # completed | early-stopped
+    skipped_images: int
+    trainable_params: int
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if not self.enabled:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# ---------------------------------------------------------------- model
+
+
+def initialise(model: nn.Module, init: str) -> None:
+    if init == "default":
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if init == "kaiming":
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[nn.Module, ModelCard, list[str]]:
+    """The model to train, its card, and notes for the log (e.g. "new head for 3 classes")."""
+    from cnncli.registry import create_model, replace_head
+
+    in_chans = 1 if cfg.grayscale else 3
+    notes = []
+    if cfg.command == "train":
+        built = create_model(cfg.arch, weights="none", classes=classes, in_chans=in_chans)
+        initialise(built.model, cfg.init)
+    else:
+        file_card = cnncli_card_of(cfg.weights)
+        if file_card is not None:  # finetune an existing cnncli model: its architecture and input channels
+            if cfg.arch and cfg.arch != file_card.arch:
+                raise UsageError(f"{cfg.weights} holds a {file_card.arch} model, not {cfg.arch}; drop --arch or pass --arch {file_card.arch}.")
+            cfg.arch = file_card.arch
+            in_chans = file_card.preprocessing.channels
+        cfg.arch = cfg.arch or DEFAULT_ARCH
+        built = create_model(cfg.arch, weights=cfg.weights, in_chans=in_chans)
+        if list(built.card.classes) != list(classes):
+            replace_head(built.model, len(classes))
+            notes.append(f"new {len(classes)}-class head (the pretrained model had {built.card.num_classes} classes)")
+            built.card.classes = list(classes)
+    card = built.card
+    pre = card.preprocessing
+    if cfg.image_size:
+        pre = pre.replace(input_size=(cfg.image_size, cfg.image_size))
+    if pre.channels != in_chans:
+        pre = pre.replace(channels=in_chans)
+    card.preprocessing = pre
+    if cfg.dropout:
+        add_head_dropout(built.model, cfg.dropout)
+    return built.model, card, notes
+
+
+def cnncli_card_of(weights: str | None) -> ModelCard | None:
+    """The card of a cnncli .safetensors model file given as --weights, else None."""
+    from cnncli.checkpoint import read_metadata
+    from cnncli.card import METADATA_KEY
+
+    if not weights or not str(weights).endswith(".safetensors") or not Path(weights).is_file():
+        return None
+    metadata = read_metadata(weights)
+    return ModelCard.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+
+
+def add_head_dropout(model: nn.Module, p: float) -> None:
+    """Dropout on the head's input while training (a hook, so the saved weights keep the architecture's names)."""
+    from cnncli.registry import head_name
+
+    head = model.get_submodule(head_name(model))
+    head.register_forward_pre_hook(lambda m, args: (nn.functional.dropout(args[0], p, m.training),) + tuple(args[1:]))
+
+
+def model_card_for(card: ModelCard, cfg: TrainConfig, summary: dict, plan_spec: str, trainable_params: int) -> ModelCard:
+    card.training = summary
+    card.extra = dict(card.extra or {}, trainable=plan_spec, trainable_params=trainable_params, bn=cfg.bn)
+    return card
+
+
+# ---------------------------------------------------------------- data
+
+
+def default_workers(n_images: int) -> int:
+    if n_images < 512:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def make_loader(dataset, cfg: TrainConfig, dist: Dist, train: bool, generator: torch.Generator, workers: int,
+                device: torch.device) -> DataLoader:
+    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler, Subset, WeightedRandomSampler
+
+    if train:
+        if dist.enabled:
+            sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
+        elif cfg.balance == "sampler":
+            labels = dataset.labels()
+            counts = np.bincount(labels).astype(np.float64)
+            weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+            sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+        else:
+            sampler = RandomSampler(dataset, generator=generator)
+    else:
+        if dist.enabled:  # each rank validates its own share; sums are reduced
+            dataset = Subset(dataset, list(range(dist.rank, len(dataset), dist.world)))
+        sampler = SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                      generator=generator, pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def batch_mixer(cfg: TrainConfig, num_classes: int):
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    from torchvision.transforms import v2
+
+    options = []
+    if cfg.mixup:
+        options.append(v2.MixUp(alpha=cfg.mixup, num_classes=num_classes))
+    if cfg.cutmix:
+        options.append(v2.CutMix(alpha=cfg.cutmix, num_classes=num_classes))
+    return options[0] if len(options) == 1 else v2.RandomChoice(options)
+
+
+# ---------------------------------------------------------------- the run
+
+
+class _StopFlag:
+    """Ctrl-C sets the flag; the loop finishes the current step and stops."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_):
+        if self.stop:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
+    """Train as ``cfg`` says; returns the summary. Raises CnncliError subclasses for anything the user can fix.
+
+    ``log`` replaces the per-epoch log printer; ``on_epoch_end(epoch, model)`` is called before the first epoch
+    (with the last finished epoch, 0 for a new run) and after each epoch's files are written.
+    """
+    from cnncli.data.layout import load_dataset
+    from cnncli.engines.torch_engine import resolve_device
+
+    if cfg.resume:
+        cfg = resume_config(cfg)
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dist = setup_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    say = (log or info) if (dist.main and not cfg.quiet) else (lambda _msg: None)
+    if dist.enabled and (cfg.cache_features or cfg.balance == "sampler"):
+        raise UsageError("--cache-features and --balance sampler are single-process options; drop them under torchrun.")
+    seed_everything(cfg.seed)
+
+    splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv)
+    for message in splits.warnings:
+        if dist.main:
+            warn(message)
+    classes = list(splits.classes)
+    out = Path(cfg.resume or cfg.out or next_run_dir(cfg.command))
+    cfg.out = str(out)
+
+    model, card, notes = build_model(cfg, classes)
+    for note in notes:
+        say(note)
+    final_plan = trainable_names(model, cfg.trainable)
+    phase_plan = trainable_names(model, "head") if cfg.freeze_epochs else final_plan
+    trainable_params = apply_trainable(model, phase_plan)
+    final_params = sum(p.numel() for n, p in model.named_parameters() if n in set(final_plan.trainable))
+    model.to(device)
+    channels_last = cfg.channels_last and not cfg.cache_features
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    amp = cfg.amp
+    if device.type != "cuda":
+        amp = "off"
+    elif amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+    pre = card.preprocessing
+    workers = cfg.workers if cfg.workers is not None else default_workers(len(splits.train))
+    generator = torch.Generator()
+    train_ds = SampleDataset(splits.train, pre, cfg.augment)
+    val_ds = SampleDataset(splits.val, pre, "none")
+    skipped = SkippedImages()
+
+    def note_errors(errors: list[str]) -> None:
+        for message in skipped.add(errors):
+            if skipped.count <= skipped.keep and dist.main:
+                warn(f"skipping an unreadable image: {message}")
+
+    step_module: nn.Module = model
+    if cfg.cache_features:
+        from cnncli.registry import head_name
+        from cnncli.train.features import FeatureDataset, head_inputs
+
+        t0 = time.perf_counter()
+        loader_args = dict(cfg=cfg, dist=dist, train=False, generator=generator, workers=workers, device=device)
+        train_feats = head_inputs(model, make_loader(train_ds, **loader_args), device, False, note_errors)
+        val_feats = head_inputs(model, make_loader(val_ds, **loader_args), device, False, note_errors)
+        train_ds, val_ds = FeatureDataset(*train_feats), FeatureDataset(*val_feats)
+        workers = 0
+        step_module = model.get_submodule(head_name(model))
+        say(f"cached the backbone's features of {len(train_ds) + len(val_ds)} images in {time.perf_counter() - t0:.1f} s")
+
+    train_loader = make_loader(train_ds, cfg, dist, True, generator, workers, device)
+    val_loader = make_loader(val_ds, cfg, dist, False, generator, workers, device)
+    micro_batches = len(train_loader)
+    steps_per_epoch = max(1, math.ceil(micro_batches / cfg.accumulate))
+
+    from cnncli.train.optim import build_optimizer, build_scheduler, param_groups
+
+    mult = cfg.backbone_lr_mult
+    # with gradual unfreezing every parameter is in the optimiser from the start; frozen ones get no gradient
+    in_optimizer = [n for n, _ in model.named_parameters()] if cfg.freeze_epochs else final_plan.trainable
+    optimizer = build_optimizer(param_groups(model, final_plan.head, in_optimizer, cfg.learning_rate, mult), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+
+    class_weights = None
+    if cfg.balance == "weights":
+        counts = np.bincount([s.label for s in splits.train], minlength=len(classes)).astype(np.float64)
+        class_weights = torch.as_tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+    if cfg.loss == "hinge":
+        criterion = nn.MultiMarginLoss(weight=class_weights)
+        val_criterion = nn.MultiMarginLoss(reduction="sum")
+    else:
+        criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
+        val_criterion = nn.CrossEntropyLoss(reduction="sum")
+    mixer = batch_mixer(cfg, len(classes))
+
+    history: list[dict] = []
+    start_epoch, best_epoch, best_score, bad_epochs = 1, 0, None, 0
+    out_state = out / STATE_FILE
+    if cfg.resume:
+        state = torch.load(out_state, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+        best_epoch, best_score, bad_epochs = int(state["best_epoch"]), state["best_score"], int(state["bad_epochs"])
+        say(f"resuming {out} after epoch {start_epoch - 1}")
+    elif dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "args.json")
+
+    train_fn = step_module
+    if cfg.compile:
+        train_fn = torch.compile(step_module)
+    ddp_wrap = None
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        def ddp_wrap():
+            return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        train_fn = ddp_wrap()
+
+    base = model
+    summary_base = {"command": cfg.command, "dataset": str(cfg.data), "layout": splits.layout,
+                    "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
+                    "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
+                    "lr": cfg.learning_rate, "augment": cfg.augment}
+    say(f"{cfg.command} {card.arch} on {len(splits.train)} train / {len(splits.val)} val images, {len(classes)} classes, "
+        f"trainable {cfg.trainable} ({final_params:,} parameters), device {device}, out {out}")
+
+    stopped = "completed"
+    epoch = start_epoch - 1
+    if on_epoch_end is not None:
+        on_epoch_end(epoch, model)
+    with _StopFlag() as flag:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if cfg.freeze_epochs and epoch > cfg.freeze_epochs and phase_plan is not final_plan:
+                phase_plan = final_plan
+                trainable_params = apply_trainable(model, final_plan)
+                if ddp_wrap is not None:
+                    train_fn = ddp_wrap()
+                say(f"epoch {epoch}: unfreezing, now training {cfg.trainable} ({trainable_params:,} parameters)")
+            epoch_seed = cfg.seed * 100_003 + epoch
+            torch.manual_seed(epoch_seed)
+            generator.manual_seed(epoch_seed)
+            if dist.enabled:
+                train_loader.sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            set_train_mode(model, cfg.bn)
+            train_loss, train_acc, n_seen = _train_epoch(
+                cfg, epoch, train_fn, train_loader, optimizer, scheduler, scaler, criterion, mixer, device,
+                channels_last, amp_dtype, flag, note_errors, dist, say, len(splits.train))
+            train_seconds = time.perf_counter() - t0
+            if flag.stop:
+                if dist.main:
+                    done = epoch - 1
+                    where = f"the state after epoch {done} is in {out}" if done else "no epoch had finished, so nothing was saved"
+                    raise TrainingInterrupted(f"interrupted during epoch {epoch}; {where}; continue with --resume {out}.")
+                raise TrainingInterrupted("interrupted.")
+            val = _validate(step_module, val_loader, val_criterion, device, channels_last, amp_dtype, dist, note_errors)
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
+                   "val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"],
+                   "seconds": round(time.perf_counter() - t0, 2), "train_img_s": n_seen / max(train_seconds, 1e-9)}
+            history.append(row)
+            score = -val["loss"] if cfg.monitor == "val_loss" else val["acc"]
+            improved = best_score is None or score > best_score
+            if improved:
+                best_epoch, best_score, bad_epochs = epoch, score, 0
+            else:
+                bad_epochs += 1
+            if dist.main:
+                summary = dict(summary_base, epochs=epoch, best_epoch=best_epoch,
+                               val_acc=history[best_epoch - 1]["val_acc"], val_loss=history[best_epoch - 1]["val_loss"])
+                card = model_card_for(card, cfg, summary, cfg.trainable, final_params)
+                if improved:
+                    save_model(out / "best.safetensors", base, card)
+                save_model(out / "last.safetensors", base, card)
+                _save_state(out_state, base, optimizer, scheduler, scaler, epoch, history, best_epoch, best_score, bad_epochs)
+                write_results_csv(out / "results.csv", history)
+                say(f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  val loss "
+                    f"{val['loss']:.4f} acc {val['acc']:.4f} top5 {val['top5']:.4f}  {row['seconds']:.1f} s "
+                    f"(train {row['train_img_s']:.1f} img/s){'  *' if improved else ''}")
+            dist.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
+            if cfg.patience is not None and bad_epochs >= cfg.patience:
+                stopped = "early-stopped"
+                say(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
+                break
+
+    best = history[best_epoch - 1] if best_epoch else {}
+    result = TrainResult(out_dir=out, epochs_run=len(history), best_epoch=best_epoch, best_val_acc=best.get("val_acc", 0.0),
+                         best_val_loss=best.get("val_loss", float("nan")), stopped=stopped,
+                         skipped_images=skipped.count, trainable_params=final_params, history=history)
+    if dist.main and history:
+        full_val = make_loader(val_ds, cfg, Dist(), False, generator, workers, device) if dist.enabled else val_loader
+        result.metrics = _final_outputs(out, model, step_module, val_ds, full_val, device, channels_last, amp_dtype,
+                                        classes, history, best_epoch, cfg, skipped, final_params, stopped)
+        if skipped.count:
+            warn(f"{skipped.count} unreadable image(s) were skipped; first: {'; '.join(skipped.first(3))}")
+    dist.barrier()
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
+    return result
+
+
+def resume_config(cfg: TrainConfig) -> TrainConfig:
+    run = Path(cfg.resume)
+    if not (run / STATE_FILE).is_file() or not (run / "args.json").is_file():
+        raise UsageError(f"{run} has no {STATE_FILE} and args.json to resume from; pass a run folder made by cnncli train.")
+    saved = TrainConfig.load(run / "args.json")
+    saved.resume, saved.out = str(run), str(run)
+    saved.quiet = cfg.quiet
+    return saved
+
+
+def _save_state(path, model, optimizer, scheduler, scaler, epoch, history, best_epoch, best_score, bad_epochs) -> None:
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "epoch": epoch, "history": history,
+        "best_epoch": best_epoch, "best_score": best_score, "bad_epochs": bad_epochs,
+        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _autocast(device: torch.device, amp_dtype):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
+def _train_epoch(cfg, epoch, train_fn, loader, optimizer, scheduler, scaler, criterion, mixer, device, channels_last,
+                 amp_dtype, flag, note_errors, dist, say, n_total):
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss_sum = correct = seen = 0.0
+    progress = _progress(cfg, dist, epoch, len(loader))
+    optimizer.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    pending = 0
+    try:
+        for i, batch in enumerate(loader):
+            if batch.errors:
+                note_errors(batch.errors)
+            if batch.images is None:
+                continue
+            x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
+            if channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = y
+            if mixer is not None:
+                x, target = mixer(x, y)
+            with _autocast(device, amp_dtype):
+                logits = train_fn(x)
+                loss = criterion(logits.float(), target)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss.item()} at epoch {epoch}, step {i + 1}; stopped, keeping the last good "
+                    f"checkpoint in {cfg.out}; lower --lr, add --clip-grad or check the data.")
+            scaler.scale(loss / cfg.accumulate).backward()
+            pending += 1
+            if pending == cfg.accumulate or i == len(loader) - 1:
+                if cfg.clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                pending = 0
+            n = y.shape[0]
+            loss_sum += loss.item() * n
+            hard = target.argmax(1) if target.ndim == 2 else target
+            correct += (logits.argmax(1) == hard).sum().item()
+            seen += n
+            if progress is not None:
+                elapsed = time.perf_counter() - t0
+                progress.update(progress.task_ids[0], advance=1,
+                                info=f"loss {loss.item():.4f} acc {correct / seen:.3f} {seen / elapsed:.0f} img/s")
+            if flag.stop:
+                break
+    finally:
+        if progress is not None:
+            progress.stop()
+    loss_sum, correct, seen = dist.all_sum([loss_sum, correct, seen])
+    return loss_sum / max(seen, 1), correct / max(seen, 1), seen
+
+
+def _progress(cfg, dist, epoch, total):
+    from cnncli.report import err_console
+
+    if cfg.quiet or not dist.main or not err_console.is_terminal:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn(f"epoch {epoch}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err_console, transient=True)
+    progress.add_task("train", total=total, info="")
+    progress.start()
+    return progress
+
+
+@torch.no_grad()
+def _predict(module, loader, device, channels_last, amp_dtype, note_errors):
+    module.eval()
+    logits, labels = [], []
+    for batch in loader:
+        if batch.errors:
+            note_errors(batch.errors)
+        if batch.images is None:
+            continue
+        x = batch.images.to(device)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp_dtype):
+            logits.append(module(x).float().cpu())
+        labels.append(batch.labels)
+    if not logits:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def _validate(module, loader, criterion, device, channels_last, amp_dtype, dist, note_errors) -> dict:
+    logits, labels = _predict(module, loader, device, channels_last, amp_dtype, note_errors)
+    n = len(labels)
+    if n:
+        loss = criterion(logits, labels).item()
+        top1 = (logits.argmax(1) == labels).sum().item()
+        k = min(5, logits.shape[1])
+        top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum().item()
+    else:
+        loss = top1 = top5 = 0.0
+    loss, top1, top5, n = dist.all_sum([loss, top1, top5, n])
+    n = max(n, 1)
+    return {"loss": loss / n, "acc": top1 / n, "top5": top5 / n}
+
+
+def _final_outputs(out, model, step_module, val_ds, val_loader, device, channels_last, amp_dtype, classes, history,
+                   best_epoch, cfg, skipped, trainable_params, stopped) -> dict:
+    """metrics.json, curves.png and confusion_matrix.png for the best epoch's weights."""
+    from safetensors.torch import load_file
+
+    from cnncli.evaluate import compute_metrics
+
+    best_state = load_file(str(out / "best.safetensors"))
+    model.load_state_dict(best_state, strict=False)  # tied weights dropped by safetensors stay as they are
+    logits, labels = _predict(step_module, val_loader, device, channels_last, amp_dtype, lambda _e: None)
+    paths = [str(s.path) for s in getattr(val_ds, "samples", [])]
+    if len(paths) != len(labels):  # unreadable images were skipped, or features were cached
+        paths = None
+    result = compute_metrics(torch.softmax(logits, 1).numpy(), labels.numpy(), classes, paths)
+    best = history[best_epoch - 1]
+    metrics = {
+        "best_epoch": best_epoch, "epochs_run": len(history), "stopped": stopped, "val_loss": best["val_loss"],
+        "val_acc": best["val_acc"], "val_top5": best["val_top5"], "train_loss": best["train_loss"],
+        "train_acc": best["train_acc"], "trainable": cfg.trainable, "trainable_params": trainable_params,
+        "skipped_images": skipped.count, "skipped_examples": skipped.first(),
+        "evaluation": result.to_dict(),
+    }
+    write_json(out / "metrics.json", metrics)
+    plot_curves(out / "curves.png", history)
+    plot_confusion_matrix(out / "confusion_matrix.png", result.confusion_matrix, classes)
+    return metrics

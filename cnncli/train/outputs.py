@@ -1,0 +1,117 @@
+"""Run outputs: results.csv (one row per epoch), curves.png (loss and accuracy), metrics.json, and the
+confusion-matrix / reliability plots (matplotlib, Agg backend). Every file is written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from cnncli.checkpoint import atomic_path, write_bytes_atomic
+
+RESULT_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "seconds")
+
+
+def write_results_csv(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_json(path: Path, obj) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_curves(path: Path, history: list[dict]) -> Path:
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.plot(epochs, [r["train_acc"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [r["val_acc"] for r in history], "o-", label="val")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(path: Path, matrix, classes: list[str]) -> Path:
+    import numpy as np
+
+    plt = _pyplot()
+    m = np.asarray(matrix)
+    n = len(classes)
+    size = min(20, max(4, 0.45 * n + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(m, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="confusion matrix")
+    ax.set_xticklabels(classes, rotation=90)
+    ax.set_yticklabels(classes)
+    if n <= 30:
+        peak = m.max() if m.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if peak and m[i, j] > peak / 2 else "black")
+    return _save(fig, path)
+
+
+def plot_reliability(path: Path, bins: list[dict], ece: float) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    ax.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=1 / len(bins), edgecolor="k",
+           alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"reliability (ECE {ece:.3f})")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_error_gallery(path: Path, errors: list[dict], columns: int = 4) -> Path | None:
+    from cnncli.errors import ImageError
+    from cnncli.images import load_image
+
+    if not errors:
+        return None
+    plt = _pyplot()
+    rows = (len(errors) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, err in zip(axes.flat, errors):
+        try:
+            ax.imshow(load_image(err["path"], 3))
+        except ImageError:
+            continue
+        ax.set_title(f"true {err['true']}\npred {err['predicted']} ({err['prob']:.2f})", fontsize=8)
+    return _save(fig, path)
