@@ -25,8 +25,8 @@ from torch import nn
 
 from cnncli.card import ModelCard
 from cnncli.errors import UsageError
+from cnncli.inspect import PICTURES
 
-PICTURES = ("filters", "features", "saliency", "gradcam")
 SQUARE_SIZE = (8, 8)  # inches at DPI: 800 x 800 pixels
 WIDE_SIZE = (10, 5)  # 1000 x 500 pixels
 DPI = 100
