@@ -22,7 +22,7 @@ class OnnxSummary:
     inputs: list[dict[str, Any]]  # name, dtype, shape (ints, or names of symbolic dimensions)
     outputs: list[dict[str, Any]]
     node_counts: dict[str, int]  # op type -> count, most frequent first
-    total_params: int  # elements in all initializers
+    total_params: int  # elements in weight initializers (int32/int64 shape and index constants excluded)
     initializer_count: int
     metadata: dict[str, Any] = field(default_factory=dict)  # the cnncli card, when present
     other_metadata: dict[str, str] = field(default_factory=dict)
@@ -90,6 +90,7 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
     if not len(graph.node) and not len(graph.output):
         raise ModelFileError(f"{path} holds no ONNX graph; it is empty or not an ONNX model.")
     init_names = {t.name for t in graph.initializer}
+    index_types = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)  # shape and index constants
     counts: Counter = Counter()
     _count_nodes(graph, counts)
     for fn in model.functions:  # local functions (the dynamo exporter may emit them)
@@ -107,7 +108,7 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
         inputs=[_value_info(v) for v in graph.input if v.name not in init_names],
         outputs=[_value_info(v) for v in graph.output],
         node_counts=dict(counts.most_common()),
-        total_params=sum(prod(t.dims) for t in graph.initializer),
+        total_params=sum(prod(t.dims) for t in graph.initializer if t.data_type not in index_types),
         initializer_count=len(graph.initializer),
         metadata=card,
         other_metadata=props,
