@@ -182,13 +182,21 @@ def _normalise(a: np.ndarray) -> np.ndarray:
 
 
 def _grid(fig, images: list[np.ndarray], cmap: str | None, title: str) -> None:
+    """Tiles of equal size, each already in [0, 1], as one mosaic with white gaps (one axes: fast to draw)."""
+    import matplotlib
+
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < len(images):
-            ax.imshow(images[i], cmap=cmap, interpolation="nearest")
+    h, w = images[0].shape[:2]
+    gap = max(1, min(h, w) // 8)
+    mosaic = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, 4), dtype=np.float32)  # RGBA, white
+    for i, tile in enumerate(images):
+        r, c = divmod(i, cols)
+        rgba = matplotlib.colormaps[cmap](tile) if cmap is not None else np.dstack([tile, np.ones((h, w))])
+        mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = rgba
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.90))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
     fig.suptitle(title)
 
 
