@@ -306,3 +306,16 @@ def test_a_file_that_is_not_a_model(tmp_path, capsys, name, content, expected):
 def test_unknown_picture_kind(capsys):
     code, _, err = run_cli(["inspect", "lenet5", "--what", "summary,histogram"], capsys)
     assert code == 2 and "histogram" in _one_line_error(err)
+
+
+def test_input_too_small_for_the_model(capsys):
+    code, _, err = run_cli(["inspect", "lenet5", "--input-size", "8"], capsys)
+    assert code == 2 and "cannot run on a 8x8 input" in _one_line_error(err)
+
+
+def test_builtin_pictures_need_no_download_and_warn_about_random_weights(tmp_path, capsys):
+    code, out, err = run_cli(["inspect", "lenet5", "--what", "filters", "--out", str(tmp_path)], capsys)
+    assert code in (0, None)
+    assert out.strip() == f"filters: {tmp_path / 'lenet5_filters.png'}"
+    assert "random weights" in err
+    assert _png_size(tmp_path / "lenet5_filters.png") == (800, 800)

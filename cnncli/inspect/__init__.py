@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnncli.registry_names import DEFAULT_ARCH
+from cnncli.registry_names import BUILTIN_ARCHS, DEFAULT_ARCH
 
 ONNX_SUFFIX = ".onnx"
 PICTURES = ("filters", "features", "saliency", "gradcam")
@@ -25,9 +25,10 @@ def default_weights(spec: str, pictures: bool) -> str:
     The default model's ImageNet weights ship with cnncli, so it always gets them. For other names the
     summary does not depend on the weights (shapes, parameters, MACs, receptive field), so it needs no
     download: ``none``. Pictures are only meaningful with trained weights: ``default`` (downloaded from the
-    torchvision / timm hub, which fails with one sentence when offline).
+    torchvision / timm hub, which fails with one sentence when offline). The from-scratch built-ins (lenet5,
+    simplecnn) have no pretrained weights: ``none``.
     """
-    if spec == DEFAULT_ARCH or pictures:
+    if spec == DEFAULT_ARCH or (pictures and spec not in BUILTIN_ARCHS):
         return "default"
     return "none"
 
@@ -77,6 +78,10 @@ def inspect_model(
     if pictures:
         from cnncli.inspect.pictures import render_pictures
 
+        if not card.weights and not Path(spec).is_file():  # a registry name built without weights
+            from cnncli.report import warn
+
+            warn(f"{spec} has random weights: its pictures show an untrained network (pass --weights).")
         if input_size:
             card.preprocessing = card.preprocessing.replace(input_size=(input_size, input_size))
         drawn = render_pictures(model, card, pictures, out_dir, spec, image=image, layer=layer)
@@ -87,7 +92,14 @@ def summary_of(model, card, record, spec: str, input_size: int | None, depth: in
     from cnncli.inspect.summary import summarize_model
 
     size = (input_size, input_size) if input_size else card.preprocessing.input_size
-    summary = summarize_model(model, size, card.preprocessing.channels, depth, card=card, name=spec)
+    try:
+        summary = summarize_model(model, size, card.preprocessing.channels, depth, card=card, name=spec)
+    except RuntimeError as exc:  # e.g. the maps shrink below a kernel, or a fixed-size model
+        from cnncli.errors import UsageError
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{spec} cannot run on a {size[0]}x{size[1]} input ({first}); choose another "
+                         "--input-size.") from None
     if record is not None and "trainable_params" in record and record.get("trainable_names") is None \
             and record.get("policy") != "head":
         summary.trainable_params = int(record["trainable_params"])  # per-layer flags unknown: trust the record
