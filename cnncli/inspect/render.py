@@ -75,8 +75,8 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
         lines += [
             f"architecture {meta.get('arch')} ({meta.get('source')}), weights: {meta.get('weights') or 'random'}",
             f"classes      {shown}",
-            f"preprocess   {'x'.join(str(s) for s in pre.get('input_size', []))} {pre.get('resize_mode')} "
-            f"crop_pct {pre.get('crop_pct')} {pre.get('interpolation')} mean {pre.get('mean')} std {pre.get('std')}",
+            (f"preprocess   {'x'.join(str(s) for s in pre.get('input_size', []))} {pre.get('resize_mode')} "
+             f"crop_pct {pre.get('crop_pct')} {pre.get('interpolation')} mean {pre.get('mean')} std {pre.get('std')}"),
         ]
         if meta.get("training"):
             lines.append(f"training     {_brief(meta['training'])}")
