@@ -77,13 +77,14 @@ def _count_nodes(graph, counts: Counter) -> None:
 def summarize_onnx(path: str | Path) -> OnnxSummary:
     """Read ``path`` (weights in external data files are not loaded: their shapes are enough)."""
     import onnx
+    from google.protobuf.message import DecodeError
 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"ONNX file {path} does not exist; check the path.")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError / RuntimeError for anything that is not a model
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:  # protobuf's DecodeError for non-models
         raise ModelFileError(f"{path} is not a readable ONNX model ({type(exc).__name__}); the file is damaged "
                              "or of another type.") from None
     graph = model.graph
