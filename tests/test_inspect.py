@@ -121,6 +121,22 @@ def test_receptive_field_follows_branches_and_dilation():
     assert (rf.size, rf.jump) == (11, 2)
 
 
+class _ChannelsLastNorm(nn.Module):
+    """conv3x3 -> LayerNorm over channels in (N, H, W, C) layout, as ConvNeXt does -> conv3x3."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Conv2d(3, 4, 3), nn.LayerNorm(4), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+def test_receptive_field_survives_channels_last_permutes():
+    rf = summarize_model(_ChannelsLastNorm(), 12, 3, depth=1).receptive_field
+    assert (rf.size, rf.jump, rf.shape) == (5, 1, (4, 8, 8))
+
+
 # ---------------------------------------------------------------- pictures on a real photo
 
 

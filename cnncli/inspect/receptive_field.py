@@ -28,6 +28,7 @@ class ReceptiveField:
     jump: float  # input pixels between neighbouring units
     start: float  # input coordinate of the centre of unit (0, 0); pixel centres are 0, 1, 2, ...
     shape: tuple[int, ...] = ()  # the (C, H, W) of the map it describes
+    grid: tuple[int, ...] = ()  # (H, W) of the spatial grid the numbers refer to
 
     def to_dict(self) -> dict:
         return {"size": _clean(self.size), "jump": _clean(self.jump), "start": _clean(self.start),
@@ -78,8 +79,17 @@ def spatial_params(func_name: str, args: tuple, kwargs: dict) -> tuple[tuple, tu
     return None
 
 
+RESAMPLING = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate", "upsample", "upsample_bilinear",
+              "upsample_nearest", "grid_sample")
+
+
 class ReceptiveFieldTracer(TorchFunctionMode):
-    """Inside ``with tracer:``, a forward pass of the tensor given to :meth:`watch` records every 4-D map."""
+    """Inside ``with tracer:``, a forward pass of the tensor given to :meth:`watch` records every (N, C, H, W) map.
+
+    Fields follow every tensor derived from the input, through permutes and reshapes too (ConvNeXt's
+    channels-last LayerNorm), and a 4-D tensor is recorded as a map when its last two dimensions are the grid
+    the field refers to.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,7 +97,7 @@ class ReceptiveFieldTracer(TorchFunctionMode):
         self.maps: list[ReceptiveField] = []  # every spatial map produced, in forward order
 
     def watch(self, x: torch.Tensor) -> torch.Tensor:
-        self.fields[x] = ReceptiveField(1.0, 1.0, 0.0, tuple(x.shape[1:]))
+        self.fields[x] = ReceptiveField(1.0, 1.0, 0.0, tuple(x.shape[1:]), tuple(x.shape[-2:]))
         return x
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -98,30 +108,35 @@ class ReceptiveFieldTracer(TorchFunctionMode):
         known = [self.fields[t] for t in tensors if t in self.fields]
         if not known:
             return out
-        source = max(known, key=lambda f: f.size)
-        field = self._through(name, args, kwargs, source)
         for t in _flat([out]):
-            if isinstance(t, torch.Tensor) and t.dim() == 4 and field is not None:
-                if t.shape[-2:] != torch.Size(source.shape[-2:]) and spatial_params(name, args, kwargs) is None \
-                        and name != "pad":
-                    continue  # the map changed size in a way we do not model (adaptive pooling, interpolation)
-                rf = ReceptiveField(field.size, field.jump, field.start, tuple(t.shape[1:]))
-                self.fields[t] = rf
-                self.maps.append(rf)
+            if not isinstance(t, torch.Tensor):
+                continue
+            grid = tuple(t.shape[-2:]) if t.dim() == 4 else None
+            # several inputs (residual sums, SE gating, concatenation): prefer those on the output's grid
+            same_grid = [f for f in known if f.grid == grid]
+            source = max(same_grid or known, key=lambda f: f.size)
+            field = self._through(name, args, kwargs, source, grid)
+            if field is None:
+                continue
+            self.fields[t] = field
+            if grid is not None and field.grid == grid:
+                self.maps.append(ReceptiveField(field.size, field.jump, field.start, tuple(t.shape[1:]), grid))
         return out
 
     @staticmethod
-    def _through(name: str, args: tuple, kwargs: dict, f: ReceptiveField) -> ReceptiveField | None:
+    def _through(name: str, args: tuple, kwargs: dict, f: ReceptiveField, grid) -> ReceptiveField | None:
         params = spatial_params(name, args, kwargs)
         if params is not None:
             # square maps in practice; use the height axis and keep the width axis equal in typical nets
             (k, _), (s, _), (p, _), (d, _) = params
-            return ReceptiveField(f.size + (k - 1) * d * f.jump, f.jump * s, f.start + ((k - 1) * d / 2 - p) * f.jump)
+            return ReceptiveField(f.size + (k - 1) * d * f.jump, f.jump * s, f.start + ((k - 1) * d / 2 - p) * f.jump,
+                                  grid=grid)
         if name == "pad":
-            a = _bind(("input", "pad"), args, kwargs)
-            pad = a["pad"]
+            pad = _bind(("input", "pad"), args, kwargs)["pad"]
             top = pad[2] if len(pad) >= 4 else 0
-            return ReceptiveField(f.size, f.jump, f.start - top * f.jump)
+            return ReceptiveField(f.size, f.jump, f.start - top * f.jump, grid=grid)
+        if name in RESAMPLING and grid != f.grid:
+            return None  # resampled to another grid: not a convolution's receptive field any more
         return f
 
 

@@ -73,7 +73,7 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
         shown = ", ".join(classes[:5]) + (f", ... ({len(classes)} in all)" if len(classes) > 5 else "")
         pre = meta.get("preprocessing") or {}
         lines += [
-            f"architecture {meta.get('arch')} ({meta.get('source')}), weights: {meta.get('weights') or 'random'}",
+            f"architecture {meta.get('arch')} ({meta.get('source')}), pretrained weights: {meta.get('weights') or 'none'}",
             f"classes      {shown}",
             (f"preprocess   {'x'.join(str(s) for s in pre.get('input_size', []))} {pre.get('resize_mode')} "
              f"crop_pct {pre.get('crop_pct')} {pre.get('interpolation')} mean {pre.get('mean')} std {pre.get('std')}"),
