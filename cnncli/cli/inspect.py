@@ -3,6 +3,7 @@ dataset (folder or CSV manifest)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -29,16 +30,27 @@ def register(app: typer.Typer) -> None:
             None, "--weights",
             help="Weights for a registry name. Default: the default model's shipped ImageNet weights; for other "
                  "names none for a summary (no download needed) and the hub's default for pictures."),
+        val_split: float = typer.Option(0.2, "--val-split", help="Dataset: share of each class held out as val (class-folder layout)."),
+        seed: int = typer.Option(0, "--seed", help="Dataset: seed of the val split."),
+        val_csv: Optional[str] = typer.Option(None, "--val-csv", help="Dataset: CSV manifest of the val images."),
     ) -> None:
-        """Show a model's layers, output shapes, parameters (trainable / frozen), MACs and receptive field,
-        draw its filters, feature maps, saliency and Grad-CAM; or check a dataset."""
-        if Path(target).is_dir() or target.lower().endswith(".csv"):
+        """Look inside a model or a dataset. For a model: layers, output shapes, parameters (trainable / frozen),
+        MACs, receptive field, and pictures (filters, feature maps, saliency, Grad-CAM). For a dataset: layout,
+        classes and counts per split, sizes, modes, unreadable files, duplicates and train/val leaks. Exit 0 when
+        clean, 1 when problems were found."""
+        if Path(target).expanduser().is_dir() or Path(target).suffix.lower() == ".csv":  # a dataset
             from cnncli.data.check import check_dataset
-            from cnncli.data.report import render_dataset_report
+            from cnncli.data.report import DATASET_FORMATS, render_dataset_report
+            from cnncli.errors import UsageError
 
-            render_dataset_report(check_dataset(Path(target)), fmt=fmt)
+            if fmt not in DATASET_FORMATS:
+                raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(DATASET_FORMATS)}.")
+            report = check_dataset(target, val_split=val_split, seed=seed, val_csv=val_csv)
+            render_dataset_report(report, fmt, sys.stdout)
+            if report.problems:
+                typer.echo(f"{len(report.problems)} problems found in {target}.", err=True)
+                raise typer.Exit(1)
             return
-
         from cnncli.errors import UsageError
         from cnncli.inspect import inspect_model
 
