@@ -1,24 +1,43 @@
-"""``cnncli inspect``: a dataset folder or CSV manifest goes to the dataset checker; anything else is a model."""
+"""``cnncli inspect``: look inside a model (layer table, parameters, MACs, receptive field, pictures) or a
+dataset (folder or CSV manifest)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
+
+WHAT_HELP = "Comma-separated: summary, filters, features, saliency, gradcam (pictures go to --out as PNG)."
 
 
 def register(app: typer.Typer) -> None:
     @app.command("inspect")
     def command(
-        target: str = typer.Argument(..., metavar="MODEL_OR_DATA", help="A model, or a dataset folder / CSV manifest."),
+        target: str = typer.Argument(..., metavar="MODEL_OR_DATA",
+                                     help="A registry name, a cnncli .safetensors file, an .onnx file, "
+                                          "or a dataset folder / CSV manifest."),
+        input_size: Optional[int] = typer.Option(None, "--input-size", min=1,
+                                                 help="Input height and width (default: the model's own)."),
+        depth: int = typer.Option(3, "--depth", min=1, help="How many levels of nested layers to list."),
         fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+        what: str = typer.Option("summary", "--what", help=WHAT_HELP),
+        image: Optional[Path] = typer.Option(None, "--image", help="The image for features, saliency and gradcam."),
+        layer: Optional[str] = typer.Option(None, "--layer", help="Layer for features (default: one in the middle)."),
+        out: Path = typer.Option(Path("."), "--out", help="Folder for the pictures."),
+        weights: Optional[str] = typer.Option(
+            None, "--weights",
+            help="Weights for a registry name. Default: the default model's shipped ImageNet weights; for other "
+                 "names none for a summary (no download needed) and the hub's default for pictures."),
         val_split: float = typer.Option(0.2, "--val-split", help="Dataset: share of each class held out as val (class-folder layout)."),
         seed: int = typer.Option(0, "--seed", help="Dataset: seed of the val split."),
         val_csv: Optional[str] = typer.Option(None, "--val-csv", help="Dataset: CSV manifest of the val images."),
     ) -> None:
-        """Look inside a model or a dataset. For a dataset: layout, classes and counts per split, sizes, modes,
-        unreadable files, duplicates and train/val leaks. Exit 0 when clean, 1 when problems were found."""
+        """Look inside a model or a dataset. For a model: layers, output shapes, parameters (trainable / frozen),
+        MACs, receptive field, and pictures (filters, feature maps, saliency, Grad-CAM). For a dataset: layout,
+        classes and counts per split, sizes, modes, unreadable files, duplicates and train/val leaks. Exit 0 when
+        clean, 1 when problems were found."""
         from cnncli.data.layout import looks_like_dataset
 
         if looks_like_dataset(target):
@@ -34,6 +53,31 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{len(report.problems)} problems found in {target}.", err=True)
                 raise typer.Exit(1)
             return
-        from cnncli.cli.common import not_built
+        from cnncli.errors import UsageError
+        from cnncli.inspect import inspect_model
 
-        not_built("inspect MODEL")
+        if fmt not in ("table", "json"):
+            raise UsageError(f"unknown --format {fmt!r}; choose table or json.")
+        kinds = [k.strip() for k in what.split(",") if k.strip()]
+        result = inspect_model(target, kinds, input_size=input_size, depth=depth, weights=weights, image=image,
+                               layer=layer, out_dir=out)
+        _render(result, fmt)
+
+
+def _render(result: dict, fmt: str) -> None:
+    summary, drawn = result["summary"], result["pictures"]
+    if fmt == "json":
+        from cnncli.report import to_text
+
+        data = summary.to_dict() if summary is not None else {}
+        if drawn:
+            data["pictures"] = [p.to_dict() for p in drawn]
+        typer.echo(to_text(data))
+        return
+    if summary is not None:
+        from cnncli.inspect.onnx_summary import OnnxSummary
+        from cnncli.inspect.render import render_model_summary, render_onnx_summary
+
+        (render_onnx_summary if isinstance(summary, OnnxSummary) else render_model_summary)(summary)
+    for picture in drawn:
+        typer.echo(f"{picture.kind}: {picture.path}")
