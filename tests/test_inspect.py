@@ -222,28 +222,29 @@ def test_features_of_a_named_layer_and_unknown_layer(default_model, chelsea, tmp
 # ---------------------------------------------------------------- a fine-tuned model file
 
 
-@pytest.mark.parametrize("with_names", [True, False])
-def test_head_only_policy_shows_frozen_layers(tmp_path, capsys, with_names):
+@pytest.mark.parametrize("policy, frozen, trainable", [("head", ["stage1", "stage3"], ["fc"]),
+                                                       ("last:1", ["stage1", "stage2"], ["stage3", "fc"])])
+def test_trained_policy_shows_frozen_layers(tmp_path, capsys, policy, frozen, trainable):
+    """A model file as `cnncli finetune` writes it: the policy recorded in the card marks the frozen layers."""
+    from cnncli.train.policy import apply_trainable, trainable_names
+
     built = create_model("simplecnn", num_classes=3, classes=["a", "b", "c"])
-    head = head_parameter_names(built.model)
-    n_head = sum(p.numel() for name, p in built.model.named_parameters() if name in head)
-    record = {"policy": "head", "trainable_params": n_head}
-    if with_names:
-        record["trainable_names"] = head
-    built.card.extra["trainable"] = record
+    n_trainable = apply_trainable(built.model, trainable_names(built.model, policy))
+    built.card.extra.update(trainable=policy, trainable_params=n_trainable)
     path = save_model(tmp_path / "tuned.safetensors", built.model, built.card)
 
     s = inspect_model(str(path), depth=1)["summary"]
     status = {layer.name: layer.trainable for layer in s.layers}
-    assert status["stage1"] == status["stage3"] == "frozen" and status["fc"] == "trainable"
-    assert s.frozen_params == s.total_params - n_head
+    assert all(status[name] == "frozen" for name in frozen)
+    assert all(status[name] == "trainable" for name in trainable)
+    assert s.trainable_params == n_trainable and s.frozen_params == s.total_params - n_trainable
 
     code, out, _ = run_cli(["inspect", str(path), "--format", "json", "--depth", "1"], capsys)
     assert code in (0, None)
     data = json.loads(out)
-    assert data["trainable_params"] == n_head == record["trainable_params"]
+    assert data["trainable_params"] == n_trainable
     assert data["metadata"]["classes"] == ["a", "b", "c"]
-    assert data["metadata"]["extra"]["trainable"]["policy"] == "head"
+    assert data["metadata"]["extra"]["trainable"] == policy
 
 
 def test_table_output_for_a_registry_name(capsys):

@@ -80,10 +80,10 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
         ]
         if meta.get("training"):
             lines.append(f"training     {_brief(meta['training'])}")
-        trainable = (meta.get("extra") or {}).get("trainable")
-        if isinstance(trainable, dict):
-            n = trainable.get("trainable_params")
-            lines.append(f"policy       {trainable.get('policy')}" + (f" ({n:,} trainable)" if isinstance(n, int) else ""))
+        extra = meta.get("extra") or {}
+        if isinstance(extra.get("trainable"), str):
+            n = extra.get("trainable_params")
+            lines.append(f"policy       {extra['trainable']}" + (f" ({n:,} trainable)" if isinstance(n, int) else ""))
     for line in lines:
         console.print(line, markup=False)
 

@@ -236,22 +236,18 @@ def card_metadata(card: ModelCard) -> dict[str, Any]:
 
 
 def apply_trainable_record(model: nn.Module, card: ModelCard) -> dict | None:
-    """Set ``requires_grad`` from the card's trainable-policy record (``card.extra["trainable"]``), if any.
+    """Set ``requires_grad`` from the trainable policy the trainer recorded in the card, if any.
 
-    The record has ``policy`` and ``trainable_params`` and, when the trainer wrote it, ``trainable_names``.
-    Without names, a ``head`` policy is resolved with the registry's head; otherwise every parameter stays
-    trainable and the summary reports the record's count. Returns the record (or None).
+    ``cnncli train``/``finetune`` write ``extra["trainable"]`` (the policy: ``head``, ``last:N`` or ``all``)
+    and ``extra["trainable_params"]``; the policy is resolved by the trainer's own code
+    (:func:`cnncli.train.policy.trainable_names`), so inspect and training cannot disagree. Returns
+    ``{"policy", "trainable_params"}`` or None.
     """
-    record = (card.extra or {}).get("trainable")
-    if not isinstance(record, dict):
+    extra = card.extra or {}
+    policy = extra.get("trainable")
+    if not isinstance(policy, str) or not policy:
         return None
-    names = record.get("trainable_names")
-    if names is None and record.get("policy") == "head":
-        from cnncli.registry import head_parameter_names
+    from cnncli.train.policy import apply_trainable, trainable_names
 
-        names = head_parameter_names(model)
-    if names is not None:
-        wanted = set(names)
-        for pname, p in model.named_parameters():
-            p.requires_grad_(pname in wanted)
-    return record
+    apply_trainable(model, trainable_names(model, policy))
+    return {"policy": policy, "trainable_params": extra.get("trainable_params")}
