@@ -98,7 +98,7 @@ def test_receptive_field_of_a_hand_checked_stack():
     # conv3x3 s1: 3; pool2x2 s2: 3 + 1 = 4, jump 2; conv3x3 s1: 4 + 2 * 2 = 8
     stack = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2, 2), nn.Conv2d(4, 4, 3))
     rf = summarize_model(stack, 20, 1, depth=1).receptive_field
-    assert (rf.size, rf.jump) == (8, 2)
+    assert (rf.size, rf.jump) == ((8, 8), (2, 2))
 
 
 class _Residual(nn.Module):
@@ -118,7 +118,17 @@ def test_receptive_field_follows_branches_and_dilation():
     # main path: 3 (jump 2), then (3 - 1) * 2 * 2 = 8 more -> 11, jump 2; the shortcut sees 1 pixel, jump 2.
     # A walk over the layer list would apply the shortcut's stride again (jump 4).
     rf = summarize_model(_Residual(), 16, 3, depth=1).receptive_field
-    assert (rf.size, rf.jump) == (11, 2)
+    assert (rf.size, rf.jump) == ((11, 11), (2, 2))
+
+
+def test_receptive_field_per_axis_for_rectangular_kernels():
+    # Inception-style 1x7 then 7x1, then 1x5 with stride (2, 1), then 3x3
+    stack = nn.Sequential(nn.Conv2d(1, 2, (1, 7)), nn.Conv2d(2, 2, (7, 1)), nn.Conv2d(2, 2, (1, 5), stride=(2, 1)),
+                          nn.Conv2d(2, 2, 3))
+    rf = summarize_model(stack, 24, 1, depth=1).receptive_field
+    # ... height: 1 -> 1 -> 7 -> 7 (jump 2) -> 7 + 2 * 2 = 11; width: 7 -> 7 -> 11 (jump 1) -> 13
+    assert (rf.size, rf.jump) == ((11, 13), (2, 1))
+    assert rf.to_dict()["size"] == [11, 13] and rf.to_dict()["jump"] == [2, 1]
 
 
 class _ChannelsLastNorm(nn.Module):
@@ -134,7 +144,7 @@ class _ChannelsLastNorm(nn.Module):
 
 def test_receptive_field_survives_channels_last_permutes():
     rf = summarize_model(_ChannelsLastNorm(), 12, 3, depth=1).receptive_field
-    assert (rf.size, rf.jump, rf.shape) == (5, 1, (4, 8, 8))
+    assert (rf.size, rf.jump, rf.shape) == ((5, 5), (1, 1), (4, 8, 8))
 
 
 # ---------------------------------------------------------------- pictures on a real photo

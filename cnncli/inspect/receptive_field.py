@@ -6,6 +6,7 @@ A convolution or pooling with kernel k, stride s, padding p and dilation d maps 
 
     size' = size + (k - 1) * d * jump      jump' = jump * s      start' = start + ((k - 1) * d / 2 - p) * jump
 
+for each axis separately (Inception's 1x7 and 7x1 kernels)
 (Araujo et al., "Computing Receptive Fields of Convolutional Neural Networks", Distill 2019). Every other op
 passes the field of its widest input through (ReLU, BatchNorm, residual additions, concatenations), so branches
 (ResNet shortcuts, Inception) are followed per tensor, not per layer list. Adaptive pooling that changes the
@@ -14,7 +15,6 @@ map size, interpolation and anything that flattens end the spatial trace.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -24,19 +24,21 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    size: float  # input pixels seen by one unit (per side)
-    jump: float  # input pixels between neighbouring units
-    start: float  # input coordinate of the centre of unit (0, 0); pixel centres are 0, 1, 2, ...
+    size: tuple[float, float]  # (height, width) in input pixels seen by one unit
+    jump: tuple[float, float]  # input pixels between neighbouring units, vertically and horizontally
+    start: tuple[float, float]  # input coordinates (y, x) of the centre of unit (0, 0); pixel centres are 0, 1, ...
     shape: tuple[int, ...] = ()  # the (C, H, W) of the map it describes
     grid: tuple[int, ...] = ()  # (H, W) of the spatial grid the numbers refer to
 
     def to_dict(self) -> dict:
+        """Each of size, jump and start as one number when both axes agree, else [height, width]."""
         return {"size": _clean(self.size), "jump": _clean(self.jump), "start": _clean(self.start),
                 "map_shape": list(self.shape)}
 
 
-def _clean(x: float) -> float | int:
-    return int(x) if float(x).is_integer() else round(float(x), 3)
+def _clean(pair: tuple[float, float]) -> float | int | list:
+    values = [int(x) if float(x).is_integer() else round(float(x), 3) for x in pair]
+    return values[0] if values[0] == values[1] else values
 
 
 def _pair(v, default=None) -> tuple:
@@ -97,7 +99,7 @@ class ReceptiveFieldTracer(TorchFunctionMode):
         self.maps: list[ReceptiveField] = []  # every spatial map produced, in forward order
 
     def watch(self, x: torch.Tensor) -> torch.Tensor:
-        self.fields[x] = ReceptiveField(1.0, 1.0, 0.0, tuple(x.shape[1:]), tuple(x.shape[-2:]))
+        self.fields[x] = ReceptiveField((1.0, 1.0), (1.0, 1.0), (0.0, 0.0), tuple(x.shape[1:]), tuple(x.shape[-2:]))
         return x
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -114,7 +116,7 @@ class ReceptiveFieldTracer(TorchFunctionMode):
             grid = tuple(t.shape[-2:]) if t.dim() == 4 else None
             # several inputs (residual sums, SE gating, concatenation): prefer those on the output's grid
             same_grid = [f for f in known if f.grid == grid]
-            source = max(same_grid or known, key=lambda f: f.size)
+            source = max(same_grid or known, key=lambda f: f.size[0] * f.size[1])
             field = self._through(name, args, kwargs, source, grid)
             if field is None:
                 continue
@@ -127,14 +129,19 @@ class ReceptiveFieldTracer(TorchFunctionMode):
     def _through(name: str, args: tuple, kwargs: dict, f: ReceptiveField, grid) -> ReceptiveField | None:
         params = spatial_params(name, args, kwargs)
         if params is not None:
-            # square maps in practice; use the height axis and keep the width axis equal in typical nets
-            (k, _), (s, _), (p, _), (d, _) = params
-            return ReceptiveField(f.size + (k - 1) * d * f.jump, f.jump * s, f.start + ((k - 1) * d / 2 - p) * f.jump,
-                                  grid=grid)
+            kernel, stride, padding, dilation = params
+            size, jump, start = [], [], []
+            for axis in (0, 1):
+                k, s, p, d = kernel[axis], stride[axis], padding[axis], dilation[axis]
+                size.append(f.size[axis] + (k - 1) * d * f.jump[axis])
+                jump.append(f.jump[axis] * s)
+                start.append(f.start[axis] + ((k - 1) * d / 2 - p) * f.jump[axis])
+            return ReceptiveField(tuple(size), tuple(jump), tuple(start), grid=grid)
         if name == "pad":
             pad = _bind(("input", "pad"), args, kwargs)["pad"]
-            top = pad[2] if len(pad) >= 4 else 0
-            return ReceptiveField(f.size, f.jump, f.start - top * f.jump, grid=grid)
+            left, top = pad[0], (pad[2] if len(pad) >= 4 else 0)
+            return ReceptiveField(f.size, f.jump, (f.start[0] - top * f.jump[0], f.start[1] - left * f.jump[1]),
+                                  grid=grid)
         if name in RESAMPLING and grid != f.grid:
             return None  # resampled to another grid: not a convolution's receptive field any more
         return f
@@ -152,5 +159,5 @@ def _flat(items) -> list:
 
 def last_spatial_field(maps: list[ReceptiveField]) -> ReceptiveField | None:
     """The receptive field of the last feature map that still has more than one position."""
-    spatial = [m for m in maps if len(m.shape) == 3 and m.shape[1] * m.shape[2] > 1 and math.isfinite(m.size)]
+    spatial = [m for m in maps if len(m.shape) == 3 and m.shape[1] * m.shape[2] > 1]
     return spatial[-1] if spatial else None

@@ -65,8 +65,9 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
         f"output       {shape_text(summary.output_shape)}",
     ]
     if rf is not None:
-        lines.append(f"receptive field of the last {shape_text(list(rf.shape))} map: {rf.to_dict()['size']} px, "
-                     f"jump {rf.to_dict()['jump']} px")
+        d = rf.to_dict()
+        size, jump = ("x".join(map(str, d[k])) if isinstance(d[k], list) else d[k] for k in ("size", "jump"))
+        lines.append(f"receptive field of the last {shape_text(list(rf.shape))} map: {size} px, jump {jump} px")
     meta = summary.metadata
     if meta:
         classes = meta.get("classes") or []
