@@ -17,6 +17,21 @@ class CliResult:
     err: str
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every test session gets its own cnncli cache (the ONNX fast-path exports), never the user's."""
+    import os
+
+    path = tmp_path_factory.mktemp("cnncli-cache")
+    old = os.environ.get("CNNCLI_CACHE")
+    os.environ["CNNCLI_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CNNCLI_CACHE", None)
+    else:
+        os.environ["CNNCLI_CACHE"] = old
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run ``cnncli ARGS`` in this process through the real entry point; returns exit code, stdout, stderr."""

@@ -25,6 +25,9 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoder processes (0: decode in this process)."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for the engine (default: the engine's own choice)."),
+        engine_name: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch or onnx."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32, or int8 (static int8 on onnxruntime, calibrated on --calib)."),
+        calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images for --precision int8."),
     ) -> None:
         """Classify images. Exit code 0 if every image was classified, 1 if any failed, 2 for usage errors."""
         from cnncli.errors import UsageError
@@ -37,7 +40,8 @@ def register(app: typer.Typer) -> None:
         from cnncli.predict import predict_items
 
         items = collect_inputs(inputs, recursive=recursive)
-        engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta)
+        engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,
+                              engine=engine_name, precision=precision, calib=str(calib) if calib else None)
         stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
         writer = PredictionWriter(fmt, stream, top_k)
         failed = 0

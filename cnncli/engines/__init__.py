@@ -7,6 +7,7 @@ import torch, and a ``.onnx`` spec opens the onnxruntime engine without it.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -31,19 +32,73 @@ def is_onnx_spec(model: str | None) -> bool:
     return model is not None and model.lower().endswith(".onnx")
 
 
+ENGINES = ("auto", "torch", "onnx")
+
+
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU driver loaded (checked without importing torch)."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def choose_engine(engine: str, device: str) -> str:
+    """``auto``: onnxruntime on CPU (from the cached export), PyTorch on a CUDA GPU unless onnxruntime has CUDA."""
+    from cnncli.errors import UsageError
+
+    if engine not in ENGINES:
+        raise UsageError(f"unknown --engine {engine!r}; choose one of: {', '.join(ENGINES)}.")
+    if engine != "auto":
+        return engine
+    wants_gpu = device.startswith("cuda") or (device == "auto" and gpu_present())
+    return "torch" if wants_gpu and not ort_has_cuda() else "onnx"
+
+
 def open_engine(model: str | None, device: str = "auto", weights: str | None = None,
-                threads: int | None = None) -> Engine:
+                threads: int | None = None, engine: str = "auto", precision: str = "fp32",
+                calib: str | None = None) -> Engine:
     """The engine for ``model``: an exported ``.onnx`` file (onnxruntime, no torch), a registry name
-    (pretrained weights), a cnncli .safetensors file, or None for the default model. ``threads`` sets the
-    engine's intra-op threads."""
+    (pretrained weights), a cnncli .safetensors file, or None for the default model.
+
+    With ``engine`` auto or onnx, a PyTorch model runs on onnxruntime from a cached, verified export
+    (:mod:`cnncli.engines.cache`); once the cache holds it, torch is not imported. ``precision`` int8 uses a
+    static-int8 export calibrated on ``calib`` (a folder of images). ``threads`` sets intra-op threads.
+    """
+    from cnncli.errors import ModelFileError, UsageError
+
     if is_onnx_spec(model):
         if weights is not None:
-            from cnncli.errors import UsageError
-
             raise UsageError(f"--weights does not apply to an ONNX file ({model}); its weights are inside it.")
+        if engine == "torch":
+            raise UsageError(f"{model} is an ONNX file: it runs on onnxruntime, not --engine torch.")
         from cnncli.engines.onnx_engine import OnnxEngine
 
         return OnnxEngine(model, device=device, threads=threads)
+    if precision not in ("fp32", "int8"):
+        raise UsageError(f"unknown --precision {precision!r}; choose fp32 or int8.")
+    chosen = choose_engine(engine, device)
+    if precision == "int8" and chosen != "onnx":
+        raise UsageError("--precision int8 runs on onnxruntime; use --engine onnx (or auto on CPU).")
+    if precision == "int8" and calib is None:
+        raise UsageError("--precision int8 needs calibration images: pass --calib DIR with a few dozen typical images.")
+    if chosen == "onnx":
+        from cnncli.engines.cache import prepare_cached_onnx, remove_entry
+        from cnncli.engines.onnx_engine import OnnxEngine
+
+        path = prepare_cached_onnx(model, weights, precision=precision, calib_dir=calib)
+        if path is not None:
+            try:
+                return OnnxEngine(path, device=device, threads=threads, allow_spinning=False, verbose=False)
+            except ModelFileError:  # a truncated or corrupt cache entry: make it again
+                remove_entry(path)
+                path = prepare_cached_onnx(model, weights, precision=precision, calib_dir=calib)
+                return OnnxEngine(path, device=device, threads=threads, allow_spinning=False, verbose=False)
+        if engine == "onnx":
+            raise UsageError("a model with random weights (--weights none) is not exported; use --engine torch.")
     from cnncli.engines.torch_engine import TorchEngine
 
     if threads:
@@ -54,11 +109,13 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
 
 
 def open_engines(models: Sequence[str | None], device: str = "auto", weights: str | None = None,
-                 threads: int | None = None, tta: bool = False) -> Engine:
+                 threads: int | None = None, tta: bool = False, engine: str = "auto", precision: str = "fp32",
+                 calib: str | None = None) -> Engine:
     """One engine for one or several model specs (several: their averaged ensemble), with flip TTA if asked."""
     from cnncli.engines.ensemble import EnsembleEngine, FlipTTAEngine
 
     specs = list(models) or [None]
-    engines = [open_engine(m, device=device, weights=weights, threads=threads) for m in specs]
+    engines = [open_engine(m, device=device, weights=weights, threads=threads, engine=engine, precision=precision,
+                           calib=calib) for m in specs]
     engine = engines[0] if len(engines) == 1 else EnsembleEngine(engines, names=[m or "default" for m in specs])
     return FlipTTAEngine(engine) if tta else engine

@@ -1,0 +1,117 @@
+"""The default CPU engine: PyTorch models run on onnxruntime from a cached, verified export; the cached hot
+path never imports torch; the cache survives deletion, truncation and concurrent preparation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnncli.engines import open_engine
+from cnncli.engines.cache import cached_path, prepare_cached_onnx
+from cnncli.engines.onnx_engine import OnnxEngine
+from cnncli.engines.torch_engine import TorchEngine
+from cnncli.images import load_and_preprocess
+
+
+def test_auto_engine_on_cpu_is_onnxruntime_from_the_cache(tiny_model_file, photos):
+    engine = open_engine(str(tiny_model_file), device="cpu")
+    assert isinstance(engine, OnnxEngine)
+    path = cached_path(str(tiny_model_file), None)
+    assert engine.path == path and path.is_file()
+    assert path.is_relative_to(Path(os.environ["CNNCLI_CACHE"]))
+    torch_engine = open_engine(str(tiny_model_file), device="cpu", engine="torch")
+    assert isinstance(torch_engine, TorchEngine)
+    x = np.stack([load_and_preprocess(p, engine.card.preprocessing) for p in photos.values()])
+    assert np.abs(engine.predict_proba(x) - torch_engine.predict_proba(x)).max() < 1e-4
+
+
+def test_cache_key_follows_the_model_content(tiny_model_file, tmp_path):
+    copy = tmp_path / "tiny.safetensors"
+    copy.write_bytes(tiny_model_file.read_bytes())
+    assert cached_path(str(copy), None) == cached_path(str(tiny_model_file), None)  # same bytes, same entry
+    import torch
+
+    from cnncli.checkpoint import load_model, save_model
+
+    model, card = load_model(copy)
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    save_model(copy, model, card)
+    assert cached_path(str(copy), None) != cached_path(str(tiny_model_file), None)
+    assert cached_path(str(copy), None, precision="int8") != cached_path(str(copy), None)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_damaged_cache_entry_is_made_again(tiny_model_file, photos, damage):
+    path = prepare_cached_onnx(str(tiny_model_file), quiet=True)
+    good = path.read_bytes()
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(good[: len(good) // 3])
+    engine = open_engine(str(tiny_model_file), device="cpu")
+    assert path.read_bytes() == good or len(path.read_bytes()) > len(good) // 2
+    x = load_and_preprocess(photos["chelsea"], engine.card.preprocessing)[None]
+    assert engine.predict_proba(x).shape == (1, 3)
+    OnnxEngine(path, device="cpu", verbose=False)  # loads cleanly
+
+
+def test_concurrent_preparation_does_not_corrupt_the_cache(tmp_path, tiny_model_file, photos):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "CNNCLI_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "cnncli", "predict", str(photos["chelsea"]), "--model", str(tiny_model_file),
+           "--format", "json", "--device", "cpu"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    results = [json.loads(o[0])[0]["top"][0] for o in outs]
+    assert results[0]["index"] == results[1]["index"]
+    entries = list((cache / "onnx").glob("*.onnx"))
+    assert len(entries) == 1 and not list((cache / "onnx").glob("*.tmp"))
+    OnnxEngine(entries[0], device="cpu", verbose=False)
+    preparing = sum("preparing the fast path" in o[1] for o in outs)
+    assert preparing == 1  # the second process waited for the first one's export instead of redoing it
+
+
+def test_cached_hot_path_does_not_import_torch(tiny_model_file, photos):
+    prepare_cached_onnx(str(tiny_model_file), quiet=True)
+    code = (
+        "import sys\nfrom cnncli.cli.app import main\n"
+        f"try:\n    main(['predict', {str(photos['chelsea'])!r}, '--model', {str(tiny_model_file)!r}, '-f', 'json'])\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules)\n"
+        "print('HEAVY', heavy, 'EXIT', code, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "HEAVY [] EXIT 0" in done.stderr, done.stderr
+    assert json.loads(done.stdout)[0]["top"][0]["label"] in {"brick", "grass", "gravel"}
+
+
+def test_torch_and_onnx_engines_agree_on_the_default_model(run_cli, photos):
+    """Acceptance: same top-1 for every image, probabilities within 1e-4, engine torch vs engine onnx."""
+    args = ["predict", *photos.values(), "--format", "json", "--device", "cpu", "-k", "5"]
+    by_engine = {}
+    for engine in ("torch", "onnx"):
+        result = run_cli(*args, "--engine", engine)
+        assert result.code == 0, result.err
+        by_engine[engine] = json.loads(result.out)
+    for t, o in zip(by_engine["torch"], by_engine["onnx"]):
+        assert t["path"] == o["path"] and t["top"][0]["index"] == o["top"][0]["index"]
+        for a, b in zip(t["top"], o["top"]):
+            assert a["index"] == b["index"] and abs(a["prob"] - b["prob"]) < 1e-4
+
+
+def test_engine_option_errors(run_cli, photos, tiny_model_file):
+    result = run_cli("predict", photos["chelsea"], "--engine", "tensorrt")
+    assert result.code == 2 and "unknown --engine" in result.err
+    result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--precision", "int8")
+    assert result.code == 2 and "--calib" in result.err
+    result = run_cli("predict", photos["chelsea"], "--model", "lenet5", "--weights", "none", "--engine", "onnx")
+    assert result.code == 2 and "random weights" in result.err
