@@ -144,12 +144,13 @@ def evaluate_engine(engine, samples, classes: list[str], batch_size: int = 32, w
 
 
 def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size: int = 32, device: str = "auto",
-                   workers: int | None = None) -> EvalResult:
-    """Evaluate a model file (or registry name) on a dataset folder / CSV, with the model's own class list."""
+                   workers: int | None = None, engine: str = "auto") -> EvalResult:
+    """Evaluate a model file (.safetensors or .onnx, or a registry name) on a dataset folder / CSV, with the model's
+    own class list, through :func:`cnncli.engines.open_engine` (``engine``: auto, torch or onnx)."""
     from cnncli.data.layout import load_eval_split
     from cnncli.engines import open_engine
 
-    engine = open_engine(model, device=device)
+    engine = open_engine(model, device=device, engine=engine)
     samples, classes = load_eval_split(data, split=split, classes=list(engine.card.classes))
     result = evaluate_engine(engine, samples, classes, batch_size=batch_size, workers=workers)
     result.model = str(model)

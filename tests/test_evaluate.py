@@ -77,5 +77,7 @@ def test_evaluate_command_json_plots_and_unreadable(tmp_path, run_cli):
     for name in ("confusion_matrix.png", "reliability.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
 
-    table = run_cli("evaluate", tmp_path / "m.safetensors", data, "--workers", "0")
+    table = run_cli("evaluate", tmp_path / "m.safetensors", data, "--workers", "0", "--engine", "torch")
     assert table.code == 0 and "macro avg" in table.out and "brick" in table.out
+    torch_json = run_cli("evaluate", tmp_path / "m.safetensors", data, "--workers", "0", "--engine", "torch", "-f", "json")
+    assert json.loads(torch_json.out)["confusion_matrix"] == report["confusion_matrix"]  # onnx (auto) == torch

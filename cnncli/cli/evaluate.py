@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         plots: Optional[str] = typer.Option(None, "--plots", help="Write confusion_matrix.png, reliability.png and errors.png here."),
         workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoder processes."),
+        engine: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch or onnx."),
     ) -> None:
         """Accuracy, per-class metrics and the confusion matrix of a model on a dataset."""
         from cnncli.errors import UsageError
@@ -28,7 +29,8 @@ def register(app: typer.Typer) -> None:
         from cnncli.evaluate import evaluate_model, render_evaluation, save_plots
         from cnncli.report import info, to_text, warn
 
-        result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers)
+        result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers,
+                                engine=engine)
         for bad in result.unreadable[:5]:
             warn(f"skipped: {bad['error']}")
         if fmt == "json":
