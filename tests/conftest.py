@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 from PIL import Image
 
 
-@dataclass
-class CliResult:
+class CliResult(NamedTuple):
     code: int
     out: str
     err: str

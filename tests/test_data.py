@@ -55,24 +55,6 @@ def one_sentence(message: str) -> bool:
     return message.endswith(".") and "\n" not in message and ". " not in message.rstrip(".")
 
 
-@pytest.fixture
-def run_cli(capsys):
-    """`cnncli ARGS` in this process through the real entry point: (exit code, stdout, stderr)."""
-    from cnncli.cli.app import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
-
 # ------------------------------------------------------------------------------------------- layouts
 
 

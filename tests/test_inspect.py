@@ -23,16 +23,6 @@ from cnncli.inspect.summary import summarize_model
 from cnncli.registry import create_model, head_parameter_names
 
 
-def run_cli(argv, capsys):
-    """Run ``cnncli`` in-process; returns (exit code, stdout, stderr)."""
-    from cnncli.cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
-
-
 # ---------------------------------------------------------------- counts and shapes
 
 
@@ -234,7 +224,7 @@ def test_features_of_a_named_layer_and_unknown_layer(default_model, chelsea, tmp
 
 @pytest.mark.parametrize("policy, frozen, trainable", [("head", ["stage1", "stage3"], ["fc"]),
                                                        ("last:1", ["stage1", "stage2"], ["stage3", "fc"])])
-def test_trained_policy_shows_frozen_layers(tmp_path, capsys, policy, frozen, trainable):
+def test_trained_policy_shows_frozen_layers(tmp_path, run_cli, policy, frozen, trainable):
     """A model file as `cnncli finetune` writes it: the policy recorded in the card marks the frozen layers."""
     from cnncli.train.policy import apply_trainable, trainable_names
 
@@ -249,7 +239,7 @@ def test_trained_policy_shows_frozen_layers(tmp_path, capsys, policy, frozen, tr
     assert all(status[name] == "trainable" for name in trainable)
     assert s.trainable_params == n_trainable and s.frozen_params == s.total_params - n_trainable
 
-    code, out, _ = run_cli(["inspect", str(path), "--format", "json", "--depth", "1"], capsys)
+    code, out, _ = run_cli(*["inspect", str(path), "--format", "json", "--depth", "1"])
     assert code in (0, None)
     data = json.loads(out)
     assert data["trainable_params"] == n_trainable
@@ -257,8 +247,8 @@ def test_trained_policy_shows_frozen_layers(tmp_path, capsys, policy, frozen, tr
     assert data["metadata"]["extra"]["trainable"] == policy
 
 
-def test_table_output_for_a_registry_name(capsys):
-    code, out, _ = run_cli(["inspect", "lenet5", "--depth", "1"], capsys)
+def test_table_output_for_a_registry_name(run_cli):
+    code, out, _ = run_cli(*["inspect", "lenet5", "--depth", "1"])
     assert code in (0, None)
     assert "conv1" in out and "receptive field" in out and "parameters" in out
     assert "jump 4 px" in out  # two 2x2 poolings
@@ -286,7 +276,7 @@ def tiny_onnx(tmp_path_factory):
     return path, sum(p.numel() for p in model.parameters())
 
 
-def test_onnx_summary(tiny_onnx, capsys):
+def test_onnx_summary(tiny_onnx, run_cli):
     path, n_params = tiny_onnx
     s = inspect_model(str(path))["summary"]
     assert s.opset == 17
@@ -295,7 +285,7 @@ def test_onnx_summary(tiny_onnx, capsys):
     assert s.node_counts["Conv"] == 1 and s.node_counts["Relu"] == 1 and s.node_counts["MaxPool"] == 1
     assert s.total_params == n_params == 4 * 3 * 9 + 4 + 196 * 5 + 5
     assert s.metadata["classes"] == list("vwxyz")
-    code, out, _ = run_cli(["inspect", str(path)], capsys)
+    code, out, _ = run_cli(*["inspect", str(path)])
     assert code in (0, None) and "opset 17" in out and f"{n_params:,}" in out and "Conv" in out
 
 
@@ -317,8 +307,8 @@ def _one_line_error(err: str) -> str:
     return lines[0]
 
 
-def test_unknown_model_name(capsys):
-    code, _, err = run_cli(["inspect", "resnet19"], capsys)
+def test_unknown_model_name(run_cli):
+    code, _, err = run_cli(*["inspect", "resnet19"])
     assert code == 2
     assert "unknown architecture 'resnet19'" in _one_line_error(err)
 
@@ -328,26 +318,26 @@ def test_unknown_model_name(capsys):
     ("broken.onnx", b"\x00\x01garbage" * 10, "not a readable ONNX model"),
     ("weights.pt", b"\x80\x04\x95 pickled", "pickle"),
 ])
-def test_a_file_that_is_not_a_model(tmp_path, capsys, name, content, expected):
+def test_a_file_that_is_not_a_model(tmp_path, run_cli, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
-    code, _, err = run_cli(["inspect", str(path)], capsys)
+    code, _, err = run_cli(*["inspect", str(path)])
     assert code == 1
     assert expected in _one_line_error(err)
 
 
-def test_unknown_picture_kind(capsys):
-    code, _, err = run_cli(["inspect", "lenet5", "--what", "summary,histogram"], capsys)
+def test_unknown_picture_kind(run_cli):
+    code, _, err = run_cli(*["inspect", "lenet5", "--what", "summary,histogram"])
     assert code == 2 and "histogram" in _one_line_error(err)
 
 
-def test_input_too_small_for_the_model(capsys):
-    code, _, err = run_cli(["inspect", "lenet5", "--input-size", "8"], capsys)
+def test_input_too_small_for_the_model(run_cli):
+    code, _, err = run_cli(*["inspect", "lenet5", "--input-size", "8"])
     assert code == 2 and "cannot run on a 8x8 input" in _one_line_error(err)
 
 
-def test_builtin_pictures_need_no_download_and_warn_about_random_weights(tmp_path, capsys):
-    code, out, err = run_cli(["inspect", "lenet5", "--what", "filters", "--out", str(tmp_path)], capsys)
+def test_builtin_pictures_need_no_download_and_warn_about_random_weights(tmp_path, run_cli):
+    code, out, err = run_cli(*["inspect", "lenet5", "--what", "filters", "--out", str(tmp_path)])
     assert code in (0, None)
     assert out.strip() == f"filters: {tmp_path / 'lenet5_filters.png'}"
     assert "random weights" in err
