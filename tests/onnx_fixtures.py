@@ -28,7 +28,7 @@ def write_images(folder: Path) -> list[Path]:
     return paths
 
 
-def train_texture_model(folder: Path, arch: str = "simplecnn", steps: int = 30, seed: int = 0):
+def train_texture_model(folder: Path, arch: str = "simplecnn", steps: int = 12, seed: int = 0):
     """A small model fitted for a few SGD steps to random crops of the three textures; saved to ``folder``.
     Returns (path of the .safetensors file, model, card)."""
     import skimage.data
@@ -46,6 +46,9 @@ def train_texture_model(folder: Path, arch: str = "simplecnn", steps: int = 30, 
     pre = card.preprocessing
     textures = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in TEXTURES]
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for module in model.modules():  # few steps: average batch statistics evenly so eval mode matches training
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
     model.train()
     for _ in range(steps):
         xs, ys = [], []

@@ -129,6 +129,10 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
         if _usable(path):  # another process made it while we waited for the lock
             return path
         start = time.perf_counter()
+        if model_identity(spec, weights)[1].startswith(f"{spec}|"):  # a registry name: check it before announcing
+            from cnncli.registry import check_arch
+
+            check_arch(spec)
         if not quiet:
             info(f"preparing the fast path for {spec or DEFAULT_ARCH}: exporting to ONNX and verifying it "
                  f"({precision}); this happens once.")
