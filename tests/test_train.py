@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -236,3 +237,40 @@ def test_ddp_two_cpu_processes_gloo(digits, tmp_path):
     assert proc.stderr.count("epoch 2/2") == 1  # only rank 0 logs
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluation"]["n_images"] == 20  # the whole val split, not one rank's half
+
+
+# ---------------------------------------------------------------- optimisers and schedules
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "exponential", "onecycle", "constant"])
+def test_schedules_warm_up_and_save_with_weights_only(tmp_path, schedule):
+    from cnncli.train.optim import build_optimizer, build_scheduler, param_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    cfg = TrainConfig(data="-", optimizer="sgd", lr=0.1, schedule=schedule, warmup_epochs=1, epochs=4, step_epochs=1, gamma=0.5)
+    groups = param_groups(model, ["1.weight", "1.bias"], ["0.weight", "0.bias", "1.weight", "1.bias"], 0.1, 0.1)
+    opt = build_optimizer(groups, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=5)
+    lrs = []
+    for _ in range(20):
+        opt.step()
+        sched.step()
+        lrs.append([g["lr"] for g in opt.param_groups])
+    assert lrs[0][0] < lrs[3][0]  # warming up
+    assert all(b == pytest.approx(0.1 * h) for h, b in lrs)  # discriminative rate: backbone = 0.1 x head
+    torch.save(sched.state_dict(), tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    fresh = build_scheduler(build_optimizer(param_groups(model, ["1.weight", "1.bias"], ["0.weight", "0.bias", "1.weight", "1.bias"], 0.1, 0.1), cfg), cfg, 5)
+    fresh.load_state_dict(state)
+    assert fresh.get_last_lr() == pytest.approx(sched.get_last_lr())
+
+
+def test_mixup_cutmix_balance_hinge_and_smoothing_runs(digits, tmp_path):
+    mixed = run_training(lenet_cfg(digits, tmp_path / "m", epochs=1, mixup=0.2, cutmix=1.0, balance="sampler",
+                                   label_smoothing=0.1, optimizer="sgd", nesterov=True, schedule="onecycle", accumulate=2,
+                                   clip_grad=1.0))
+    hinge = run_training(lenet_cfg(digits, tmp_path / "h", epochs=1, loss="hinge", balance="weights", optimizer="rmsprop"))
+    for result in (mixed, hinge):
+        assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])
+    with pytest.raises(UsageError, match="hinge"):
+        run_training(lenet_cfg(digits, tmp_path / "x", loss="hinge", mixup=0.2))

@@ -524,9 +524,10 @@ def _train_epoch(cfg, epoch, train_fn, loader, optimizer, scheduler, scaler, cri
                 logits = train_fn(x)
                 loss = criterion(logits.float(), target)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the loss became {loss.item()} at epoch {epoch}, step {i + 1}; stopped, keeping the last good "
-                    f"checkpoint in {cfg.out}; lower --lr, add --clip-grad or check the data.")
+                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {cfg.out}" if epoch > 1
+                        else "no epoch had finished, so no checkpoint was written")
+                raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}, step {i + 1}; stopped: {kept}; "
+                                       "lower --lr, add --clip-grad or check the data.")
             scaler.scale(loss / cfg.accumulate).backward()
             pending += 1
             if pending == cfg.accumulate or i == len(loader) - 1:
