@@ -44,23 +44,24 @@ def real_images(folder: Path) -> list[Path]:
     return paths
 
 
-def latency(fn, batch: np.ndarray, runs: int) -> tuple[float, float]:
-    fn(batch)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn(batch)
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2] * 1e3, times[min(len(times) - 1, int(len(times) * 0.95))] * 1e3
+def timed_rounds(engines: dict, batch: np.ndarray, rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call for each engine, calls interleaved round by round so that load from other processes on a
+    shared machine falls on every engine alike."""
+    for engine in engines.values():
+        for _ in range(warmup):
+            engine.predict_proba(batch)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            t = time.perf_counter()
+            engine.predict_proba(batch)
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
-def throughput(fn, batch: np.ndarray, repeats: int) -> float:
-    fn(batch)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn(batch)
-    return repeats * len(batch) / (time.perf_counter() - t)
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def cold_start(args: list[str], n: int) -> float:
@@ -76,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30, help="batch-1 timings per engine")
-    parser.add_argument("--repeats", type=int, default=3, help="batch-32 passes per engine")
+    parser.add_argument("--repeats", type=int, default=5, help="batch-32 passes per engine (median)")
     parser.add_argument("--cold", type=int, default=5, help="cold-start runs per path")
     opts = parser.parse_args()
 
@@ -101,15 +102,15 @@ def main() -> None:
 
     engines = {
         "PyTorch eager (channels_last)": TorchEngine(model, card, device="cpu"),
-        "onnxruntime fp32": OnnxEngine(fp32.path, device="cpu", threads=opts.threads, verbose=False),
-        "onnxruntime int8 static (QDQ)": OnnxEngine(int8.path, device="cpu", threads=opts.threads, verbose=False),
+        "onnxruntime fp32": OnnxEngine(fp32.path, device="cpu", threads=opts.threads, allow_spinning=False, verbose=False),
+        "onnxruntime int8 static (QDQ)": OnnxEngine(int8.path, device="cpu", threads=opts.threads, allow_spinning=False, verbose=False),
     }
     x = load_images(images, card)
     one, b32 = x[:1], np.concatenate([x] * (32 // len(x) + 1))[:32]
-    rows = []
-    for name, engine in engines.items():
-        p50, p95 = latency(engine.predict_proba, one, opts.runs)
-        rows.append((name, p50, p95, throughput(engine.predict_proba, b32, opts.repeats)))
+    single = timed_rounds(engines, one, opts.runs)
+    batched = timed_rounds(engines, b32, opts.repeats, warmup=1)
+    rows = [(name, percentile(single[name], 0.5) * 1e3, percentile(single[name], 0.95) * 1e3,
+             len(b32) / statistics.median(batched[name])) for name in engines]
 
     fp32_top = engines["onnxruntime fp32"].predict_proba(x).argmax(1)
     int8_top = engines["onnxruntime int8 static (QDQ)"].predict_proba(x).argmax(1)
@@ -124,7 +125,7 @@ def main() -> None:
     cold_torch = cold_start(["predict", photo, "--device", "cpu", "-f", "json"], opts.cold)
 
     base = rows[0][3]
-    print(f"default model efficientnet_lite0, {opts.threads} threads, {os.cpu_count()} CPUs, "
+    print(f"default model efficientnet_lite0, {opts.threads} threads (onnxruntime without spinning), {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{'engine':32} {'b1 p50 ms':>10} {'b1 p95 ms':>10} {'b32 img/s':>10} {'vs eager':>9}")
     for name, p50, p95, ips in rows:
