@@ -375,7 +375,14 @@ def export_onnx(
             with contextlib.redirect_stdout(io.StringIO()):
                 graph = onnxslim.slim(graph)
         _set_metadata(graph, card)
-        onnx.save(graph, str(fp32_path))
+        try:
+            onnx.save(graph, str(fp32_path))
+        except Exception:  # noqa: BLE001 - protobuf cannot serialise a graph over 2 GB
+            weights = sum(init.ByteSize() for init in graph.graph.initializer)
+            raise ExportError(
+                f"{card.arch} has {weights / 1e9:.1f} GB of weights, over the 2 GB limit of one self-contained ONNX "
+                "file; run this model with the PyTorch engine instead."
+            ) from None
         actual_opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), opset)
         fp32_size = fp32_path.stat().st_size
 

@@ -25,5 +25,5 @@ def test_every_torchvision_arch_exports_or_fails_clearly(tmp_path):
             assert row["relative_diff"] <= 1e-4, row
         else:
             assert "\n" not in row["message"] and "Traceback" not in row["message"], row
-            assert "cannot be exported" in row["message"] or "does not match PyTorch" in row["message"], row
+            assert any(s in row["message"] for s in ("cannot be exported", "does not match PyTorch", "2 GB limit")), row
     assert sum(row["ok"] for row in rows) >= len(rows) // 2  # most of torchvision exports
