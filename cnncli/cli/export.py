@@ -63,6 +63,8 @@ def render_export_report(report) -> None:
         if check is None:
             continue
         real = f", {check.real_top1_agreement:.1%} on {check.real_images} real images" if check.real_top1_agreement is not None else ""
+        if check.confident_top1_agreement is not None:
+            real += f", {check.confident_top1_agreement:.1%} on the {check.confident_images} where fp32 is confident"
         info(f"verified {label} on {check.inputs} inputs: max |diff| of logits {check.max_abs_diff:.3g} "
              f"({check.relative_diff:.2g} of the range), top-1 agreement {check.top1_agreement:.1%}{real}.")
     if report.fp32_verification is None:

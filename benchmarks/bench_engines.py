@@ -1,0 +1,142 @@
+"""PyTorch eager vs onnxruntime fp32 vs onnxruntime static int8 on the default model, in one run, same threads.
+
+Prints: p50/p95 latency at batch 1, throughput at batch 32, the ratio to PyTorch eager, int8 top-1 agreement with
+fp32 on real images (crops and flips of skimage photos), and the cold start of `cnncli predict one.jpg` with the
+.onnx file versus the default (PyTorch) path (subprocess wall time, median of a few runs).
+
+    uv run python benchmarks/bench_engines.py [--threads 2] [--runs 30] [--cold 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def real_images(folder: Path) -> list[Path]:
+    """Crops (whole, four corners, centre) and their mirrors of the colour photos in skimage.data."""
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry"):
+        try:
+            img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        except Exception:  # noqa: BLE001 - a photo skimage cannot provide offline is skipped
+            continue
+        w, h = img.size
+        boxes = [(0, 0, w, h), (0, 0, w * 3 // 4, h * 3 // 4), (w // 4, 0, w, h * 3 // 4), (0, h // 4, w * 3 // 4, h),
+                 (w // 4, h // 4, w, h), (w // 8, h // 8, w * 7 // 8, h * 7 // 8)]
+        for i, box in enumerate(boxes):
+            crop = img.crop(box)
+            for flip in (False, True):
+                path = folder / f"{name}_{i}{'_flip' if flip else ''}.jpg"
+                (crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop).save(path, quality=92)
+                paths.append(path)
+    return paths
+
+
+def timed_rounds(engines: dict, batch: np.ndarray, rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call for each engine, calls interleaved round by round so that load from other processes on a
+    shared machine falls on every engine alike."""
+    for engine in engines.values():
+        for _ in range(warmup):
+            engine.predict_proba(batch)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            t = time.perf_counter()
+            engine.predict_proba(batch)
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def cold_start(args: list[str], n: int) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cnncli", *args], check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=30, help="batch-1 timings per engine")
+    parser.add_argument("--repeats", type=int, default=5, help="batch-32 passes per engine (median)")
+    parser.add_argument("--cold", type=int, default=5, help="cold-start runs per path")
+    opts = parser.parse_args()
+
+    import os
+
+    import torch
+
+    from cnncli.engines.onnx_engine import OnnxEngine
+    from cnncli.engines.torch_engine import TorchEngine
+    from cnncli.export import export_onnx, load_images
+    from cnncli.registry import create_model
+
+    torch.set_num_threads(opts.threads)
+    work = Path(tempfile.mkdtemp(prefix="cnncli-bench-"))
+    images = real_images(work / "images")
+    built = create_model("efficientnet_lite0", weights="default")
+    model, card = built.model.eval(), built.card
+    calib = images[::2]
+    fp32 = export_onnx(model, card, work / "default.onnx", verify_images=images)
+    int8 = export_onnx(model, card, work / "default.int8.onnx", precision="int8-static", calib_images=calib,
+                       verify_images=images)
+
+    engines = {
+        "PyTorch eager (channels_last)": TorchEngine(model, card, device="cpu"),
+        "onnxruntime fp32": OnnxEngine(fp32.path, device="cpu", threads=opts.threads, allow_spinning=False, verbose=False),
+        "onnxruntime int8 static (QDQ)": OnnxEngine(int8.path, device="cpu", threads=opts.threads, allow_spinning=False, verbose=False),
+    }
+    x = load_images(images, card)
+    one, b32 = x[:1], np.concatenate([x] * (32 // len(x) + 1))[:32]
+    single = timed_rounds(engines, one, opts.runs)
+    batched = timed_rounds(engines, b32, opts.repeats, warmup=1)
+    rows = [(name, percentile(single[name], 0.5) * 1e3, percentile(single[name], 0.95) * 1e3,
+             len(b32) / statistics.median(batched[name])) for name in engines]
+
+    fp32_top = engines["onnxruntime fp32"].predict_proba(x).argmax(1)
+    int8_top = engines["onnxruntime int8 static (QDQ)"].predict_proba(x).argmax(1)
+    held_out = np.array([i % 2 == 1 for i in range(len(images))])
+    agreement = float((fp32_top == int8_top).mean())
+    confident = engines["onnxruntime fp32"].predict_proba(x).max(1) >= 0.5
+    confident_agreement = float((fp32_top == int8_top)[confident].mean())
+    held_agreement = float((fp32_top == int8_top)[held_out].mean())
+
+    photo = str(images[0])
+    cold_onnx = cold_start(["predict", photo, "--model", str(fp32.path), "--device", "cpu", "-f", "json"], opts.cold)
+    cold_torch = cold_start(["predict", photo, "--device", "cpu", "-f", "json"], opts.cold)
+
+    base = rows[0][3]
+    print(f"default model efficientnet_lite0, {opts.threads} threads (onnxruntime without spinning), {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"{'engine':32} {'b1 p50 ms':>10} {'b1 p95 ms':>10} {'b32 img/s':>10} {'vs eager':>9}")
+    for name, p50, p95, ips in rows:
+        print(f"{name:32} {p50:10.1f} {p95:10.1f} {ips:10.1f} {ips / base:8.2f}x")
+    print(f"int8 static vs fp32 top-1 agreement: {agreement:.1%} on {len(images)} real images "
+          f"({held_agreement:.1%} on the {int(held_out.sum())} not used for calibration, {confident_agreement:.1%} on the "
+          f"{int(confident.sum())} where fp32's top-1 probability is >= 0.5); "
+          f"file {int8.size_bytes / 1e6:.1f} MB vs {fp32.size_bytes / 1e6:.1f} MB")
+    print(f"cold start `cnncli predict one.jpg` (median of {opts.cold}): .onnx {cold_onnx:.2f} s, "
+          f"default PyTorch path {cold_torch:.2f} s, ratio {cold_onnx / cold_torch:.2f}")
+
+
+if __name__ == "__main__":
+    main()
