@@ -103,3 +103,19 @@ class SkippedImages:
 
     def first(self, n: int | None = None) -> list[str]:
         return list(self.messages)[: self.keep if n is None else n]
+
+
+def device_batches(loader, device, channels_last: bool, note_errors=None):
+    """Yield (images on ``device``, labels) from a loader of cnncli batches, reporting unreadable images to
+    ``note_errors`` and skipping batches in which no image could be read."""
+    import torch
+
+    for batch in loader:
+        if note_errors is not None and batch.errors:
+            note_errors(batch.errors)
+        if batch.images is None:
+            continue
+        x = batch.images.to(device)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, batch.labels

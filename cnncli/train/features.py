@@ -24,14 +24,9 @@ def head_inputs(model: nn.Module, loader, device: torch.device, channels_last: b
     was_training = model.training
     model.eval()
     try:
-        for batch in loader:
-            if on_errors is not None and batch.errors:
-                on_errors(batch.errors)
-            if batch.images is None:
-                continue
-            x = batch.images.to(device)
-            if channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+        from cnncli.train.datasets import device_batches
+
+        for x, y in device_batches(loader, device, channels_last, on_errors):
             captured.clear()
             out = model(x)
             f = captured[-1]
@@ -39,7 +34,7 @@ def head_inputs(model: nn.Module, loader, device: torch.device, channels_last: b
                 raise UsageError(f"--cache-features does not apply to this architecture (layers follow its head "
                                  f"{head_name(model)!r}); train without it.")
             feats.append(f.float().cpu())
-            labels.append(batch.labels)
+            labels.append(y)
     finally:
         hook.remove()
         model.train(was_training)

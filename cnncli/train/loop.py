@@ -575,17 +575,12 @@ def _progress(cfg, dist, epoch, total):
 def _predict(module, loader, device, channels_last, amp_dtype, note_errors):
     module.eval()
     logits, labels = [], []
-    for batch in loader:
-        if batch.errors:
-            note_errors(batch.errors)
-        if batch.images is None:
-            continue
-        x = batch.images.to(device)
-        if channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    from cnncli.train.datasets import device_batches
+
+    for x, y in device_batches(loader, device, channels_last, note_errors):
         with _autocast(device, amp_dtype):
             logits.append(module(x).float().cpu())
-        labels.append(batch.labels)
+        labels.append(y)
     if not logits:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(logits), torch.cat(labels)
