@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cnncli.engines import open_engine
-from cnncli.engines.cache import cached_path, prepare_cached_onnx
+from cnncli.engines.cache import cached_path, folder_fingerprint, prepare_cached_onnx
 from cnncli.engines.onnx_engine import OnnxEngine
 from cnncli.engines.torch_engine import TorchEngine
 from cnncli.images import load_and_preprocess
@@ -115,3 +115,22 @@ def test_engine_option_errors(run_cli, photos, tiny_model_file):
     assert result.code == 2 and "--calib" in result.err
     result = run_cli("predict", photos["chelsea"], "--model", "lenet5", "--weights", "none", "--engine", "onnx")
     assert result.code == 2 and "random weights" in result.err
+
+
+def test_int8_precision_uses_a_calibrated_cached_export(run_cli, tiny_model_file, photos, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    from PIL import Image
+
+    for i, p in enumerate(photos.values()):
+        img = Image.open(p)
+        for j in range(4):
+            img.crop((j * 20, j * 10, j * 20 + 200, j * 10 + 200)).save(calib / f"{i}_{j}.jpg")
+    result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--precision", "int8",
+                     "--calib", calib, "--format", "json", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert "int8 agrees with fp32 on top-1" in result.err
+    int8_entry = cached_path(str(tiny_model_file), None, "int8", folder_fingerprint(calib))
+    assert int8_entry.is_file() and int8_entry != cached_path(str(tiny_model_file), None)
+    top = json.loads(result.out)[0]["top"]
+    assert top[0]["label"] in {"brick", "grass", "gravel"}

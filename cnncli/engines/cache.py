@@ -144,8 +144,13 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
         if precision == "int8":
             options["precision"] = "int8-static"
             options["calib_images"] = image_files(calib_dir, 200)
-        export_onnx(model, card, path, **options)
+        report = export_onnx(model, card, path, **options)
         if not quiet:
+            check = report.verification
+            if precision == "int8" and check is not None:
+                real = check.real_top1_agreement
+                info(f"int8 agrees with fp32 on top-1 for {check.top1_agreement:.1%} of {check.inputs} inputs"
+                     + (f" ({real:.1%} of {check.real_images} calibration images)" if real is not None else "") + ".")
             info(f"fast path ready in {time.perf_counter() - start:.1f} s: {path}")
     return path
 
