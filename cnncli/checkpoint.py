@@ -17,6 +17,7 @@ from typing import Iterator
 
 from cnncli.card import METADATA_KEY, ModelCard
 from cnncli.errors import ModelFileError
+from cnncli.weights import is_pickle
 
 SAFETENSORS_SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -47,9 +48,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def _refuse_if_not_safetensors(path: Path) -> None:
     with open(path, "rb") as fh:
         head = fh.read(9)
-    # a safetensors header (u64 length, then JSON "{") may itself start with 0x80, like a pickle
-    looks_safetensors = len(head) == 9 and head[8:9] == b"{"
-    if not looks_safetensors and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"):
+    if is_pickle(head):
         raise ModelFileError(
             f"{path} is a pickle / PyTorch checkpoint, which cnncli does not load because unpickling can run code; "
             "use a cnncli .safetensors model file (or pass a plain state dict with --weights)."

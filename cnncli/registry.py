@@ -9,7 +9,6 @@ whatever the family calls them (``fc``, ``classifier[-1]``, ``heads.head``, Sque
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -431,11 +430,3 @@ def adapt_input_channels(model: nn.Module, in_chans: int) -> None:
             new.bias.copy_(conv.bias)
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-
-
-def natural_input_size(arch: str) -> int | None:
-    """The fixed input size an architecture insists on, if any (ViT, MaxViT, Swin v1 need 224)."""
-    if re.match(r"^(vit_|maxvit)", arch):
-        return 224
-    return None
-

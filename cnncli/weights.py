@@ -21,6 +21,14 @@ NO_WEIGHTS = ("none", "random", "scratch")
 PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ and torch's zip container
 
 
+def is_pickle(head: bytes) -> bool:
+    """Whether a file's first 9 bytes are a pickle or torch zip checkpoint rather than safetensors.
+
+    A safetensors header (u64 length, then JSON ``{``) may itself start with byte 0x80, like a pickle.
+    """
+    return head.startswith(PICKLE_MAGIC) and head[8:9] != b"{"
+
+
 def is_weights_path(spec: str | None) -> bool:
     if spec is None:
         return False
@@ -104,7 +112,7 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Any], dict[str, st
         raise WeightsError(f"weights file {path} does not exist; check the path.")
     with open(path, "rb") as fh:
         head = fh.read(9)
-    if not head.startswith(PICKLE_MAGIC) or head[8:9] == b"{":  # safetensors: u64 header length, then JSON
+    if not is_pickle(head):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
