@@ -86,7 +86,7 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
     if precision == "int8" and calib is None:
         raise UsageError("--precision int8 needs calibration images: pass --calib DIR with a few dozen typical images.")
     if chosen == "onnx":
-        from cnncli.engines.cache import prepare_cached_onnx, remove_entry
+        from cnncli.engines.cache import prepare_cached_onnx
         from cnncli.engines.onnx_engine import OnnxEngine
 
         path = prepare_cached_onnx(model, weights, precision=precision, calib_dir=calib)
@@ -94,7 +94,7 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
             try:
                 return OnnxEngine(path, device=device, threads=threads, allow_spinning=False, verbose=False)
             except ModelFileError:  # a truncated or corrupt cache entry: make it again
-                remove_entry(path)
+                path.unlink(missing_ok=True)
                 path = prepare_cached_onnx(model, weights, precision=precision, calib_dir=calib)
                 return OnnxEngine(path, device=device, threads=threads, allow_spinning=False, verbose=False)
         if engine == "onnx":

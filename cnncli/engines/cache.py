@@ -153,10 +153,3 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
                      + (f" ({real:.1%} of {check.real_images} calibration images)" if real is not None else "") + ".")
             info(f"fast path ready in {time.perf_counter() - start:.1f} s: {path}")
     return path
-
-
-def remove_entry(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
