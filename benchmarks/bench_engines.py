@@ -1,7 +1,7 @@
 """PyTorch eager vs onnxruntime fp32 vs onnxruntime static int8 on the default model, in one run, same threads.
 
 Prints: p50/p95 latency at batch 1, throughput at batch 32, the ratio to PyTorch eager, int8 top-1 agreement with
-fp32 on real images (crops and flips of skimage photos), and the cold start of `cnncli predict one.jpg` with the
+fp32 on real photos (crops and mirrors, see common.write_photo_crops), and the cold start of `cnncli predict one.jpg` with the
 .onnx file versus the default (PyTorch) path (subprocess wall time, median of a few runs).
 
     uv run python benchmarks/bench_engines.py [--threads 2] [--runs 30] [--cold 5]
@@ -19,29 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def real_images(folder: Path) -> list[Path]:
-    """Crops (whole, four corners, centre) and their mirrors of the colour photos in skimage.data."""
-    import skimage.data
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "hubble_deep_field", "immunohistochemistry"):
-        try:
-            img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        except Exception:  # noqa: BLE001 - a photo skimage cannot provide offline is skipped
-            continue
-        w, h = img.size
-        boxes = [(0, 0, w, h), (0, 0, w * 3 // 4, h * 3 // 4), (w // 4, 0, w, h * 3 // 4), (0, h // 4, w * 3 // 4, h),
-                 (w // 4, h // 4, w, h), (w // 8, h // 8, w * 7 // 8, h * 7 // 8)]
-        for i, box in enumerate(boxes):
-            crop = img.crop(box)
-            for flip in (False, True):
-                path = folder / f"{name}_{i}{'_flip' if flip else ''}.jpg"
-                (crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop).save(path, quality=92)
-                paths.append(path)
-    return paths
+from common import write_photo_crops
 
 
 def timed_rounds(engines: dict, batch: np.ndarray, rounds: int, warmup: int = 3) -> dict[str, list[float]]:
@@ -92,11 +70,13 @@ def main() -> None:
 
     torch.set_num_threads(opts.threads)
     work = Path(tempfile.mkdtemp(prefix="cnncli-bench-"))
-    images = real_images(work / "images")
+    crops = write_photo_crops(work / "images")
+    images = [path for path, _ in crops]
+    held_out = np.array([crop % 2 == 1 for _, crop in crops])  # crops 1, 3, 5 and mirrors: not calibrated on
     built = create_model("efficientnet_lite0", weights="default")
     model, card = built.model.eval(), built.card
-    calib = images[::2]
-    fp32 = export_onnx(model, card, work / "default.onnx", verify_images=images)
+    calib = [path for path, crop in crops if crop % 2 == 0]
+    fp32 = export_onnx(model, card, work / "default.onnx", simplify=True, verify_images=images)
     int8 = export_onnx(model, card, work / "default.int8.onnx", precision="int8-static", calib_images=calib,
                        verify_images=images)
 
@@ -114,7 +94,6 @@ def main() -> None:
 
     fp32_top = engines["onnxruntime fp32"].predict_proba(x).argmax(1)
     int8_top = engines["onnxruntime int8 static (QDQ)"].predict_proba(x).argmax(1)
-    held_out = np.array([i % 2 == 1 for i in range(len(images))])
     agreement = float((fp32_top == int8_top).mean())
     confident = engines["onnxruntime fp32"].predict_proba(x).max(1) >= 0.5
     confident_agreement = float((fp32_top == int8_top)[confident].mean())
@@ -122,7 +101,7 @@ def main() -> None:
 
     photo = str(images[0])
     cold_onnx = cold_start(["predict", photo, "--model", str(fp32.path), "--device", "cpu", "-f", "json"], opts.cold)
-    cold_torch = cold_start(["predict", photo, "--device", "cpu", "-f", "json"], opts.cold)
+    cold_torch = cold_start(["predict", photo, "--engine", "torch", "--device", "cpu", "-f", "json"], opts.cold)
 
     base = rows[0][3]
     print(f"default model efficientnet_lite0, {opts.threads} threads (onnxruntime without spinning), {os.cpu_count()} CPUs, "
@@ -135,7 +114,7 @@ def main() -> None:
           f"{int(confident.sum())} where fp32's top-1 probability is >= 0.5); "
           f"file {int8.size_bytes / 1e6:.1f} MB vs {fp32.size_bytes / 1e6:.1f} MB")
     print(f"cold start `cnncli predict one.jpg` (median of {opts.cold}): .onnx {cold_onnx:.2f} s, "
-          f"default PyTorch path {cold_torch:.2f} s, ratio {cold_onnx / cold_torch:.2f}")
+          f"default model on the PyTorch engine {cold_torch:.2f} s, ratio {cold_onnx / cold_torch:.2f}")
 
 
 if __name__ == "__main__":

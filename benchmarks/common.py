@@ -37,6 +37,40 @@ def write_jpeg_folder(folder: Path, n: int, size: tuple[int, int] = (500, 375), 
     return paths
 
 
+def imagenet_like_photos() -> dict[str, np.ndarray]:
+    """The real photos of ImageNet-like subjects that installed packages ship (no download): scikit-image's cat,
+    espresso, astronaut, rocket and two motorcycle views, scikit-learn's two sample images (a temple, a flower) and
+    matplotlib's portrait of Grace Hopper."""
+    import matplotlib
+    import sklearn.datasets
+    from skimage import data
+
+    photos = {name: getattr(data, name)() for name in ("chelsea", "coffee", "astronaut", "rocket")}
+    photos["motorcycle_left"], photos["motorcycle_right"], _ = data.stereo_motorcycle()
+    photos.update(zip(("china", "flower"), sklearn.datasets.load_sample_images().images))
+    photos["grace_hopper"] = np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    return photos
+
+
+def write_photo_crops(folder: Path) -> list[tuple[Path, int]]:
+    """Six crops (whole, four corners at 3/4, centre at 3/4) of each photo of :func:`imagenet_like_photos`, each
+    also mirrored, as JPEGs; returns (path, crop index) pairs so callers can split by crop."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, pixels in imagenet_like_photos().items():
+        img = Image.fromarray(pixels).convert("RGB")
+        w, h = img.size
+        boxes = [(0, 0, w, h), (0, 0, w * 3 // 4, h * 3 // 4), (w // 4, 0, w, h * 3 // 4), (0, h // 4, w * 3 // 4, h),
+                 (w // 4, h // 4, w, h), (w // 8, h // 8, w * 7 // 8, h * 7 // 8)]
+        for i, box in enumerate(boxes):
+            crop = img.crop(box)
+            for flip in (False, True):
+                path = folder / f"{name}_{i}{'_flip' if flip else ''}.jpg"
+                (crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop).save(path, quality=92)
+                written.append((path, i))
+    return written
+
+
 def median_wall_time(cmd: list[str], runs: int = 5, env: dict | None = None) -> float:
     times = []
     for _ in range(runs):
