@@ -121,8 +121,8 @@ def resize_target(width: int, height: int, pre: Preprocessing) -> tuple[int, int
     return max(out_w, round(width * scale)), max(out_h, round(height * scale))
 
 
-def preprocess(img: Image.Image, pre: Preprocessing) -> np.ndarray:
-    """PIL image -> float32 array (C, H, W), resized, cropped or padded, and normalised."""
+def preprocess_pixels(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """PIL image -> uint8 array (H, W, C), resized, cropped or padded: the geometric half of :func:`preprocess`."""
     img = _to_8bit(img, pre.channels)
     out_h, out_w = pre.input_size
     new_w, new_h = resize_target(img.width, img.height, pre)
@@ -137,13 +137,24 @@ def preprocess(img: Image.Image, pre: Preprocessing) -> np.ndarray:
         canvas = Image.new(img.mode, (out_w, out_h), fill if pre.channels == 3 else fill[0])
         canvas.paste(img, ((out_w - new_w) // 2, (out_h - new_h) // 2))
         img = canvas
-    arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255.0)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 (..., H, W, C) -> float32 (..., C, H, W), scaled to [0, 1] and normalised with the card's mean and
+    std: the arithmetic half of :func:`preprocess`. The same operations per element for one image or a batch, so
+    both give identical numbers."""
+    arr = pixels.astype(np.float32) * np.float32(1 / 255.0)
     mean = np.asarray(pre.mean, dtype=np.float32)
     inv_std = np.asarray([1.0 / s for s in pre.std], dtype=np.float32)
     arr = (arr - mean) * inv_std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(arr, -1, -3))
+
+
+def preprocess(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """PIL image -> float32 array (C, H, W), resized, cropped or padded, and normalised."""
+    return normalize(preprocess_pixels(img, pre), pre)
 
 
 def draft_size_for(pre: Preprocessing) -> tuple[int, int]:
@@ -154,9 +165,14 @@ def draft_size_for(pre: Preprocessing) -> tuple[int, int]:
     return out_w, out_h
 
 
+def load_pixels(path: str | Path, pre: Preprocessing) -> np.ndarray:
+    """Read one image file and return it resized and cropped, uint8 (H, W, C); :func:`normalize` finishes it."""
+    return preprocess_pixels(load_image(path, pre.channels, draft_size=_draft_for_path(pre)), pre)
+
+
 def load_and_preprocess(path: str | Path, pre: Preprocessing) -> np.ndarray:
     """Read one image file and return the model input (C, H, W) float32. Raises ImageError."""
-    return preprocess(load_image(path, pre.channels, draft_size=_draft_for_path(pre)), pre)
+    return normalize(load_pixels(path, pre), pre)
 
 
 def _draft_for_path(pre: Preprocessing) -> tuple[int, int] | None:

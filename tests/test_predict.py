@@ -73,6 +73,22 @@ def test_workers_do_not_change_results_or_order(mixed_folder, tiny_model_file):
             assert ta["index"] == tb["index"] and abs(ta["prob"] - tb["prob"]) < 1e-5
 
 
+def test_pooled_batches_hold_the_same_pixels_as_single_image_preprocessing(photos):
+    """Workers send uint8 pixels and the engine's process normalises whole batches: the numbers must be identical
+    to preprocessing each image alone (the path every other command uses)."""
+    from cnncli.card import Preprocessing
+    from cnncli.images import load_and_preprocess
+    from cnncli.pipeline import InputItem, decoded_batches
+
+    pre = Preprocessing(input_size=(96, 80), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    paths = [str(p) for p in photos.values()] * 3
+    batches = list(decoded_batches([InputItem(p) for p in paths], pre, batch_size=4, workers=2))
+    pooled = np.concatenate([b.array for b in batches])
+    single = np.stack([load_and_preprocess(p, pre) for p in paths])
+    assert pooled.dtype == np.float32 and pooled.shape == (len(paths), 3, 96, 80)
+    np.testing.assert_array_equal(pooled, single)
+
+
 def test_output_formats(run_cli, photos, tiny_model_file, tmp_path):
     args = ("predict", photos["chelsea"], photos["coffee"], "--model", tiny_model_file, "-k", "2")
     as_json = json.loads(run_cli(*args, "--format", "json").out)
