@@ -546,9 +546,11 @@ def export_model(
     if spec is not None and not Path(spec).exists() and (spec.endswith(".safetensors") or "/" in spec):
         raise UsageError(f"{spec}: no such model file; pass a cnncli .safetensors file or a registry name.")
     precision = options.get("precision", "fp32")
-    if precision == "int8-static" and calib_dir is None:
-        raise UsageError("--int8 static needs calibration images: pass --calib DIR with a few dozen typical images.")
     calib = image_files(calib_dir, max_calib) if calib_dir else []
+    if precision == "int8-static" and calib_dir is None:  # the set train/finetune recorded in the model file
+        from cnncli.engines.cache import calibration_images
+
+        calib = calibration_images(spec, None, max_calib)
     verify_images = image_files(verify_dir, 64) if verify_dir else []
     model, card = load_for_inference(spec, weights=weights, device="cpu")
     if output is None:

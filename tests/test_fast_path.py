@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cnncli.engines import open_engine
-from cnncli.engines.cache import cached_path, folder_fingerprint, prepare_cached_onnx
+from cnncli.engines.cache import cached_path, calibration_images, files_fingerprint, prepare_cached_onnx
 from cnncli.engines.onnx_engine import OnnxEngine
 from cnncli.engines.torch_engine import TorchEngine
 from cnncli.images import load_and_preprocess
@@ -112,7 +112,7 @@ def test_engine_option_errors(run_cli, photos, tiny_model_file):
     result = run_cli("predict", photos["chelsea"], "--engine", "tensorrt")
     assert result.code == 2 and "unknown --engine" in result.err
     result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--precision", "int8")
-    assert result.code == 2 and "--calib" in result.err
+    assert result.code == 2 and "records none" in result.err and "--calib" in result.err
     result = run_cli("predict", photos["chelsea"], "--model", "lenet5", "--weights", "none", "--engine", "onnx")
     assert result.code == 2 and "random weights" in result.err
 
@@ -130,7 +130,37 @@ def test_int8_precision_uses_a_calibrated_cached_export(run_cli, tiny_model_file
                      "--calib", calib, "--format", "json", "--device", "cpu")
     assert result.code == 0, result.err
     assert "int8 agrees with fp32 on top-1" in result.err
-    int8_entry = cached_path(str(tiny_model_file), None, "int8", folder_fingerprint(calib))
+    int8_entry = cached_path(str(tiny_model_file), None, "int8", files_fingerprint(calibration_images(None, calib)))
     assert int8_entry.is_file() and int8_entry != cached_path(str(tiny_model_file), None)
     top = json.loads(result.out)[0]["top"]
     assert top[0]["label"] in {"brick", "grass", "gravel"}
+
+
+def test_int8_calibrates_on_the_set_a_trained_model_file_records(run_cli, photos, tmp_path):
+    """train records a calibration set (training images, every class) in the model file; --precision int8 then
+    needs no --calib, and says so clearly once those images are gone."""
+    import shutil
+
+    from cnncli.checkpoint import read_card
+    from cnncli.train.config import TrainConfig
+    from cnncli.train.loop import run_training
+    from train_data import write_textures
+
+    data = write_textures(tmp_path / "textures", per_class=6)
+    result = run_training(TrainConfig(data=str(data), arch="simplecnn", epochs=1, batch_size=8, image_size=64,
+                                      out=str(tmp_path / "run"), quiet=True, workers=0))
+    model = result.out_dir / "best.safetensors"
+    record = read_card(model).training["calibration"]
+    files = calibration_images(str(model), None)
+    assert len(files) == len(record["files"]) > 0 and all(f.is_file() for f in files)
+    assert {Path(f).parent.name for f in record["files"]} == {"brick", "grass", "gravel"}
+
+    ran = run_cli("predict", photos["chelsea"], "--model", model, "--precision", "int8", "--format", "json",
+                  "--device", "cpu")
+    assert ran.code == 0, ran.err
+    assert f"calibrated on {len(files)} images" in ran.err
+    assert cached_path(str(model), None, "int8", files_fingerprint(files)).is_file()
+
+    shutil.rmtree(data)
+    gone = run_cli("predict", photos["chelsea"], "--model", model, "--precision", "int8")
+    assert gone.code == 2 and "are gone" in gone.err and "--calib" in gone.err

@@ -380,6 +380,37 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_cs
     return splits
 
 
+CALIBRATION_IMAGES = 64
+
+
+def calibration_record(splits: DatasetSplits, n: int = CALIBRATION_IMAGES) -> dict:
+    """A calibration set for int8, recorded in the model file by train/finetune: up to ``n`` training images,
+    taken class by class in turn so each class is represented; paths relative to the dataset root."""
+    by_class: dict[int, list[Path]] = {}
+    for sample in splits.train:
+        by_class.setdefault(sample.label, []).append(sample.path)
+    picked: list[Path] = []
+    queues = [list(paths) for _, paths in sorted(by_class.items())]
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop(0))
+    root = Path(splits.root).resolve()
+    files = []
+    for path in picked:
+        path = Path(path).resolve()
+        files.append(str(path.relative_to(root)) if path.is_relative_to(root) else str(path))
+    return {"root": str(root), "files": files}
+
+
+def recorded_calibration_files(record: dict | None) -> list[Path]:
+    """The images of a :func:`calibration_record` that still exist (an empty list when none do)."""
+    if not record or not record.get("files"):
+        return []
+    root = Path(record.get("root", "."))
+    return [p for p in (root / f for f in record["files"]) if p.is_file()]
+
+
 def load_eval_split(path: str | Path, split: str = "auto", classes: list[str] | None = None
                     ) -> tuple[list[Sample], list[str]]:
     """Images to evaluate a model on: ``split`` "auto" takes test/ if present, else val/, else every image of

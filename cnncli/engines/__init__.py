@@ -66,7 +66,8 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
 
     With ``engine`` auto or onnx, a PyTorch model runs on onnxruntime from a cached, verified export
     (:mod:`cnncli.engines.cache`); once the cache holds it, torch is not imported. ``precision`` int8 uses a
-    static-int8 export calibrated on ``calib`` (a folder of images). ``threads`` sets intra-op threads.
+    static-int8 export calibrated on ``calib`` (a folder of images) or, without it, on the calibration set that
+    train/finetune recorded in the model file. ``threads`` sets intra-op threads.
     """
     from cnncli.errors import ModelFileError, UsageError
 
@@ -83,19 +84,22 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
     chosen = choose_engine(engine, device)
     if precision == "int8" and chosen != "onnx":
         raise UsageError("--precision int8 runs on onnxruntime; use --engine onnx (or auto on CPU).")
-    if precision == "int8" and calib is None:
-        raise UsageError("--precision int8 needs calibration images: pass --calib DIR with a few dozen typical images.")
+    calib_images = None
+    if precision == "int8":
+        from cnncli.engines.cache import calibration_images
+
+        calib_images = calibration_images(model, calib)
     if chosen == "onnx":
         from cnncli.engines.cache import prepare_cached_onnx
         from cnncli.engines.onnx_engine import OnnxEngine
 
-        path = prepare_cached_onnx(model, weights, precision=precision, calib_dir=calib)
+        path = prepare_cached_onnx(model, weights, precision=precision, calib_images=calib_images)
         if path is not None:
             try:
                 return OnnxEngine(path, device=device, threads=threads, allow_spinning=False, verbose=False)
             except ModelFileError:  # a truncated or corrupt cache entry: make it again
                 path.unlink(missing_ok=True)
-                path = prepare_cached_onnx(model, weights, precision=precision, calib_dir=calib)
+                path = prepare_cached_onnx(model, weights, precision=precision, calib_images=calib_images)
                 return OnnxEngine(path, device=device, threads=threads, allow_spinning=False, verbose=False)
         if engine == "onnx":
             raise UsageError("a model with random weights (--weights none) is not exported; use --engine torch.")

@@ -69,15 +69,46 @@ def cached_path(spec: str | None, weights: str | None, precision: str = "fp32",
     return cache_dir() / "onnx" / f"{safe}-{precision}-{cache_key(fingerprint, precision, calib_fingerprint)}.onnx"
 
 
-def folder_fingerprint(folder: str | Path) -> str:
-    """Content fingerprint of a calibration folder (names, sizes and bytes of its images)."""
+def files_fingerprint(paths: list[Path]) -> str:
+    """Fingerprint of a calibration set: each image's path, size and modification time (cheap enough for the hot
+    path; a changed image makes a new int8 export)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def calibration_images(spec: str | None, calib_dir: str | Path | None, limit: int = 200) -> list[Path]:
+    """Images to calibrate a static-int8 export on: ``calib_dir`` when given, else the calibration set recorded
+    in the model file by train/finetune. UsageError, in one sentence, when there is neither."""
+    from cnncli.errors import UsageError
     from cnncli.pipeline import images_in_folder
 
-    digest = hashlib.sha256()
-    for path in images_in_folder(Path(folder)):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:20]
+    if calib_dir is not None:
+        folder = Path(calib_dir)
+        if not folder.is_dir():
+            raise UsageError(f"--calib {calib_dir}: no such folder; pass a folder of a few dozen typical images.")
+        found = images_in_folder(folder)[:limit]
+        if not found:
+            raise UsageError(f"--calib {calib_dir} holds no images; pass a folder of a few dozen typical images.")
+        return found
+    record = None
+    if spec is not None and spec.endswith(".safetensors") and Path(spec).is_file():
+        from cnncli.checkpoint import read_card
+
+        card = read_card(spec)
+        record = (card.training or {}).get("calibration") if card is not None else None
+    if record is None:
+        raise UsageError(f"--precision int8 needs calibration images and {spec or DEFAULT_ARCH} records none "
+                         "(models made by `cnncli train` or `finetune` do); pass --calib DIR with a few dozen typical images.")
+    from cnncli.data.layout import recorded_calibration_files
+
+    found = recorded_calibration_files(record)
+    if not found:
+        raise UsageError(f"the calibration images recorded in {spec} (under {record.get('root')}) are gone; "
+                         "pass --calib DIR with a few dozen typical images.")
+    return found[:limit]
 
 
 @contextmanager
@@ -110,7 +141,7 @@ def _usable(path: Path) -> bool:
 
 
 def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision: str = "fp32",
-                        calib_dir: str | Path | None = None, quiet: bool = False) -> Path | None:
+                        calib_images: list[Path] | None = None, quiet: bool = False) -> Path | None:
     """Return the path of a verified ONNX export of ``spec``, exporting it first if the cache lacks it.
 
     Returns None for models that cannot be cached (random weights). The first export says so on stderr.
@@ -119,7 +150,7 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
 
     if precision not in PRECISIONS:
         raise ValueError(precision)
-    calib_fp = folder_fingerprint(calib_dir) if calib_dir is not None else None
+    calib_fp = files_fingerprint(calib_images) if calib_images else None
     path = cached_path(spec, weights, precision, calib_fp)
     if path is None:
         return None
@@ -137,19 +168,20 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
             info(f"preparing the fast path for {spec or DEFAULT_ARCH}: exporting to ONNX and verifying it "
                  f"({precision}); this happens once.")
         from cnncli.engines.torch_engine import load_for_inference
-        from cnncli.export import export_onnx, image_files
+        from cnncli.export import export_onnx
 
         model, card = load_for_inference(spec, weights=weights, device="cpu")
         options = {"simplify": True}  # onnxslim folds TF-"same" padding arithmetic: ~35% faster on onnxruntime
         if precision == "int8":
             options["precision"] = "int8-static"
-            options["calib_images"] = image_files(calib_dir, 200)
+            options["calib_images"] = list(calib_images or [])
         report = export_onnx(model, card, path, **options)
         if not quiet:
             check = report.verification
             if precision == "int8" and check is not None:
                 real = check.real_top1_agreement
                 info(f"int8 agrees with fp32 on top-1 for {check.top1_agreement:.1%} of {check.inputs} inputs"
-                     + (f" ({real:.1%} of {check.real_images} calibration images)" if real is not None else "") + ".")
+                     + (f" ({real:.1%} of {check.real_images} calibration images)" if real is not None else "")
+                     + f", calibrated on {len(calib_images or [])} images.")
             info(f"fast path ready in {time.perf_counter() - start:.1f} s: {path}")
     return path

@@ -264,7 +264,7 @@ def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
     ``log`` replaces the per-epoch log printer; ``on_epoch_end(epoch, model)`` is called before the first epoch
     (with the last finished epoch, 0 for a new run) and after each epoch's files are written.
     """
-    from cnncli.data.layout import load_dataset
+    from cnncli.data.layout import calibration_record, load_dataset
     from cnncli.engines.torch_engine import resolve_device
 
     if cfg.resume:
@@ -393,7 +393,7 @@ def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
     summary_base = {"command": cfg.command, "dataset": str(cfg.data), "layout": splits.layout,
                     "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
                     "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
-                    "lr": cfg.learning_rate, "augment": cfg.augment}
+                    "lr": cfg.learning_rate, "augment": cfg.augment, "calibration": calibration_record(splits)}
     say(f"{cfg.command} {card.arch} on {len(splits.train)} train / {len(splits.val)} val images, {len(classes)} classes, "
         f"trainable {cfg.trainable} ({final_params:,} parameters), device {device}, out {out}")
 
