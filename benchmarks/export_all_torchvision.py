@@ -8,9 +8,15 @@ reason it cannot be exported. Slow (tens of minutes on 2 cores): the ViT-H class
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
+
+
+def natural_input_size(arch: str) -> int | None:
+    """The fixed input size an architecture insists on, if any (ViT and MaxViT need 224)."""
+    return 224 if re.match(r"^(vit_|maxvit)", arch) else None
 
 
 def export_arch(arch: str, folder: Path, size: int = 128) -> dict:
@@ -19,7 +25,7 @@ def export_arch(arch: str, folder: Path, size: int = 128) -> dict:
     import torch
 
     from cnncli.export import ExportError, export_onnx
-    from cnncli.registry import create_model, natural_input_size
+    from cnncli.registry import create_model
 
     torch.manual_seed(0)
     built = create_model(arch, weights="none", num_classes=10)
