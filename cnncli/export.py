@@ -147,11 +147,32 @@ def _operator_in(message: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _native_output_silenced():
+    """When a TorchScript trace fails, torch's C++ side prints the whole half-built graph to file descriptor 2
+    (before the dynamo fallback may well succeed); keep that off the user's terminal. Exceptions still propagate."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with open(os.devnull, "w") as null:
+        try:
+            for fd in saved:
+                os.dup2(null.fileno(), fd)
+            yield
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def _trace(model, example, path: Path, opset: int, dynamic_batch: bool, exporter: str) -> None:
     import torch
 
     quiet = contextlib.redirect_stdout(io.StringIO())
-    with warnings.catch_warnings(), quiet:
+    with warnings.catch_warnings(), quiet, _native_output_silenced():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             torch.onnx.export(
