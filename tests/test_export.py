@@ -158,7 +158,8 @@ def test_default_model_fp32_and_int8_static_keep_top1_on_real_photos(workdir, de
 
 def test_int8_bias_correction_brings_logits_closer_to_fp32(workdir, default_model, images):
     """Bias correction must cut the int8 error on the default model: a sign or scale mistake makes it grow."""
-    from cnncli.export import _session, quantize_int8, run_onnx
+    from cnncli.export import _session, run_onnx
+    from cnncli.quantize import quantize_int8
 
     model, card = default_model
     fp32 = export_onnx(model, card, workdir / "bc.fp32.onnx", verify=False)

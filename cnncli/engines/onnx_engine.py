@@ -13,6 +13,8 @@ import numpy as np
 from cnncli.card import METADATA_KEY, ModelCard, Preprocessing
 from cnncli.errors import ModelFileError, UsageError
 
+INPUT_NAME = "input"  # (N, C, H, W) float32: the input of every ONNX file cnncli writes
+OUTPUT_NAME = "logits"  # (N, classes)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
