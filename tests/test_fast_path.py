@@ -160,6 +160,9 @@ def test_int8_calibrates_on_the_set_a_trained_model_file_records(run_cli, photos
     assert ran.code == 0, ran.err
     assert f"calibrated on {len(files)} images" in ran.err
     assert cached_path(str(model), None, "int8", files_fingerprint(files)).is_file()
+    exported = run_cli("export", model, "--int8", "static", "-o", tmp_path / "trained.int8.onnx")
+    assert exported.code == 0, exported.err
+    assert (tmp_path / "trained.int8.onnx").is_file()
 
     shutil.rmtree(data)
     gone = run_cli("predict", photos["chelsea"], "--model", model, "--precision", "int8")
