@@ -26,6 +26,7 @@ from cnncli import __version__
 from cnncli.card import METADATA_KEY, ModelCard
 from cnncli.engines.onnx_engine import INPUT_NAME, OUTPUT_NAME, run_onnx
 from cnncli.errors import CnncliError, UsageError
+from cnncli.pipeline import image_files
 from cnncli.quantize import quantize_int8, to_fp16
 VERSION_KEY = "cnncli_version"
 DEFAULT_OPSET = 17
@@ -78,19 +79,6 @@ class ExportReport:
 
 
 # ---------------------------------------------------------------- inputs
-
-
-def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
-    """The image files in ``folder`` (recursively, natural order); UsageError if there are none."""
-    from cnncli.pipeline import images_in_folder
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder of images; pass a folder for --calib / --verify-images.")
-    files = images_in_folder(folder)
-    if not files:
-        raise UsageError(f"{folder} holds no image files ({', '.join(('.jpg', '.png', '...'))}); add some or drop the option.")
-    return files[:limit] if limit else files
 
 
 def load_images(paths: Sequence[str | Path], card: ModelCard) -> np.ndarray:
@@ -410,11 +398,12 @@ def export_model(
     if spec is not None and not Path(spec).exists() and (spec.endswith(".safetensors") or "/" in spec):
         raise UsageError(f"{spec}: no such model file; pass a cnncli .safetensors file or a registry name.")
     precision = options.get("precision", "fp32")
-    calib = image_files(calib_dir, max_calib) if calib_dir else []
-    if precision == "int8-static" and calib_dir is None:  # the set train/finetune recorded in the model file
+    if precision == "int8-static":  # --calib, else the set train/finetune recorded in the model file
         from cnncli.engines.cache import calibration_images
 
-        calib = calibration_images(spec, None, max_calib)
+        calib = calibration_images(spec, calib_dir, max_calib)
+    else:
+        calib = image_files(calib_dir, max_calib) if calib_dir else []
     verify_images = image_files(verify_dir, 64) if verify_dir else []
     model, card = load_for_inference(spec, weights=weights, device="cpu")
     if output is None:

@@ -44,6 +44,17 @@ def images_in_folder(folder: Path, recursive: bool = True) -> list[Path]:
     return found
 
 
+def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """The image files in ``folder`` (recursively, natural order); UsageError if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder of images; pass a folder for --calib / --verify-images.")
+    files = images_in_folder(folder)
+    if not files:
+        raise UsageError(f"{folder} holds no image files (.jpg, .png, ...); add some or drop the option.")
+    return files[:limit] if limit else files
+
+
 def collect_inputs(specs: Iterable[str], recursive: bool = True) -> list[InputItem]:
     """Expand files, folders and glob patterns into items; missing paths become error items.
 

@@ -113,6 +113,13 @@ def test_engine_option_errors(run_cli, photos, tiny_model_file):
     assert result.code == 2 and "unknown --engine" in result.err
     result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--precision", "int8")
     assert result.code == 2 and "records none" in result.err and "--calib" in result.err
+    result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--precision", "int8",
+                     "--calib", photos["chelsea"])
+    assert result.code == 2 and "is not a folder of images" in result.err and "Traceback" not in result.err
+    empty = tiny_model_file.parent / "empty_calib"
+    empty.mkdir(exist_ok=True)
+    result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--precision", "int8", "--calib", empty)
+    assert result.code == 2 and "holds no image files" in result.err and "Traceback" not in result.err
     result = run_cli("predict", photos["chelsea"], "--model", "lenet5", "--weights", "none", "--engine", "onnx")
     assert result.code == 2 and "random weights" in result.err
 

@@ -83,16 +83,10 @@ def calibration_images(spec: str | None, calib_dir: str | Path | None, limit: in
     """Images to calibrate a static-int8 export on: ``calib_dir`` when given, else the calibration set recorded
     in the model file by train/finetune. UsageError, in one sentence, when there is neither."""
     from cnncli.errors import UsageError
-    from cnncli.pipeline import images_in_folder
+    from cnncli.pipeline import image_files
 
     if calib_dir is not None:
-        folder = Path(calib_dir)
-        if not folder.is_dir():
-            raise UsageError(f"--calib {calib_dir}: no such folder; pass a folder of a few dozen typical images.")
-        found = images_in_folder(folder)[:limit]
-        if not found:
-            raise UsageError(f"--calib {calib_dir} holds no images; pass a folder of a few dozen typical images.")
-        return found
+        return image_files(calib_dir, limit)
     record = None
     if spec is not None and spec.endswith(".safetensors") and Path(spec).is_file():
         from cnncli.checkpoint import read_card
