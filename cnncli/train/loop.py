@@ -34,7 +34,7 @@ from cnncli.report import info, warn
 from cnncli.train.config import TrainConfig, next_run_dir
 from cnncli.train.datasets import SampleDataset, SkippedImages, collate
 from cnncli.train.outputs import plot_confusion_matrix, plot_curves, write_json, write_results_csv
-from cnncli.train.policy import TrainablePlan, apply_trainable, set_train_mode, trainable_names
+from cnncli.train.policy import apply_trainable, set_train_mode, trainable_names
 
 STATE_FILE = "train_state.pt"
 
