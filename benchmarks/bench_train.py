@@ -86,7 +86,7 @@ def bench_transfer(tmp: Path, rows: list, epochs: int = 5) -> None:
     sc, sc_s = train(command="train", weights="none", trainable="all", out=str(tmp / "scratch"), **common)
     rows.append((f"finetune --trainable head, efficientnet_lite0, textures ({epochs} epochs, 90 train / 45 val)",
                  f"val acc {ft.best_val_acc:.4f}", f"{ft_s:.1f} s"))
-    rows.append((f"train from scratch, efficientnet_lite0, same data and epochs",
+    rows.append(("train from scratch, efficientnet_lite0, same data and epochs",
                  f"val acc {sc.best_val_acc:.4f}", f"{sc_s:.1f} s"))
 
 

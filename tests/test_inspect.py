@@ -20,7 +20,7 @@ from cnncli.checkpoint import save_model
 from cnncli.inspect import inspect_model
 from cnncli.inspect.render import shape_text
 from cnncli.inspect.summary import summarize_model
-from cnncli.registry import create_model, head_parameter_names
+from cnncli.registry import create_model
 
 
 # ---------------------------------------------------------------- counts and shapes

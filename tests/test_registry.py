@@ -21,7 +21,6 @@ from cnncli.registry import (
     list_architectures,
     model_num_classes,
     replace_head,
-    torchvision_archs,
 )
 
 FIXED_224 = ("vit_", "maxvit", "swin", "regnet_y_128gf")

@@ -128,8 +128,8 @@ def test_cache_features_gives_the_same_training_as_the_full_forward(textures, tm
 
 def test_seed_resume_outputs_and_finetune_of_the_result(digits, textures, tmp_path):
     ref = run_training(lenet_cfg(digits, tmp_path / "a"))
-    again = run_training(lenet_cfg(digits, tmp_path / "b"))
-    other = run_training(lenet_cfg(digits, tmp_path / "c", seed=1, epochs=1))
+    run_training(lenet_cfg(digits, tmp_path / "b"))
+    run_training(lenet_cfg(digits, tmp_path / "c", seed=1, epochs=1))
 
     def numbers(run):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in read_results_csv(run / "results.csv")]
