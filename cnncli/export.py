@@ -3,8 +3,8 @@
 :func:`export_onnx` (a library function, also used to build cached exports) traces the model with torch's
 ONNX exporter (the TorchScript exporter first, the dynamo exporter where that fails), stores the model card
 in the file's ``metadata_props`` under ``"cnncli"``, optionally simplifies (onnxslim), converts to fp16 or
-quantizes to int8 (:mod:`cnncli.quantize`), then
-runs onnxruntime and PyTorch on the same inputs and refuses the file beyond tolerance. The input is
+quantizes to int8 (:mod:`cnncli.quantize`), then runs onnxruntime and PyTorch on the same inputs and refuses
+the file beyond tolerance. The input is
 ``input`` (N, C, H, W) float32 and the output ``logits`` (N, classes). Files are written atomically.
 """
 

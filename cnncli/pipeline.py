@@ -132,6 +132,9 @@ def _decode_pixels(paths: list[str], pre: Preprocessing, preset_errors: dict[str
     return _Pixels(paths=paths, pixels=np.stack(arrays) if arrays else None, ok=ok, errors=errors)
 
 
+DECODER_NICENESS = 10
+
+
 def _lower_priority() -> None:
     """Decoder processes yield to the engine's threads: an engine thread preempted inside a parallel section
     stalls its siblings at the barrier, so decoding fills the gaps instead of competing."""
@@ -139,9 +142,6 @@ def _lower_priority() -> None:
         os.nice(DECODER_NICENESS)
     except OSError:
         pass
-
-
-DECODER_NICENESS = 10
 
 
 def default_workers() -> int:

@@ -48,9 +48,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str, calib: np.ndarray 
     mirrors, many of them near-ties): the first FLOAT_LEADING_CONVS convolutions (stem and first block: full
     resolution, a few percent of the compute) and the layer producing the logits stay float, 84% -> 92%; then
     :func:`correct_int8_bias` removes the mean shift that weight rounding adds to each convolution's output,
-    -> 93.5-96% (logit SQNR 14 -> 23.5 dB), in about 2 s, at no cost in speed. Sequential empirical bias correction
-    reached the same 96% in 30 s and was not kept. Not chosen: int8/int8 or 8-bit weights (the AVX2 kernels saturate: agreement falls to 61%),
-    uint8/uint8 (7x slower), Percentile or Entropy calibration (within 2% of MinMax)."""
+    -> 93.5-96% (logit SQNR 14 -> 23.5 dB), in about 2 s, at no cost in speed. Sequential empirical bias
+    correction reached the same 96% in 30 s and was not kept. Not chosen: int8/int8 or 8-bit weights (the AVX2
+    kernels saturate: agreement falls to 61%), uint8/uint8 (7x slower), Percentile or Entropy calibration
+    (within 2% of MinMax)."""
     import onnx
     import onnxruntime as ort
     import onnxslim
@@ -69,7 +70,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str, calib: np.ndarray 
         raise UsageError("--int8 static needs calibration images: pass --calib DIR with a few dozen typical images.")
     head = [n.name for n in graph.graph.node if OUTPUT_NAME in n.output]
     leading = [n.name for n in graph.graph.node if n.op_type == "Conv"][:FLOAT_LEADING_CONVS]
-    reader = _Calibration(calib, batch=8 if dynamic_batch else 1)
+    batch = 8 if dynamic_batch else 1
+    reader = _Calibration(calib, batch)
     with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
         quantize_static(
             str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -78,7 +80,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str, calib: np.ndarray 
         )
     if bias_correction:
         quantized = onnx.load(str(out_path))
-        correct_int8_bias(graph, quantized, calib, batch=8 if dynamic_batch else 1)
+        correct_int8_bias(graph, quantized, calib, batch)
         onnx.save(quantized, str(out_path))
 
 
