@@ -68,6 +68,16 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def imagenet_samples() -> list[tuple[Path, int]]:
+    """The 20 ImageNet validation images that the foolbox package ships (224x224 JPEGs named
+    imagenet_<n>_<class index>.jpg), as (path, class index) pairs; read in place, no download."""
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("foolbox").submodule_search_locations[0]) / "data"
+    return [(path, int(path.stem.split("_")[2])) for path in sorted(folder.glob("imagenet_*.jpg"))]
+
+
+@pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory) -> Path:
     """A small simplecnn model file with three named classes (random weights, fixed seed)."""
     import torch

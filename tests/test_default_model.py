@@ -61,6 +61,29 @@ def test_recorded_preprocessing_beats_imagenet_statistics(default_engine, photos
         assert scores["recorded"] > scores["imagenet"], (name, scores)
 
 
+def test_default_model_is_right_on_labelled_imagenet_validation_images(default_engine, imagenet_samples):
+    """Real ImageNet validation images with their labels: the weights, the class order and the preprocessing
+    together must give the published model's accuracy (18 of these 20), and the two classic preprocessing
+    mistakes, BGR channel order and the wrong mean/std, must cost probability on the true class."""
+    import numpy as np
+
+    from cnncli.images import load_and_preprocess
+
+    card = default_engine.card
+    labels = np.array([label for _, label in imagenet_samples])
+
+    def true_class_probs(pre, channels=slice(None)):
+        batch = np.stack([load_and_preprocess(path, pre)[channels] for path, _ in imagenet_samples])
+        probs = default_engine.predict_proba(np.ascontiguousarray(batch))
+        return probs, probs[np.arange(len(labels)), labels]
+
+    probs, right = true_class_probs(card.preprocessing)
+    assert (probs.argmax(1) == labels).mean() >= 0.85
+    assert right.mean() > true_class_probs(card.preprocessing, channels=slice(None, None, -1))[1].mean() + 0.05
+    wrong_stats = card.preprocessing.replace(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert right.mean() > true_class_probs(wrong_stats)[1].mean() + 0.05
+
+
 def test_weights_with_wrong_sha256_are_refused():
     from cnncli.weights import packaged_weights_file, read_descriptor
 
