@@ -52,6 +52,24 @@ def imagenet_like_photos() -> dict[str, np.ndarray]:
     return photos
 
 
+def write_imagenet_samples(folder: Path) -> list[tuple[Path, int]]:
+    """The 20 ImageNet validation images that the foolbox package ships (labelled by class index), each also
+    mirrored, as JPEGs in ``folder``; returns (path, class index) pairs."""
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("foolbox").submodule_search_locations[0]) / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(source.glob("imagenet_*.jpg")):
+        label = int(path.stem.split("_")[2])
+        img = Image.open(path).convert("RGB")
+        for flip in (False, True):
+            out = folder / f"{path.stem}{'_flip' if flip else ''}.jpg"
+            (img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img).save(out, quality=95)
+            written.append((out, label))
+    return written
+
+
 def write_photo_crops(folder: Path) -> list[tuple[Path, int]]:
     """Six crops (whole, four corners at 3/4, centre at 3/4) of each photo of :func:`imagenet_like_photos`, each
     also mirrored, as JPEGs; returns (path, crop index) pairs so callers can split by crop."""
