@@ -84,7 +84,7 @@ def render_prediction_table(preds: list, top_k: int, stream: IO[str]) -> None:
         table.add_column("next")
     for pred in preds:
         if pred.error is not None:
-            table.add_row(pred.path, "[red]error[/]", "", pred.error if top_k > 1 else "")
+            table.add_row(pred.path, "[red]error[/]", "", *([pred.error] if top_k > 1 else []))
             continue
         first = pred.top[0]
         cells = [pred.path, first["label"], f"{first['prob']:.4f}"]

@@ -142,3 +142,21 @@ def test_module_entry_point_and_debug_traceback(tmp_path):
     quiet = subprocess.run([sys.executable, "-m", "cnncli", "predict", str(bad), "--model", str(bad)],
                            capture_output=True, text=True, timeout=300)
     assert quiet.returncode != 0 and "Traceback" not in quiet.stderr and "error:" in quiet.stderr
+
+
+def test_prediction_table_has_one_column_per_field_with_failed_images():
+    """A failed image in the table must not add a column: top-1 only -> image, top-1, prob; with -k 3 -> + next."""
+    import io
+
+    from cnncli.predict import Prediction
+    from cnncli.report import render_prediction_table
+
+    preds = [Prediction(path="bad.jpg", error="not an image file."),
+             Prediction(path="cat.jpg", top=[{"label": "tabby", "index": 281, "prob": 0.9},
+                                            {"label": "tiger cat", "index": 282, "prob": 0.05}])]
+    for k, header in ((1, ["image", "top-1", "prob"]), (3, ["image", "top-1", "prob", "next"])):
+        out = io.StringIO()
+        render_prediction_table(preds, k, out)
+        header_line = next(line for line in out.getvalue().splitlines() if "image" in line)
+        assert [cell.strip() for cell in header_line.split("┃")[1:-1]] == header
+        assert ("not an image file." in out.getvalue()) == (k > 1)
