@@ -51,7 +51,9 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n: int) -> np.nd
 
 
 def per_class_scores(matrix: np.ndarray, classes: list[str]) -> tuple[dict, dict, dict]:
-    """Precision, recall, F1, support per class, and their macro and support-weighted averages (0 where undefined)."""
+    """Precision, recall, F1, support per class, and their macro and support-weighted averages (0 where undefined).
+    The macro average is over the classes that occur in the data or in the predictions (scikit-learn's rule), so a
+    1000-class model evaluated on a few classes is not averaged over hundreds of absent ones."""
     tp = np.diag(matrix).astype(np.float64)
     predicted = matrix.sum(axis=0).astype(np.float64)
     support = matrix.sum(axis=1).astype(np.float64)
@@ -62,8 +64,10 @@ def per_class_scores(matrix: np.ndarray, classes: list[str]) -> tuple[dict, dict
     per_class = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                      "support": int(support[i])} for i, c in enumerate(classes)}
     total = support.sum()
-    macro = {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean()),
-             "support": int(total)}
+    present = (support > 0) | (predicted > 0)
+    macro = {"precision": float(precision[present].mean()) if present.any() else 0.0,
+             "recall": float(recall[present].mean()) if present.any() else 0.0,
+             "f1": float(f1[present].mean()) if present.any() else 0.0, "support": int(total)}
     w = support / total if total else support
     weighted = {"precision": float((precision * w).sum()), "recall": float((recall * w).sum()),
                 "f1": float((f1 * w).sum()), "support": int(total)}
@@ -181,10 +185,15 @@ def render_evaluation(result: EvalResult, stream) -> None:
     table = Table(title="per class", title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    rows = list(result.per_class.items()) + [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
+    predicted = np.asarray(result.confusion_matrix).sum(axis=0)
+    shown = [(name, s) for (name, s), count in zip(result.per_class.items(), predicted) if s["support"] or count]
+    hidden = len(result.per_class) - len(shown)
+    rows = shown + [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
     for name, s in rows:
         table.add_row(name, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", str(s["support"]))
     console.print(table)
+    if hidden:
+        console.print(f"({hidden} classes with no images and no predictions are not shown; --format json lists all)")
     if len(result.classes) <= 30:
         cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
         cm.add_column("")

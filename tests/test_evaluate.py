@@ -40,6 +40,31 @@ def test_metrics_match_a_hand_count():
     assert r.errors[0]["prob"] == pytest.approx(0.95)
 
 
+def test_averages_match_scikit_learn_when_classes_are_absent():
+    """A 10-class model evaluated on images of 3 classes, predicting 4: macro scores average the classes that
+    occur in the data or the predictions, like scikit-learn; the table lists just those and says so."""
+    import io
+
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from cnncli.evaluate import render_evaluation
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice([1, 4, 7], size=60)
+    predicted = np.where(rng.random(60) < 0.7, labels, rng.choice([1, 4, 7, 9], size=60))
+    classes = [f"class{i}" for i in range(10)]
+    r = compute_metrics(rows(list(predicted), [0.8] * 60, n_classes=10), labels, classes)
+    for average, ours in (("macro", r.macro_avg), ("weighted", r.weighted_avg)):
+        expected = precision_recall_fscore_support(labels, predicted, average=average, zero_division=0)[:3]
+        assert [ours["precision"], ours["recall"], ours["f1"]] == pytest.approx(list(expected))
+    out = io.StringIO()
+    render_evaluation(r, out)
+    per_class_table = out.getvalue().split("per class")[1].split("confusion matrix")[0]
+    listed = {f"class{i}" for i in range(10) if f"class{i} " in per_class_table}
+    assert listed == {"class1", "class4", "class7", "class9"}
+    assert "6 classes with no images and no predictions are not shown" in out.getvalue()
+
+
 def test_evaluate_command_json_plots_and_unreadable(tmp_path, run_cli):
     import torch
 
