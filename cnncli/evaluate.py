@@ -161,13 +161,22 @@ def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size
     return result
 
 
+def present_classes(result: EvalResult) -> tuple[list[str], np.ndarray]:
+    """The classes that occur in the data or the predictions, and the confusion matrix restricted to them (what
+    the rest would add is rows and columns of zeros): a 1000-class model on a few classes stays readable."""
+    matrix = np.asarray(result.confusion_matrix)
+    keep = np.flatnonzero((matrix.sum(axis=0) > 0) | (matrix.sum(axis=1) > 0))
+    return [result.classes[i] for i in keep], matrix[np.ix_(keep, keep)]
+
+
 def save_plots(result: EvalResult, folder: str | Path) -> list[Path]:
     """confusion_matrix.png, reliability.png and errors.png (gallery of the most confidently wrong) in ``folder``."""
     from cnncli.train.outputs import plot_confusion_matrix, plot_error_gallery, plot_reliability
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    made = [plot_confusion_matrix(folder / "confusion_matrix.png", result.confusion_matrix, result.classes),
+    names, matrix = present_classes(result)
+    made = [plot_confusion_matrix(folder / "confusion_matrix.png", matrix, names),
             plot_reliability(folder / "reliability.png", result.reliability, result.ece)]
     gallery = plot_error_gallery(folder / "errors.png", result.errors)
     return made + ([gallery] if gallery else [])
@@ -175,6 +184,7 @@ def save_plots(result: EvalResult, folder: str | Path) -> list[Path]:
 
 def render_evaluation(result: EvalResult, stream) -> None:
     """Rich tables: summary, per-class scores, confusion matrix, most confidently wrong images."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -185,22 +195,23 @@ def render_evaluation(result: EvalResult, stream) -> None:
     table = Table(title="per class", title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    predicted = np.asarray(result.confusion_matrix).sum(axis=0)
-    shown = [(name, s) for (name, s), count in zip(result.per_class.items(), predicted) if s["support"] or count]
-    hidden = len(result.per_class) - len(shown)
-    rows = shown + [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]
-    for name, s in rows:
+    names, matrix = present_classes(result)
+    rows = [(name, result.per_class[name]) for name in names]
+    for name, s in rows + [("macro avg", result.macro_avg), ("weighted avg", result.weighted_avg)]:
         table.add_row(name, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", str(s["support"]))
     console.print(table)
-    if hidden:
-        console.print(f"({hidden} classes with no images and no predictions are not shown; --format json lists all)")
-    if len(result.classes) <= 30:
-        cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
-        cm.add_column("")
-        for name in result.classes:
-            cm.add_column(name, justify="right")
-        for name, row in zip(result.classes, result.confusion_matrix):
-            cm.add_row(name, *[str(v) for v in row])
+    if len(names) < len(result.classes):
+        console.print(f"({len(result.classes) - len(names)} classes with no images and no predictions are not shown; "
+                      "--format json lists all)")
+    if len(names) <= 30:
+        cm = Table(title="confusion matrix (rows: true, columns: predicted, numbered as the rows)", title_justify="left",
+                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        cm.add_column("", no_wrap=True, max_width=24)
+        digits = len(str(matrix.max(initial=0)))
+        for number in range(len(names)):
+            cm.add_column(str(number), justify="right", no_wrap=True, min_width=max(digits, len(str(number))))
+        for number, (name, row) in enumerate(zip(names, matrix)):
+            cm.add_row(f"{number} {name}", *[str(v) for v in row])
         console.print(cm)
     if result.errors:
         errs = Table(title="most confidently wrong", title_justify="left")
