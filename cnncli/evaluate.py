@@ -50,6 +50,11 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n: int) -> np.nd
     return m
 
 
+def occurring(matrix: np.ndarray) -> np.ndarray:
+    """Which classes occur in the data or in the predictions: a non-zero row or column of the confusion matrix."""
+    return (matrix.sum(axis=0) > 0) | (matrix.sum(axis=1) > 0)
+
+
 def per_class_scores(matrix: np.ndarray, classes: list[str]) -> tuple[dict, dict, dict]:
     """Precision, recall, F1, support per class, and their macro and support-weighted averages (0 where undefined).
     The macro average is over the classes that occur in the data or in the predictions (scikit-learn's rule), so a
@@ -64,10 +69,10 @@ def per_class_scores(matrix: np.ndarray, classes: list[str]) -> tuple[dict, dict
     per_class = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                      "support": int(support[i])} for i, c in enumerate(classes)}
     total = support.sum()
-    present = (support > 0) | (predicted > 0)
-    macro = {"precision": float(precision[present].mean()) if present.any() else 0.0,
-             "recall": float(recall[present].mean()) if present.any() else 0.0,
-             "f1": float(f1[present].mean()) if present.any() else 0.0, "support": int(total)}
+    present = occurring(matrix)
+    macro = {name: float(score[present].mean()) if present.any() else 0.0
+             for name, score in (("precision", precision), ("recall", recall), ("f1", f1))}
+    macro["support"] = int(total)
     w = support / total if total else support
     weighted = {"precision": float((precision * w).sum()), "recall": float((recall * w).sum()),
                 "f1": float((f1 * w).sum()), "support": int(total)}
@@ -165,7 +170,7 @@ def present_classes(result: EvalResult) -> tuple[list[str], np.ndarray]:
     """The classes that occur in the data or the predictions, and the confusion matrix restricted to them (what
     the rest would add is rows and columns of zeros): a 1000-class model on a few classes stays readable."""
     matrix = np.asarray(result.confusion_matrix)
-    keep = np.flatnonzero((matrix.sum(axis=0) > 0) | (matrix.sum(axis=1) > 0))
+    keep = np.flatnonzero(occurring(matrix))
     return [result.classes[i] for i in keep], matrix[np.ix_(keep, keep)]
 
 
