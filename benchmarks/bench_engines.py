@@ -64,6 +64,7 @@ def main() -> None:
 
     import torch
 
+    from cnncli.engines import softmax
     from cnncli.engines.onnx_engine import OnnxEngine
     from cnncli.engines.torch_engine import TorchEngine
     from cnncli.export import export_onnx, load_images
@@ -99,9 +100,9 @@ def main() -> None:
     image_sets = {"ImageNet validation": load_images([path for path, _ in samples], card), "photo crops": x}
     agreement_lines, all_fp32, all_int8 = [], [], []
     for set_name, batch in image_sets.items():
-        fp32_probs, int8_probs = fp32_engine.predict_proba(batch), int8_engine.predict_proba(batch)
         all_fp32.append(fp32_engine.predict_logits(batch))
         all_int8.append(int8_engine.predict_logits(batch))
+        fp32_probs, int8_probs = softmax(all_fp32[-1]), softmax(all_int8[-1])
         top2 = np.sort(fp32_probs, axis=1)[:, -2:]
         differ = fp32_probs.argmax(1) != int8_probs.argmax(1)
         margins = ", ".join(f"{a:.3f}/{b:.3f}" for b, a in top2[differ])
