@@ -209,14 +209,17 @@ def render_evaluation(result: EvalResult, stream) -> None:
         console.print(f"({len(result.classes) - len(names)} classes with no images and no predictions are not shown; "
                       "--format json lists all)")
     if len(names) <= 30:
-        cm = Table(title="confusion matrix (rows: true, columns: predicted, numbered as the rows)", title_justify="left",
-                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        cm.add_column("", no_wrap=True, max_width=24)
+        # Class names head the columns when they fit the terminal; otherwise the columns are numbered as the rows.
         digits = len(str(matrix.max(initial=0)))
-        for number in range(len(names)):
-            cm.add_column(str(number), justify="right", no_wrap=True, min_width=max(digits, len(str(number))))
+        named = max(map(len, names)) + sum(max(len(name), digits) + 1 for name in names) < console.width
+        headers = names if named else [str(number) for number in range(len(names))]
+        cm = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False)
+        cm.add_column("", no_wrap=True, max_width=24)
+        for header in headers:
+            cm.add_column(header, justify="right", no_wrap=True, min_width=max(digits, len(header)))
         for number, (name, row) in enumerate(zip(names, matrix)):
-            cm.add_row(f"{number} {name}", *[str(v) for v in row])
+            cm.add_row(name if named else f"{number} {name}", *[str(v) for v in row])
+        console.print("confusion matrix (rows: true, columns: predicted)")
         console.print(cm)
     if result.errors:
         errs = Table(title="most confidently wrong", title_justify="left")

@@ -65,6 +65,23 @@ def test_averages_match_scikit_learn_when_classes_are_absent():
     assert "6 classes with no images and no predictions are not shown" in out.getvalue()
 
 
+def test_confusion_table_numbers_its_columns_when_names_do_not_fit():
+    import io
+
+    from cnncli.evaluate import render_evaluation
+
+    short = compute_metrics(rows([0, 1, 2], [0.9] * 3), np.array([0, 1, 2]), ["cat", "dog", "owl"])
+    long_names = [f"a rather long name {i:02d}" for i in range(12)]
+    long = compute_metrics(rows(list(range(12)), [0.9] * 12, n_classes=12), np.arange(12), long_names)
+    for result, header, first_row in ((short, ["cat", "dog", "owl"], "cat"),
+                                      (long, [str(i) for i in range(12)], "0 a rather long name 00")):
+        out = io.StringIO()
+        render_evaluation(result, out)
+        lines = [line for line in out.getvalue().split("confusion matrix")[1].splitlines()[1:] if line.strip()]
+        assert lines[0].split() == header
+        assert lines[2].strip().startswith(first_row)
+
+
 def test_evaluate_command_json_plots_and_unreadable(tmp_path, run_cli):
     import torch
 
