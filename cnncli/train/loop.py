@@ -1,9 +1,10 @@
 """The training run: dataset -> model -> epochs -> run folder.
 
-:func:`run_training` builds the model (random init for ``train``, pretrained backbone and new head for
-``finetune``), applies the trainable policy, and runs the epoch loop: gradient accumulation, clipping, label
-smoothing or hinge loss, class balancing, mixup/cutmix, AMP and channels_last, optional torch.compile, early
-stopping, a NaN guard, and Ctrl-C handling. Each epoch ends with atomic writes of last.safetensors,
+:func:`run_training` is :class:`TrainingRun`'s three steps: ``prepare`` builds the model (random init for ``train``,
+pretrained backbone and new head for ``finetune``), the data, the optimiser and the resume state; ``run_epoch``
+trains and validates one epoch; ``save_checkpoint`` writes its files. Epochs have gradient accumulation, clipping,
+label smoothing or hinge loss, class balancing, mixup/cutmix, AMP and channels_last, optional torch.compile,
+early stopping, a NaN guard, and Ctrl-C handling. Each epoch ends with atomic writes of last.safetensors,
 train_state.pt (weights_only-loadable), results.csv and, when it improves, best.safetensors. Every epoch's
 randomness is seeded from (seed, epoch), so ``--resume`` reaches the same numbers as an uninterrupted run.
 Under ``torchrun`` it runs DDP (gloo on CPU); only rank 0 logs and writes.
@@ -264,215 +265,301 @@ def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
     ``log`` replaces the per-epoch log printer; ``on_epoch_end(epoch, model)`` is called before the first epoch
     (with the last finished epoch, 0 for a new run) and after each epoch's files are written.
     """
-    from cnncli.data.layout import calibration_record, load_dataset
-    from cnncli.engines.torch_engine import resolve_device
+    return TrainingRun.prepare(cfg, log).fit(on_epoch_end)
 
-    if cfg.resume:
-        cfg = resume_config(cfg)
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    dist = setup_distributed(device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    say = (log or info) if (dist.main and not cfg.quiet) else (lambda _msg: None)
-    if dist.enabled and (cfg.cache_features or cfg.balance == "sampler"):
-        raise UsageError("--cache-features and --balance sampler are single-process options; drop them under torchrun.")
-    seed_everything(cfg.seed)
 
-    splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv)
-    for message in splits.warnings:
-        if dist.main:
-            warn(message)
-    classes = list(splits.classes)
-    out = Path(cfg.resume or cfg.out or next_run_dir(cfg.command))
-    cfg.out = str(out)
+@dataclass
+class EpochOutcome:
+    row: dict
+    improved: bool
 
-    model, card, notes = build_model(cfg, classes)
-    for note in notes:
-        say(note)
-    final_plan = trainable_names(model, cfg.trainable)
-    phase_plan = trainable_names(model, "head") if cfg.freeze_epochs else final_plan
-    trainable_params = apply_trainable(model, phase_plan)
-    final_params = sum(p.numel() for n, p in model.named_parameters() if n in set(final_plan.trainable))
-    model.to(device)
-    channels_last = cfg.channels_last and not cfg.cache_features
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
 
-    amp = cfg.amp
-    if device.type != "cuda":
-        amp = "off"
-    elif amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+class TrainingRun:
+    """One training run in three kinds of step: :meth:`prepare` (device, data, model, optimiser, resume state,
+    run folder), :meth:`run_epoch` (train one epoch and validate), :meth:`save_checkpoint` (the epoch's files),
+    and :meth:`finish` (metrics and plots of the best epoch). :meth:`fit` strings them together."""
 
-    pre = card.preprocessing
-    workers = cfg.workers if cfg.workers is not None else default_workers(len(splits.train))
-    generator = torch.Generator()
-    train_ds = SampleDataset(splits.train, pre, cfg.augment)
-    val_ds = SampleDataset(splits.val, pre, "none")
-    skipped = SkippedImages()
+    # ------------------------------------------------------------ prepare
 
-    def note_errors(errors: list[str]) -> None:
-        for message in skipped.add(errors):
-            if skipped.count <= skipped.keep and dist.main:
+    @classmethod
+    def prepare(cls, cfg: TrainConfig, log=None) -> "TrainingRun":
+        run = cls()
+        run._setup_device(cfg, log)
+        run._load_data()
+        run._build_model()
+        run._build_loaders()
+        run._build_optimisation()
+        run._restore_or_create()
+        run._wrap_for_training()
+        return run
+
+    def _setup_device(self, cfg: TrainConfig, log) -> None:
+        from cnncli.engines.torch_engine import resolve_device
+
+        if cfg.resume:
+            cfg = resume_config(cfg)
+        cfg.validate()
+        device = resolve_device(cfg.device)
+        dist = setup_distributed(device)
+        if dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(device)
+        self.cfg, self.device, self.dist = cfg, device, dist
+        self.say = (log or info) if (dist.main and not cfg.quiet) else (lambda _msg: None)
+        if dist.enabled and (cfg.cache_features or cfg.balance == "sampler"):
+            raise UsageError("--cache-features and --balance sampler are single-process options; drop them under torchrun.")
+        seed_everything(cfg.seed)
+
+    def _load_data(self) -> None:
+        from cnncli.data.layout import load_dataset
+
+        cfg = self.cfg
+        self.splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv)
+        for message in self.splits.warnings:
+            if self.dist.main:
+                warn(message)
+        self.classes = list(self.splits.classes)
+        self.out = Path(cfg.resume or cfg.out or next_run_dir(cfg.command))
+        cfg.out = str(self.out)
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        model, self.card, notes = build_model(cfg, self.classes)
+        for note in notes:
+            self.say(note)
+        self.final_plan = trainable_names(model, cfg.trainable)
+        self.phase_plan = trainable_names(model, "head") if cfg.freeze_epochs else self.final_plan
+        self.trainable_params = apply_trainable(model, self.phase_plan)
+        self.final_params = sum(p.numel() for n, p in model.named_parameters() if n in set(self.final_plan.trainable))
+        model.to(self.device)
+        self.channels_last = cfg.channels_last and not cfg.cache_features
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+
+        amp = cfg.amp
+        if self.device.type != "cuda":
+            amp = "off"
+        elif amp == "auto":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+    def note_errors(self, errors: list[str]) -> None:
+        for message in self.skipped.add(errors):
+            if self.skipped.count <= self.skipped.keep and self.dist.main:
                 warn(f"skipping an unreadable image: {message}")
 
-    step_module: nn.Module = model
-    if cfg.cache_features:
-        from cnncli.registry import head_name
-        from cnncli.train.features import FeatureDataset, head_inputs
+    def _build_loaders(self) -> None:
+        cfg, dist, device = self.cfg, self.dist, self.device
+        pre = self.card.preprocessing
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(len(self.splits.train))
+        self.generator = torch.Generator()
+        self.train_ds = SampleDataset(self.splits.train, pre, cfg.augment)
+        self.val_ds = SampleDataset(self.splits.val, pre, "none")
+        self.skipped = SkippedImages()
 
-        t0 = time.perf_counter()
-        loader_args = dict(cfg=cfg, dist=dist, train=False, generator=generator, workers=workers, device=device)
-        train_feats = head_inputs(model, make_loader(train_ds, **loader_args), device, False, note_errors)
-        val_feats = head_inputs(model, make_loader(val_ds, **loader_args), device, False, note_errors)
-        train_ds, val_ds = FeatureDataset(*train_feats), FeatureDataset(*val_feats)
-        workers = 0
-        step_module = model.get_submodule(head_name(model))
-        say(f"cached the backbone's features of {len(train_ds) + len(val_ds)} images in {time.perf_counter() - t0:.1f} s")
+        self.step_module: nn.Module = self.model
+        if cfg.cache_features:
+            from cnncli.registry import head_name
+            from cnncli.train.features import FeatureDataset, head_inputs
 
-    train_loader = make_loader(train_ds, cfg, dist, True, generator, workers, device)
-    val_loader = make_loader(val_ds, cfg, dist, False, generator, workers, device)
-    micro_batches = len(train_loader)
-    steps_per_epoch = max(1, math.ceil(micro_batches / cfg.accumulate))
-
-    from cnncli.train.optim import build_optimizer, build_scheduler, param_groups
-
-    mult = cfg.backbone_lr_mult
-    # with gradual unfreezing every parameter is in the optimiser from the start; frozen ones get no gradient
-    in_optimizer = [n for n, _ in model.named_parameters()] if cfg.freeze_epochs else final_plan.trainable
-    optimizer = build_optimizer(param_groups(model, final_plan.head, in_optimizer, cfg.learning_rate, mult), cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-
-    class_weights = None
-    if cfg.balance == "weights":
-        counts = np.bincount([s.label for s in splits.train], minlength=len(classes)).astype(np.float64)
-        class_weights = torch.as_tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
-    if cfg.loss == "hinge":
-        criterion = nn.MultiMarginLoss(weight=class_weights)
-        val_criterion = nn.MultiMarginLoss(reduction="sum")
-    else:
-        criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
-        val_criterion = nn.CrossEntropyLoss(reduction="sum")
-    mixer = batch_mixer(cfg, len(classes))
-
-    history: list[dict] = []
-    start_epoch, best_epoch, best_score, bad_epochs = 1, 0, None, 0
-    out_state = out / STATE_FILE
-    if cfg.resume:
-        state = torch.load(out_state, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-        best_epoch, best_score, bad_epochs = int(state["best_epoch"]), state["best_score"], int(state["bad_epochs"])
-        say(f"resuming {out} after epoch {start_epoch - 1}")
-    elif dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "args.json")
-
-    train_fn = step_module
-    if cfg.compile:
-        train_fn = torch.compile(step_module)
-    ddp_wrap = None
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        def ddp_wrap():
-            return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-        train_fn = ddp_wrap()
-
-    base = model
-    summary_base = {"command": cfg.command, "dataset": str(cfg.data), "layout": splits.layout,
-                    "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
-                    "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
-                    "lr": cfg.learning_rate, "augment": cfg.augment, "calibration": calibration_record(splits)}
-    say(f"{cfg.command} {card.arch} on {len(splits.train)} train / {len(splits.val)} val images, {len(classes)} classes, "
-        f"trainable {cfg.trainable} ({final_params:,} parameters), device {device}, out {out}")
-
-    stopped = "completed"
-    epoch = start_epoch - 1
-    if on_epoch_end is not None:
-        on_epoch_end(epoch, model)
-    with _StopFlag() as flag:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            if cfg.freeze_epochs and epoch > cfg.freeze_epochs and phase_plan is not final_plan:
-                phase_plan = final_plan
-                trainable_params = apply_trainable(model, final_plan)
-                if ddp_wrap is not None:
-                    train_fn = ddp_wrap()
-                say(f"epoch {epoch}: unfreezing, now training {cfg.trainable} ({trainable_params:,} parameters)")
-            epoch_seed = cfg.seed * 100_003 + epoch
-            torch.manual_seed(epoch_seed)
-            generator.manual_seed(epoch_seed)
-            if dist.enabled:
-                train_loader.sampler.set_epoch(epoch)
             t0 = time.perf_counter()
-            set_train_mode(model, cfg.bn)
-            train_loss, train_acc, n_seen = _train_epoch(
-                cfg, epoch, train_fn, train_loader, optimizer, scheduler, scaler, criterion, mixer, device,
-                channels_last, amp_dtype, flag, note_errors, dist, say, len(splits.train))
-            train_seconds = time.perf_counter() - t0
-            if flag.stop:
-                if dist.main:
-                    done = epoch - 1
-                    where = f"the state after epoch {done} is in {out}" if done else "no epoch had finished, so nothing was saved"
-                    raise TrainingInterrupted(f"interrupted during epoch {epoch}; {where}; continue with --resume {out}.")
-                raise TrainingInterrupted("interrupted.")
-            val = _validate(step_module, val_loader, val_criterion, device, channels_last, amp_dtype, dist, note_errors)
-            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
-                   "val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"],
-                   "seconds": round(time.perf_counter() - t0, 2), "train_img_s": n_seen / max(train_seconds, 1e-9)}
-            history.append(row)
-            score = -val["loss"] if cfg.monitor == "val_loss" else val["acc"]
-            improved = best_score is None or score > best_score
-            if improved:
-                best_epoch, best_score, bad_epochs = epoch, score, 0
-            else:
-                bad_epochs += 1
-            if dist.main:
-                summary = dict(summary_base, epochs=epoch, best_epoch=best_epoch,
-                               val_acc=history[best_epoch - 1]["val_acc"], val_loss=history[best_epoch - 1]["val_loss"])
-                card = model_card_for(card, cfg, summary, cfg.trainable, final_params)
-                if improved:
-                    save_model(out / "best.safetensors", base, card)
-                save_model(out / "last.safetensors", base, card)
-                _save_state(out_state, base, optimizer, scheduler, scaler, epoch, history, best_epoch, best_score, bad_epochs)
-                write_results_csv(out / "results.csv", history)
-                say(f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  val loss "
-                    f"{val['loss']:.4f} acc {val['acc']:.4f} top5 {val['top5']:.4f}  {row['seconds']:.1f} s "
-                    f"(train {row['train_img_s']:.1f} img/s){'  *' if improved else ''}")
-            dist.barrier()
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model)
-            if cfg.patience is not None and bad_epochs >= cfg.patience:
-                stopped = "early-stopped"
-                say(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
-                break
+            loader_args = dict(cfg=cfg, dist=dist, train=False, generator=self.generator, workers=self.workers, device=device)
+            train_feats = head_inputs(self.model, make_loader(self.train_ds, **loader_args), device, False, self.note_errors)
+            val_feats = head_inputs(self.model, make_loader(self.val_ds, **loader_args), device, False, self.note_errors)
+            self.train_ds, self.val_ds = FeatureDataset(*train_feats), FeatureDataset(*val_feats)
+            self.workers = 0
+            self.step_module = self.model.get_submodule(head_name(self.model))
+            self.say(f"cached the backbone's features of {len(self.train_ds) + len(self.val_ds)} images in "
+                     f"{time.perf_counter() - t0:.1f} s")
 
-    best = history[best_epoch - 1] if best_epoch else {}
-    result = TrainResult(out_dir=out, epochs_run=len(history), best_epoch=best_epoch, best_val_acc=best.get("val_acc", 0.0),
-                         best_val_loss=best.get("val_loss", float("nan")), stopped=stopped,
-                         skipped_images=skipped.count, trainable_params=final_params, history=history)
-    if dist.main and history:
-        full_val = make_loader(val_ds, cfg, Dist(), False, generator, workers, device) if dist.enabled else val_loader
-        result.metrics = _final_outputs(out, model, step_module, val_ds, full_val, device, channels_last, amp_dtype,
-                                        classes, history, best_epoch, cfg, skipped, final_params, stopped)
-        if skipped.count:
-            warn(f"{skipped.count} unreadable image(s) were skipped; first: {'; '.join(skipped.first(3))}")
-    dist.barrier()
-    if dist.enabled:
-        import torch.distributed as tdist
+        self.train_loader = make_loader(self.train_ds, cfg, dist, True, self.generator, self.workers, device)
+        self.val_loader = make_loader(self.val_ds, cfg, dist, False, self.generator, self.workers, device)
 
-        tdist.destroy_process_group()
-    return result
+    def _build_optimisation(self) -> None:
+        from cnncli.train.optim import build_optimizer, build_scheduler, param_groups
+
+        cfg, model, classes = self.cfg, self.model, self.classes
+        steps_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.accumulate))
+        # with gradual unfreezing every parameter is in the optimiser from the start; frozen ones get no gradient
+        in_optimizer = [n for n, _ in model.named_parameters()] if cfg.freeze_epochs else self.final_plan.trainable
+        groups = param_groups(model, self.final_plan.head, in_optimizer, cfg.learning_rate, cfg.backbone_lr_mult)
+        self.optimizer = build_optimizer(groups, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
+
+        class_weights = None
+        if cfg.balance == "weights":
+            counts = np.bincount([s.label for s in self.splits.train], minlength=len(classes)).astype(np.float64)
+            class_weights = torch.as_tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32,
+                                            device=self.device)
+        if cfg.loss == "hinge":
+            self.criterion = nn.MultiMarginLoss(weight=class_weights)
+            self.val_criterion = nn.MultiMarginLoss(reduction="sum")
+        else:
+            self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
+            self.val_criterion = nn.CrossEntropyLoss(reduction="sum")
+        self.mixer = batch_mixer(cfg, len(classes))
+
+    def _restore_or_create(self) -> None:
+        """A resumed run loads its saved state; a new one creates its run folder and args.json."""
+        self.history: list[dict] = []
+        self.start_epoch, self.best_epoch, self.best_score, self.bad_epochs = 1, 0, None, 0
+        self.state_path = self.out / STATE_FILE
+        if self.cfg.resume:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.history = list(state["history"])
+            self.start_epoch = int(state["epoch"]) + 1
+            self.best_epoch, self.best_score = int(state["best_epoch"]), state["best_score"]
+            self.bad_epochs = int(state["bad_epochs"])
+            self.say(f"resuming {self.out} after epoch {self.start_epoch - 1}")
+        elif self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.out / "args.json")
+
+    def _wrap_for_training(self) -> None:
+        from cnncli.data.layout import calibration_record
+
+        cfg, splits, dist, device = self.cfg, self.splits, self.dist, self.device
+        self.train_fn = torch.compile(self.step_module) if cfg.compile else self.step_module
+        self.ddp_wrap = None
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = self.model
+
+            def ddp_wrap():
+                return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+            self.ddp_wrap = ddp_wrap
+            self.train_fn = ddp_wrap()
+
+        self.summary_base = {"command": cfg.command, "dataset": str(cfg.data), "layout": splits.layout,
+                             "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
+                             "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
+                             "lr": cfg.learning_rate, "augment": cfg.augment, "calibration": calibration_record(splits)}
+        self.say(f"{cfg.command} {self.card.arch} on {len(splits.train)} train / {len(splits.val)} val images, "
+                 f"{len(self.classes)} classes, trainable {cfg.trainable} ({self.final_params:,} parameters), "
+                 f"device {device}, out {self.out}")
+
+    # ------------------------------------------------------------ one epoch
+
+    def _maybe_unfreeze(self, epoch: int) -> None:
+        cfg = self.cfg
+        if cfg.freeze_epochs and epoch > cfg.freeze_epochs and self.phase_plan is not self.final_plan:
+            self.phase_plan = self.final_plan
+            self.trainable_params = apply_trainable(self.model, self.final_plan)
+            if self.ddp_wrap is not None:
+                self.train_fn = self.ddp_wrap()
+            self.say(f"epoch {epoch}: unfreezing, now training {cfg.trainable} ({self.trainable_params:,} parameters)")
+
+    def run_epoch(self, epoch: int, flag: "_StopFlag") -> EpochOutcome:
+        """Train epoch ``epoch`` and validate; raises TrainingInterrupted when Ctrl-C stopped it."""
+        cfg, dist = self.cfg, self.dist
+        self._maybe_unfreeze(epoch)
+        epoch_seed = cfg.seed * 100_003 + epoch
+        torch.manual_seed(epoch_seed)
+        self.generator.manual_seed(epoch_seed)
+        if dist.enabled:
+            self.train_loader.sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        set_train_mode(self.model, cfg.bn)
+        train_loss, train_acc, n_seen = _train_epoch(
+            cfg, epoch, self.train_fn, self.train_loader, self.optimizer, self.scheduler, self.scaler, self.criterion,
+            self.mixer, self.device, self.channels_last, self.amp_dtype, flag, self.note_errors, dist, self.say,
+            len(self.splits.train))
+        train_seconds = time.perf_counter() - t0
+        if flag.stop:
+            self._interrupted(epoch)
+        val = _validate(self.step_module, self.val_loader, self.val_criterion, self.device, self.channels_last,
+                        self.amp_dtype, dist, self.note_errors)
+        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+               "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"],
+               "seconds": round(time.perf_counter() - t0, 2), "train_img_s": n_seen / max(train_seconds, 1e-9)}
+        self.history.append(row)
+        score = -val["loss"] if cfg.monitor == "val_loss" else val["acc"]
+        improved = self.best_score is None or score > self.best_score
+        if improved:
+            self.best_epoch, self.best_score, self.bad_epochs = epoch, score, 0
+        else:
+            self.bad_epochs += 1
+        return EpochOutcome(row, improved)
+
+    def _interrupted(self, epoch: int) -> None:
+        if self.dist.main:
+            done = epoch - 1
+            where = f"the state after epoch {done} is in {self.out}" if done else "no epoch had finished, so nothing was saved"
+            raise TrainingInterrupted(f"interrupted during epoch {epoch}; {where}; continue with --resume {self.out}.")
+        raise TrainingInterrupted("interrupted.")
+
+    # ------------------------------------------------------------ checkpoint
+
+    def save_checkpoint(self, epoch: int, outcome: EpochOutcome) -> None:
+        """The epoch's files (rank 0 only): best/last weights, the resumable state, results.csv, and its log line."""
+        if not self.dist.main:
+            return
+        cfg, out, history, best_epoch = self.cfg, self.out, self.history, self.best_epoch
+        summary = dict(self.summary_base, epochs=epoch, best_epoch=best_epoch,
+                       val_acc=history[best_epoch - 1]["val_acc"], val_loss=history[best_epoch - 1]["val_loss"])
+        self.card = model_card_for(self.card, cfg, summary, cfg.trainable, self.final_params)
+        if outcome.improved:
+            save_model(out / "best.safetensors", self.model, self.card)
+        save_model(out / "last.safetensors", self.model, self.card)
+        _save_state(self.state_path, self.model, self.optimizer, self.scheduler, self.scaler, epoch, history,
+                    best_epoch, self.best_score, self.bad_epochs)
+        write_results_csv(out / "results.csv", history)
+        row = outcome.row
+        self.say(f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  val loss "
+                 f"{row['val_loss']:.4f} acc {row['val_acc']:.4f} top5 {row['val_top5']:.4f}  {row['seconds']:.1f} s "
+                 f"(train {row['train_img_s']:.1f} img/s){'  *' if outcome.improved else ''}")
+
+    # ------------------------------------------------------------ the whole run
+
+    def fit(self, on_epoch_end=None) -> TrainResult:
+        cfg = self.cfg
+        stopped = "completed"
+        if on_epoch_end is not None:
+            on_epoch_end(self.start_epoch - 1, self.model)
+        with _StopFlag() as flag:
+            for epoch in range(self.start_epoch, cfg.epochs + 1):
+                outcome = self.run_epoch(epoch, flag)
+                self.save_checkpoint(epoch, outcome)
+                self.dist.barrier()
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, self.model)
+                if cfg.patience is not None and self.bad_epochs >= cfg.patience:
+                    stopped = "early-stopped"
+                    self.say(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
+                    break
+        return self.finish(stopped)
+
+    def finish(self, stopped: str) -> TrainResult:
+        """metrics.json and the plots for the best epoch (rank 0), the summary, and the process group's end."""
+        dist, history, best_epoch, skipped = self.dist, self.history, self.best_epoch, self.skipped
+        best = history[best_epoch - 1] if best_epoch else {}
+        result = TrainResult(out_dir=self.out, epochs_run=len(history), best_epoch=best_epoch,
+                             best_val_acc=best.get("val_acc", 0.0), best_val_loss=best.get("val_loss", float("nan")),
+                             stopped=stopped, skipped_images=skipped.count, trainable_params=self.final_params,
+                             history=history)
+        if dist.main and history:
+            full_val = (make_loader(self.val_ds, self.cfg, Dist(), False, self.generator, self.workers, self.device)
+                        if dist.enabled else self.val_loader)
+            result.metrics = _final_outputs(self.out, self.model, self.step_module, self.val_ds, full_val, self.device,
+                                            self.channels_last, self.amp_dtype, self.classes, history, best_epoch,
+                                            self.cfg, skipped, self.final_params, stopped)
+            if skipped.count:
+                warn(f"{skipped.count} unreadable image(s) were skipped; first: {'; '.join(skipped.first(3))}")
+        dist.barrier()
+        if dist.enabled:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+        return result
 
 
 def resume_config(cfg: TrainConfig) -> TrainConfig:
