@@ -24,10 +24,12 @@ import numpy as np
 
 from cnncli import __version__
 from cnncli.card import METADATA_KEY, ModelCard
-from cnncli.engines.onnx_engine import INPUT_NAME, OUTPUT_NAME, run_onnx
 from cnncli.errors import CnncliError, UsageError
+from cnncli.numeric import softmax
+from cnncli.onnx_io import INPUT_NAME, OUTPUT_NAME, cpu_session, run_onnx
 from cnncli.pipeline import image_files
 from cnncli.quantize import quantize_int8, to_fp16
+
 VERSION_KEY = "cnncli_version"
 DEFAULT_OPSET = 17
 FP32_RELATIVE_TOLERANCE = 1e-4  # max |diff| of logits / (max - min of the PyTorch logits)
@@ -207,11 +209,7 @@ def trace_to_onnx(model, card: ModelCard, path: Path, opset: int = DEFAULT_OPSET
 
 
 def _session(path: Path):
-    import onnxruntime as ort
-
-    from cnncli.engines.onnx_engine import CPU, session_options
-
-    return ort.InferenceSession(str(path), session_options(), providers=[CPU])
+    return cpu_session(path)
 
 
 def torch_logits(model, batch: np.ndarray) -> np.ndarray:
@@ -226,8 +224,6 @@ def compare(reference: np.ndarray, candidate: np.ndarray, real_images: int, prec
     """fp32: max |diff| relative to the logit range within FP32_RELATIVE_TOLERANCE. fp16/int8: top-1 agreement
     >= ``min_agreement`` over the real images on which fp32 is confident (top-1 probability >= CONFIDENT), since
     near-ties flip under any rounding; over all real images if none is, over the random inputs if there are none."""
-    from cnncli.engines import softmax
-
     diff = float(np.max(np.abs(reference - candidate))) if reference.size else 0.0
     span = float(reference.max() - reference.min()) if reference.size else 0.0
     same = reference.argmax(1) == candidate.argmax(1)
@@ -391,7 +387,7 @@ def export_model(
 ) -> ExportReport:
     """The ``cnncli export`` command as a function: load a model spec (a .safetensors file, a registry name or
     None for the default model) and :func:`export_onnx` it; ``output`` defaults to ``<name>[.fp16|.int8].onnx``."""
-    from cnncli.engines.torch_engine import load_for_inference
+    from cnncli.model_spec import load_for_inference
 
     if spec is not None and spec.lower().endswith(".onnx"):
         raise UsageError(f"{spec} is already an ONNX file; export takes a cnncli .safetensors file or a registry name.")
@@ -399,7 +395,7 @@ def export_model(
         raise UsageError(f"{spec}: no such model file; pass a cnncli .safetensors file or a registry name.")
     precision = options.get("precision", "fp32")
     if precision == "int8-static":  # --calib, else the set train/finetune recorded in the model file
-        from cnncli.engines.cache import calibration_images
+        from cnncli.calibration import calibration_images
 
         calib = calibration_images(spec, calib_dir, max_calib)
     else:

@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from cnncli.card import ModelCard
+from cnncli.numeric import softmax  # noqa: F401 - re-exported
 
 
 class Engine(Protocol):
@@ -20,12 +21,6 @@ class Engine(Protocol):
     name: str  # "torch (cpu)", "onnxruntime (CPUExecutionProvider)", ...
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def is_onnx_spec(model: str | None) -> bool:
@@ -86,7 +81,7 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
         raise UsageError("--precision int8 runs on onnxruntime; use --engine onnx (or auto on CPU).")
     calib_images = None
     if precision == "int8":
-        from cnncli.engines.cache import calibration_images
+        from cnncli.calibration import calibration_images
 
         calib_images = calibration_images(model, calib)
     if chosen == "onnx":

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cnncli import __version__
+from cnncli.calibration import calibration_images, files_fingerprint  # noqa: F401 - re-exported
 from cnncli.errors import ModelFileError
 from cnncli.registry_names import DEFAULT_ARCH, TIMM_PREFIX
 from cnncli.weights import NO_WEIGHTS, PRETRAINED_ALIASES, is_weights_path, read_descriptor, sha256_of
@@ -67,42 +68,6 @@ def cached_path(spec: str | None, weights: str | None, precision: str = "fp32",
         return None
     safe = name.replace(TIMM_PREFIX, "timm-").replace("/", "_").replace(":", "_")
     return cache_dir() / "onnx" / f"{safe}-{precision}-{cache_key(fingerprint, precision, calib_fingerprint)}.onnx"
-
-
-def files_fingerprint(paths: list[Path]) -> str:
-    """Fingerprint of a calibration set: each image's path, size and modification time (cheap enough for the hot
-    path; a changed image makes a new int8 export)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = Path(path).stat()
-        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
-
-
-def calibration_images(spec: str | None, calib_dir: str | Path | None, limit: int = 200) -> list[Path]:
-    """Images to calibrate a static-int8 export on: ``calib_dir`` when given, else the calibration set recorded
-    in the model file by train/finetune. UsageError, in one sentence, when there is neither."""
-    from cnncli.errors import UsageError
-    from cnncli.pipeline import image_files
-
-    if calib_dir is not None:
-        return image_files(calib_dir, limit)
-    record = None
-    if spec is not None and spec.endswith(".safetensors") and Path(spec).is_file():
-        from cnncli.checkpoint import read_card
-
-        card = read_card(spec)
-        record = (card.training or {}).get("calibration") if card is not None else None
-    if record is None:
-        raise UsageError(f"--precision int8 needs calibration images and {spec or DEFAULT_ARCH} records none "
-                         "(models made by `cnncli train` or `finetune` do); pass --calib DIR with a few dozen typical images.")
-    from cnncli.data.layout import recorded_calibration_files
-
-    found = recorded_calibration_files(record)
-    if not found:
-        raise UsageError(f"the calibration images recorded in {spec} (under {record.get('root')}) are gone; "
-                         "pass --calib DIR with a few dozen typical images.")
-    return found[:limit]
 
 
 @contextmanager
@@ -161,8 +126,8 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
         if not quiet:
             info(f"preparing the fast path for {spec or DEFAULT_ARCH}: exporting to ONNX and verifying it "
                  f"({precision}); this happens once.")
-        from cnncli.engines.torch_engine import load_for_inference
         from cnncli.export import export_onnx
+        from cnncli.model_spec import load_for_inference
 
         model, card = load_for_inference(spec, weights=weights, device="cpu")
         options = {"simplify": True}  # onnxslim folds TF-"same" padding arithmetic: ~35% faster on onnxruntime

@@ -12,11 +12,10 @@ import numpy as np
 
 from cnncli.card import METADATA_KEY, ModelCard, Preprocessing
 from cnncli.errors import ModelFileError, UsageError
+from cnncli.numeric import softmax
 
-INPUT_NAME = "input"  # (N, C, H, W) float32: the input of every ONNX file cnncli writes
-OUTPUT_NAME = "logits"  # (N, classes)
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
+from cnncli.onnx_io import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, run_onnx, session_options  # noqa: F401 - re-exported
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -37,39 +36,6 @@ def providers_for(device: str) -> list[str]:
             "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --device cpu."
         )
     return [CUDA]
-
-
-def session_options(threads: int | None = None, allow_spinning: bool | None = None):
-    """intra-op threads (None: onnxruntime's default, one per physical core) and whether idle worker threads
-    spin (faster alone, wasteful when image decoders share the cores)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    if allow_spinning is not None:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-    return options
-
-
-def run_onnx(session, batch: np.ndarray) -> np.ndarray:
-    """Logits from an onnxruntime session, feeding batches of the size a static-batch graph needs."""
-    inp = session.get_inputs()[0]
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    if fixed is None or fixed == len(batch):
-        return np.asarray(session.run(None, {inp.name: batch.astype(dtype, copy=False)})[0], dtype=np.float32)
-    outs = []
-    for start in range(0, len(batch), fixed):
-        chunk = batch[start : start + fixed]
-        n = len(chunk)
-        if n < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-        outs.append(np.asarray(session.run(None, {inp.name: chunk.astype(dtype, copy=False)})[0][:n], np.float32))
-    return np.concatenate(outs)
 
 
 def _card_without_metadata(session, path: Path) -> ModelCard:
@@ -150,6 +116,4 @@ class OnnxEngine:
         return run_onnx(self.session, np.ascontiguousarray(batch, dtype=np.float32))
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        from cnncli.engines import softmax
-
         return softmax(self.predict_logits(batch))

@@ -3,15 +3,14 @@ pinned memory and non-blocking copies."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
 from cnncli.card import ModelCard
 from cnncli.errors import UsageError
-from cnncli.registry_names import DEFAULT_ARCH
+from cnncli.model_spec import load_for_inference  # noqa: F401 - re-exported
+from cnncli.numeric import softmax
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -22,17 +21,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device != "cpu" and not device.startswith("cuda"):
         raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda.")
     return torch.device(device)
-
-
-def load_for_inference(spec: str | None, weights: str | None = None, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
-    """A model spec (None = default model, registry name, or .safetensors file) -> (model, card)."""
-    from cnncli.checkpoint import load_model
-    from cnncli.registry import create_model
-
-    if spec is not None and (spec.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")) or Path(spec).is_file()):
-        return load_model(spec, device=device)
-    built = create_model(spec or DEFAULT_ARCH, weights=weights or "default")
-    return built.model.to(device).eval(), built.card
 
 
 class TorchEngine:
@@ -70,6 +58,4 @@ class TorchEngine:
         return logits.float().cpu().numpy()
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        from cnncli.engines import softmax
-
         return softmax(self.predict_logits(batch))

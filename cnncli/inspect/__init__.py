@@ -35,7 +35,7 @@ def default_weights(spec: str, pictures: bool) -> str:
 
 def open_for_inspection(spec: str, weights: str | None = None, pictures: bool = False):
     """(model in eval mode, card, trainable record or None) for a registry name or a cnncli model file."""
-    from cnncli.engines.torch_engine import load_for_inference
+    from cnncli.model_spec import load_for_inference
     from cnncli.inspect.summary import apply_trainable_record
 
     if not Path(spec).exists() and not spec.endswith(".safetensors"):
