@@ -27,7 +27,8 @@ def is_onnx_spec(model: str | None) -> bool:
     return model is not None and model.lower().endswith(".onnx")
 
 
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = ("auto", "torch", "onnx", "openvino")
+PRECISIONS = ("fp32", "int8", "bf16")
 
 
 def gpu_present() -> bool:
@@ -41,14 +42,19 @@ def ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def choose_engine(engine: str, device: str) -> str:
-    """``auto``: onnxruntime on CPU (from the cached export), PyTorch on a CUDA GPU unless onnxruntime has CUDA."""
+def choose_engine(engine: str, device: str, precision: str = "fp32") -> str:
+    """``auto``: onnxruntime on CPU (from the cached export), PyTorch on a CUDA GPU unless onnxruntime has CUDA;
+    OpenVINO for ``--precision bf16``. auto does not pick OpenVINO for fp32: importing it costs 0.3-0.6 s, which
+    would break the one-image cold start (< 0.5 s), and its fp32 gain over onnxruntime was not measured reliably
+    on a quiet machine in this version (benchmarks/README.md, bench_engines.py)."""
     from cnncli.errors import UsageError
 
     if engine not in ENGINES:
         raise UsageError(f"unknown --engine {engine!r}; choose one of: {', '.join(ENGINES)}.")
     if engine != "auto":
         return engine
+    if precision == "bf16":
+        return "openvino"
     wants_gpu = device.startswith("cuda") or (device == "auto" and gpu_present())
     return "torch" if wants_gpu and not ort_has_cuda() else "onnx"
 
@@ -62,7 +68,8 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
     With ``engine`` auto or onnx, a PyTorch model runs on onnxruntime from a cached, verified export
     (:mod:`cnncli.engines.cache`); once the cache holds it, torch is not imported. ``precision`` int8 uses a
     static-int8 export calibrated on ``calib`` (a folder of images) or, without it, on the calibration set that
-    train/finetune recorded in the model file. ``threads`` sets intra-op threads.
+    train/finetune recorded in the model file. ``engine`` openvino compiles the same cached export with OpenVINO
+    (:mod:`cnncli.engines.openvino_engine`): f32, or bf16 with ``precision`` bf16. ``threads`` sets intra-op threads.
     """
     from cnncli.errors import ModelFileError, UsageError
 
@@ -70,15 +77,26 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
         if weights is not None:
             raise UsageError(f"--weights does not apply to an ONNX file ({model}); its weights are inside it.")
         if engine == "torch":
-            raise UsageError(f"{model} is an ONNX file: it runs on onnxruntime, not --engine torch.")
+            raise UsageError(f"{model} is an ONNX file: it runs on onnxruntime or OpenVINO, not --engine torch.")
+        if choose_engine(engine, device, precision) == "openvino":
+            return _openvino(model, device, threads, precision)
         from cnncli.engines.onnx_engine import OnnxEngine
 
         return OnnxEngine(model, device=device, threads=threads)
-    if precision not in ("fp32", "int8"):
-        raise UsageError(f"unknown --precision {precision!r}; choose fp32 or int8.")
-    chosen = choose_engine(engine, device)
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
+    chosen = choose_engine(engine, device, precision)
     if precision == "int8" and chosen != "onnx":
         raise UsageError("--precision int8 runs on onnxruntime; use --engine onnx (or auto on CPU).")
+    if precision == "bf16" and chosen != "openvino":
+        raise UsageError("--precision bf16 runs on OpenVINO; use --engine openvino (or auto).")
+    if chosen == "openvino":
+        from cnncli.engines.cache import prepare_cached_onnx
+
+        path = prepare_cached_onnx(model, weights, precision="fp32")
+        if path is None:
+            raise UsageError("a model with random weights (--weights none) is not exported; use --engine torch.")
+        return _openvino(path, device, threads, precision)
     calib_images = None
     if precision == "int8":
         from cnncli.calibration import calibration_images
@@ -105,6 +123,15 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
 
         torch.set_num_threads(threads)
     return TorchEngine.from_spec(model, device=device, weights=weights)
+
+
+def _openvino(path, device: str, threads: int | None, precision: str) -> Engine:
+    from cnncli.engines.openvino_engine import OpenVinoEngine
+    from cnncli.errors import UsageError
+
+    if device not in ("auto", "cpu"):
+        raise UsageError(f"--engine openvino runs on the CPU here, not --device {device}; use --device cpu.")
+    return OpenVinoEngine(path, threads=threads, precision=precision)
 
 
 def open_engines(models: Sequence[str | None], device: str = "auto", weights: str | None = None,

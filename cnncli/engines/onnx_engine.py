@@ -57,6 +57,12 @@ def read_onnx_card(path: str | Path) -> ModelCard | None:
     return _card_from_session(session)
 
 
+def read_onnx_card_or_default(path: str | Path) -> ModelCard:
+    """The cnncli card in an ONNX file, or one made from the graph (classes by index) when it has none."""
+    session = _open_session(Path(path), [CPU], session_options())
+    return _card_from_session(session) or _card_without_metadata(session, Path(path))
+
+
 def _card_from_session(session) -> ModelCard | None:
     meta = session.get_modelmeta().custom_metadata_map
     text = meta.get(METADATA_KEY)
