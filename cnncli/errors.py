@@ -19,6 +19,10 @@ class ImageError(CnncliError):
     """One image could not be read; batch jobs report it and go on with the others."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the decompression-bomb pixel limit (CNNCLI_MAX_PIXELS)."""
+
+
 class ModelFileError(CnncliError):
     """A model file is missing, corrupt, of the wrong type, or not a cnncli model file."""
 

@@ -6,16 +6,18 @@ Every inference path (PyTorch, onnxruntime, training-time evaluation, export ver
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnncli.card import Preprocessing
-from cnncli.errors import ImageError
+from cnncli.errors import ImageError, ImageTooLargeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
 
@@ -51,15 +53,28 @@ def load_image(path: str | Path, channels: int = 3, draft_size: tuple[int, int] 
         raise ImageError(f"{path}: is a folder, not an image.")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes).")
+    return _decode(path, str(path), channels, draft_size)
+
+
+def load_image_bytes(data: bytes, name: str = "-", channels: int = 3,
+                     draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """:func:`load_image` for an image held in memory (an upload); ``name`` labels it in error messages.
+    Same checks (pixel limit, EXIF, modes), same decoding, so the same pixels as from a file."""
+    if not data:
+        raise ImageError(f"{name}: the file is empty (0 bytes).")
+    return _decode(io.BytesIO(data), name, channels, draft_size)
+
+
+def _decode(source: Path | BinaryIO, name: str, channels: int, draft_size: tuple[int, int] | None) -> Image.Image:
     limit = max_image_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
             pixels = img.width * img.height
             if pixels > limit:
-                raise ImageError(
-                    f"{path}: {img.width}x{img.height} is {pixels:,} pixels, over the {limit:,} limit that guards "
+                raise ImageTooLargeError(
+                    f"{name}: {img.width}x{img.height} is {pixels:,} pixels, over the {limit:,} limit that guards "
                     "against decompression bombs; set CNNCLI_MAX_PIXELS higher if you trust this file."
                 )
             if draft_size is not None and img.format == "JPEG":
@@ -71,11 +86,11 @@ def load_image(path: str | Path, channels: int = 3, draft_size: tuple[int, int] 
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file PIL can read (wrong extension or corrupt).") from None
+        raise ImageError(f"{name}: not an image file PIL can read (wrong extension or corrupt).") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused as a possible decompression bomb ({exc}).") from None
+        raise ImageTooLargeError(f"{name}: refused as a possible decompression bomb ({exc}).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{path}: cannot decode the image ({exc}); the file is truncated or corrupt.") from None
+        raise ImageError(f"{name}: cannot decode the image ({exc}); the file is truncated or corrupt.") from None
 
 
 def _to_8bit(img: Image.Image, channels: int) -> Image.Image:
@@ -168,6 +183,11 @@ def draft_size_for(pre: Preprocessing) -> tuple[int, int]:
 def load_pixels(path: str | Path, pre: Preprocessing) -> np.ndarray:
     """Read one image file and return it resized and cropped, uint8 (H, W, C); :func:`normalize` finishes it."""
     return preprocess_pixels(load_image(path, pre.channels, draft_size=_draft_for_path(pre)), pre)
+
+
+def load_pixels_from_bytes(data: bytes, name: str, pre: Preprocessing) -> np.ndarray:
+    """:func:`load_pixels` for an image held in memory (an upload): the same decoding, draft size and geometry."""
+    return preprocess_pixels(load_image_bytes(data, name, pre.channels, draft_size=_draft_for_path(pre)), pre)
 
 
 def load_and_preprocess(path: str | Path, pre: Preprocessing) -> np.ndarray:
