@@ -14,7 +14,7 @@ from cnncli import __version__
 
 app = typer.Typer(
     name="cnncli",
-    help="Image classification with convolutional networks: predict, train, finetune, evaluate, export, inspect.",
+    help="Image classification with convolutional networks: predict, train, finetune, evaluate, export, inspect, serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -40,9 +40,9 @@ def _root(
 
 
 def _register() -> None:
-    from cnncli.cli import evaluate, export, inspect, models, predict, train
+    from cnncli.cli import evaluate, export, inspect, models, predict, serve, train
 
-    for module in (predict, train, evaluate, export, inspect, models):
+    for module in (predict, train, evaluate, export, inspect, models, serve):
         module.register(app)
 
 

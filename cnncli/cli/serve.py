@@ -1,0 +1,60 @@
+"""``cnncli serve``: put a model behind an HTTP endpoint (FastAPI + uvicorn, dynamic batching, a browser page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        models: Optional[List[str]] = typer.Argument(None, metavar="MODEL", help="Model specs as for predict --model: a .safetensors file, an .onnx file or a registry name (default: efficientnet_lite0, ImageNet). Several: an ensemble."),
+        model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Same as MODEL; repeat it for an ensemble."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. The default answers this machine only; --host 0.0.0.0 opens the service to the network."),
+        port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port; 0 picks a free one (printed at startup)."),
+        max_batch: int = typer.Option(32, "--max-batch", min=1, max=4096, help="Most images in one engine batch."),
+        max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, max=10_000.0, help="How long the first image of a batch waits for others to join it."),
+        max_queue: int = typer.Option(256, "--max-queue", min=1, max=1_000_000, help="Most images in the service at once (uploading, decoding, queued, in the engine); beyond it requests get 503 with Retry-After."),
+        max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", min=0.001, max=100_000.0, help="Largest request body in MB; larger uploads get 413 as soon as they pass it."),
+        max_files: int = typer.Option(32, "--max-files", min=1, max=100_000, help="Most images in one request (413 beyond)."),
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, max=256, help="Decoder threads in the one server process (default: up to 4). The model is loaded once; this does not start more processes."),
+        top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes per image when a request has no ?top_k=."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for the engine (default: the engine's own choice)."),
+        engine_name: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch or onnx."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32, or int8 (static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records)."),
+        calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for --precision int8."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
+    ) -> None:
+        """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /docs, and a page at /.
+
+        Concurrent requests are batched for the engine (--max-batch, --max-wait-ms). Stop with Ctrl-C or SIGTERM:
+        requests in flight are answered first, then it exits 0.
+        """
+        import os
+
+        from cnncli.engines import open_engines
+        from cnncli.serve.server import bind_socket, url_of
+
+        specs = list(models or []) + list(model or [])
+        engine = open_engines(specs or [None], device=device, weights=weights, threads=threads, tta=tta,
+                              engine=engine_name, precision=precision, calib=str(calib) if calib else None)
+        sock = bind_socket(host, port)
+        from cnncli.serve.app import ServeSettings, create_app
+        from cnncli.serve.server import serve as run_server
+
+        settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                 max_upload_mb=max_upload_mb, max_files=max_files,
+                                 workers=workers or min(4, os.cpu_count() or 1), default_top_k=top_k,
+                                 models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet)
+        url = url_of(sock)
+        card = engine.card
+        exposed = "" if host in ("127.0.0.1", "localhost", "::1") else " (reachable from the network)"
+        banner = (f"cnncli serve: {card.arch} ({card.num_classes} classes) on {engine.name}, {precision}; "
+                  f"listening on {url}{exposed}; API docs {url}/docs; Ctrl-C stops.")
+        run_server(create_app(engine, settings), sock, banner)

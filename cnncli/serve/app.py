@@ -1,0 +1,356 @@
+"""The FastAPI app of ``cnncli serve``: ``POST /v1/classify`` (raw body, multipart ``file`` or several
+``files``), ``GET /v1/model``, ``/v1/stats``, ``/healthz``, ``/readyz``, the browser page at ``/``, and JSON errors
+``{"error": "one sentence"}`` for everything that goes wrong, with one log line per request on stderr.
+
+Uploads are read as a stream and refused (413) as soon as they pass ``--max-upload-mb``; images are decoded in a
+thread pool with :mod:`cnncli.images` (the same pixels as ``predict``) while the batcher runs the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, AsyncIterator
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from cnncli.errors import ImageError, ImageTooLargeError
+from cnncli.images import load_pixels_from_bytes, max_image_pixels
+from cnncli.predict import Prediction, top_k as top_k_of
+from cnncli.serve.batcher import DynamicBatcher
+
+MB = 1024 * 1024
+RETRY_AFTER_S = 1
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256  # images in the service at once (queued, decoding or in the engine)
+    max_upload_mb: float = 25.0  # largest request body
+    max_files: int = 32  # images per request
+    workers: int = 4  # decoder threads
+    default_top_k: int = 5
+    models: list[str] = field(default_factory=lambda: ["default"])
+    precision: str = "fp32"
+    tta: bool = False
+    log: bool = True
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def body_budget_bytes(self) -> int:
+        """Request bodies held at once, all requests together (beyond it: 503), so memory stays bounded."""
+        return max(256 * MB, 4 * self.max_upload_bytes)
+
+
+class TopClass(BaseModel):
+    label: str
+    index: int
+    prob: float
+
+
+class Classified(BaseModel):
+    """One image's result, as in ``cnncli predict --format json``: ``top`` or, for an unreadable image, ``error``."""
+
+    path: str
+    top: list[TopClass] | None = None
+    error: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class ServiceError(Exception):
+    """A request that gets a JSON error answer instead of results."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _busy(what: str) -> ServiceError:
+    return ServiceError(503, f"the service is at capacity ({what}); retry in {RETRY_AFTER_S} s.",
+                        {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def page_html() -> str:
+    return resources.files("cnncli.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+class RequestLog:
+    """ASGI middleware: one line per request on stderr (client, method, path, status, images, ms), and a JSON 500
+    instead of a traceback for anything unexpected; the service keeps serving."""
+
+    def __init__(self, app, enabled: bool = True) -> None:
+        self.app, self.enabled = app, enabled
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        info: dict[str, Any] = {"images": 0, "status": None}
+        scope["cnncli"] = info
+        start = time.perf_counter()
+
+        async def send_and_note(message) -> None:
+            if message["type"] == "http.response.start":
+                info["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: answer, log one line, keep serving
+            info["note"] = f"{type(exc).__name__}: {exc}"
+            if info["status"] is None:
+                response = error_response(500, f"internal error ({type(exc).__name__}); the service keeps running, "
+                                               "see its log.")
+                try:
+                    await response(scope, receive, send_and_note)
+                except Exception:  # noqa: BLE001 - the client is gone
+                    pass
+        finally:
+            if self.enabled:
+                ms = (time.perf_counter() - start) * 1000
+                client = scope.get("client") or ("-", 0)
+                status = info["status"] if info["status"] is not None else 499  # 499: the client went away
+                note = f" ({info['note']})" if info.get("note") else ""
+                print(f"{client[0]}:{client[1]} {scope['method']} {scope['path']} {status} "
+                      f"images={info['images']} {ms:.1f}ms{note}", file=sys.stderr, flush=True)
+
+
+def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
+    """The service for ``engine`` (any :class:`cnncli.engines.Engine`)."""
+    settings = settings or ServeSettings()
+    batcher = DynamicBatcher(engine, settings.max_batch, settings.max_wait_ms, settings.max_queue)
+    decoders = ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="cnncli-decode")
+    card = engine.card
+    counters = {"requests": 0, "answered": 0, "refused_busy": 0, "in_flight": 0, "body_bytes": 0}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            decoders.shutdown(wait=True)
+
+    app = FastAPI(
+        title="cnncli serve",
+        summary=f"Image classification with {card.arch} ({card.num_classes} classes).",
+        description="Send images to `POST /v1/classify` (raw body, multipart `file`, or several `files`); every "
+                    "image gets the object `cnncli predict --format json` writes.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.add_middleware(RequestLog, enabled=settings.log)
+
+    # ------------------------------------------------------------------ errors as JSON
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}; the API is listed at /docs."
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'}."
+        else:
+            message = str(exc.detail)
+            message = message if message.endswith(".") else message + "."
+        return error_response(exc.status_code, message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        got = f" (got {first['input']!r})" if "input" in first else ""
+        return error_response(422, f"{where}: {first.get('msg', 'invalid value')}{got}.")
+
+    # ------------------------------------------------------------------ pages and status
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(page_html())
+
+    @app.get("/healthz", summary="The process is up.")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and warmed up with one forward pass.",
+             responses={503: {"model": ErrorBody}})
+    async def readyz():
+        if not batcher.ready:
+            return error_response(503, "the model is still warming up.", {"Retry-After": str(RETRY_AFTER_S)})
+        return {"status": "ready"}
+
+    @app.get("/v1/model", summary="The model card, with the engine, precision and the service's limits.")
+    async def model() -> dict:
+        return {
+            **card.to_dict(),
+            "models": settings.models,
+            "engine": engine.name,
+            "precision": settings.precision,
+            "tta": settings.tta,
+            "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+                         "max_queue": settings.max_queue},
+            "limits": {"max_upload_mb": settings.max_upload_mb, "max_files": settings.max_files,
+                       "max_pixels": max_image_pixels()},
+        }
+
+    @app.get("/v1/stats", summary="Counters: requests, engine batches and their sizes, what is in flight.")
+    async def stats() -> dict:
+        return {**counters, "ready": batcher.ready, "queued": batcher.queued, "reserved": batcher.reserved,
+                **batcher.stats.to_dict()}
+
+    # ------------------------------------------------------------------ classify
+    async def body_chunks(request: Request, held: list[int]) -> AsyncIterator[bytes]:
+        """The request body, refused past the upload limit or the service's body budget while it streams."""
+        async for chunk in request.stream():
+            held[0] += len(chunk)
+            counters["body_bytes"] += len(chunk)
+            if held[0] > settings.max_upload_bytes:
+                raise _BodyTooLarge
+            if counters["body_bytes"] > settings.body_budget_bytes:
+                counters["refused_busy"] += 1
+                raise _busy("too many uploads in progress")
+            yield chunk
+
+    async def read_uploads(request: Request, held: list[int]) -> list[tuple[str, bytes]]:
+        """(name, bytes) per image: the raw body (named '-') or each multipart file part, in order."""
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            parser = MultiPartParser(request.headers, body_chunks(request, held), max_files=settings.max_files,
+                                     max_fields=64, max_part_size=64 * 1024)
+            try:
+                form = await parser.parse()
+            except MultiPartException as exc:
+                if exc.message.startswith("Too many files"):
+                    raise ServiceError(413, f"too many files in one request; the limit is {settings.max_files} "
+                                            "(--max-files).") from None
+                raise ServiceError(400, f"the multipart body could not be read ({exc.message.rstrip('.')}).") from None
+            try:
+                uploads = []
+                for _, value in form.multi_items():
+                    if not isinstance(value, str):
+                        uploads.append((value.filename or "-", await value.read()))
+            finally:
+                await form.close()
+            return uploads
+        data = bytearray()
+        async for chunk in body_chunks(request, held):
+            data += chunk
+        return [("-", bytes(data))] if data else []
+
+    def decode(data: bytes, name: str):
+        try:
+            return load_pixels_from_bytes(data, name, card.preprocessing)
+        except ImageError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a decoder bug fails this image only
+            return ImageError(f"{name}: cannot read the image ({type(exc).__name__}: {exc}).")
+
+    @app.post(
+        "/v1/classify",
+        summary="Classify one image (raw body, or multipart `file`) or several (multipart `files`).",
+        response_model=list[Classified],
+        response_model_exclude_none=True,
+        responses={
+            400: {"model": ErrorBody, "description": "Malformed multipart body."},
+            413: {"model": ErrorBody, "description": "Over --max-upload-mb, --max-files or the pixel limit."},
+            422: {"model": ErrorBody, "description": "Not an image, corrupt or truncated (named), or a bad top_k."},
+            503: {"model": ErrorBody, "description": "At capacity (--max-queue); see Retry-After."},
+        },
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary"},
+                "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        }}},
+    )
+    async def classify(request: Request, top_k: int = Query(settings.default_top_k, ge=1,
+                                                                 description="Classes per image, best first.")):
+        info = request.scope.get("cnncli", {})
+        counters["requests"] += 1
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+            raise ServiceError(413, f"the upload is {int(declared) / MB:.1f} MB, over the "
+                                    f"{settings.max_upload_mb:g} MB limit (--max-upload-mb).")
+        if not batcher.try_reserve(1):
+            counters["refused_busy"] += 1
+            raise _busy(f"{settings.max_queue} images in progress, --max-queue")
+        slots, held = 1, [0]
+        counters["in_flight"] += 1
+        try:
+            try:
+                uploads = await read_uploads(request, held)
+            except _BodyTooLarge:
+                raise ServiceError(413, f"the upload is over the {settings.max_upload_mb:g} MB limit "
+                                        "(--max-upload-mb).") from None
+            except ClientDisconnect:
+                info["note"] = "client disconnected during the upload"
+                return error_response(499, "the client disconnected.")
+            if not uploads:
+                raise ServiceError(422, "no image in the request; send the image as the body (curl --data-binary "
+                                        "@cat.jpg) or as multipart field file (several: files).")
+            if len(uploads) > settings.max_files:
+                raise ServiceError(413, f"too many files in one request; the limit is {settings.max_files} "
+                                        "(--max-files).")
+            info["images"] = len(uploads)
+            if len(uploads) > 1:
+                if not batcher.try_reserve(len(uploads) - 1):
+                    counters["refused_busy"] += 1
+                    raise _busy(f"{settings.max_queue} images in progress, --max-queue")
+                slots = len(uploads)
+            loop = asyncio.get_running_loop()
+            names = [name for name, _ in uploads]
+            decoded = await asyncio.gather(*(loop.run_in_executor(decoders, decode, data, name)
+                                             for name, data in uploads))
+            del uploads
+            good = [px for px in decoded if isinstance(px, np.ndarray)]
+            rows = iter(await asyncio.gather(*(batcher.classify(px) for px in good)))
+            results = [
+                Prediction(name, top=top_k_of(next(rows), card.classes, top_k)).to_dict()
+                if isinstance(item, np.ndarray) else Prediction(name, error=str(item)).to_dict()
+                for name, item in zip(names, decoded)
+            ]
+            bad = [item for item in decoded if not isinstance(item, np.ndarray)]
+            if bad and not good:
+                status = 413 if all(isinstance(b, ImageTooLargeError) for b in bad) else 422
+                message = str(bad[0]) if len(bad) == 1 else f"none of the {len(bad)} images could be read; {bad[0]}"
+                return JSONResponse({"error": message, "results": results}, status_code=status)
+            counters["answered"] += 1
+            return JSONResponse(results)
+        finally:
+            counters["in_flight"] -= 1
+            counters["body_bytes"] -= held[0]
+            batcher.release(slots)
+
+    return app
