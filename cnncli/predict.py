@@ -41,11 +41,12 @@ def predict_items(
     workers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[Prediction]:
-    """Predict every item, yielding results in input order as soon as each batch is done."""
-    pre = engine.card.preprocessing
+    """Predict every item, yielding results in input order as soon as each batch is done. On CPU engines that
+    replicate (onnxruntime, OpenVINO), worker processes each decode and run their own batches
+    (:mod:`cnncli.replicas`); otherwise decoder processes feed the engine in this process."""
     classes = engine.card.classes
-    for batch in decoded_batches(items, pre, batch_size=batch_size, workers=workers):
-        probs = engine.predict_proba(batch.array) if batch.array is not None else None
+    for batch in _probabilities(engine, items, batch_size, workers):
+        probs = batch.probs
         row = 0
         for path, ok in zip(batch.paths, batch.ok):
             if ok:
@@ -55,3 +56,15 @@ def predict_items(
                 yield Prediction(path=path, error=batch.errors[path])
         if on_batch is not None:
             on_batch(len(batch.paths))
+
+
+def _probabilities(engine: Engine, items: list[InputItem], batch_size: int, workers: int | None) -> Iterator:
+    from cnncli.replicas import ScoredBatch, replicable, scored_batches
+
+    if workers != 0 and len(items) > max(8, batch_size) and replicable(engine):  # two batches or more
+        yield from scored_batches(engine, items, batch_size=batch_size, workers=workers,
+                                  threads=getattr(engine, "threads", None))
+        return
+    for batch in decoded_batches(items, engine.card.preprocessing, batch_size=batch_size, workers=workers):
+        probs = engine.predict_proba(batch.array) if batch.array is not None else None
+        yield ScoredBatch(paths=batch.paths, probs=probs, ok=batch.ok, errors=batch.errors)

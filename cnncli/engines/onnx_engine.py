@@ -117,6 +117,11 @@ class OnnxEngine:
         self.card = card
         self.input = self.session.get_inputs()[0]
         self.name = f"onnxruntime ({self.provider})"
+        self.threads = threads
+
+    def replica_recipe(self) -> tuple | None:
+        """How a worker process re-opens this engine (:mod:`cnncli.replicas`); None on CUDA."""
+        return ("onnx", str(self.path), "fp32") if self.provider == CPU else None
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         return run_onnx(self.session, np.ascontiguousarray(batch, dtype=np.float32))

@@ -71,6 +71,11 @@ class OpenVinoEngine:
         shape = self.compiled.input(0).get_partial_shape()
         self.fixed_batch = shape[0].get_length() if shape.rank.is_static and shape[0].is_static else None
         self.name = f"openvino (CPU, {self.precision})"
+        self.threads = threads
+
+    def replica_recipe(self) -> tuple:
+        """How a worker process re-opens this engine (:mod:`cnncli.replicas`)."""
+        return ("openvino", str(self.path), self.precision)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
