@@ -1,13 +1,26 @@
-"""Predict speed, both engines, one run: cold start of `cnncli --help` and of one-image `predict` (PyTorch
-engine, and the default onnxruntime engine from the cached export), folder throughput of `predict` over JPEGs
-against the pure forward throughput of the same engine, batch and threads, and the ratios.
+"""Predict speed against this machine's CPU-time cap, in one run.
 
-    uv run python benchmarks/bench_predict.py [--images 512] [--batch-size 32] [--threads 2]
+1. Cold start (wall time, median of --runs): `cnncli --help`, one-image `predict` on the PyTorch engine and on the
+   default cached-ONNX path, with the CPU time of the latter too.
+2. For each core count in --cores (the process and its children pinned to that many cores with
+   sched_setaffinity, like `taskset`; engine threads = cores): the decode cost (core-seconds per image: read,
+   decode, resize, crop, normalise, in one process), the engine's pure forward img/s at --batch-size, the cap
+   ``cores / (decode core-s per image + cores / forward img/s)``, and `predict` over a folder of JPEGs with
+   the default pipeline (replicas: each worker decodes and runs its own batches) and with the pipeline before
+   issue 15 (decoder processes feeding one multi-threaded engine), each as img/s, CPU ms per image (this
+   process and its children, user+sys, worker start included) and the ratio to the cap.
+
+    uv run python benchmarks/bench_predict.py [--images 512] [--batch-size 32] [--cores 1,2] [--runs 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from common import cnncli_cmd, machine_line, median_wall_time, print_table, write_jpeg_folder
+
+
+def cpu_seconds() -> float:
+    """user+sys of this process and its waited-for children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def forward_throughput(engine, batch: np.ndarray, seconds: float = 8.0) -> float:
@@ -26,64 +45,115 @@ def forward_throughput(engine, batch: np.ndarray, seconds: float = 8.0) -> float
     return n / (time.perf_counter() - start)
 
 
-def folder_throughput(engine, folder: Path, batch_size: int, workers: int | None) -> tuple[float, int]:
+def decode_core_seconds(paths: list[Path], pre) -> float:
+    """CPU seconds of one core per image for everything predict does to an image before the engine."""
+    from cnncli.images import load_pixels, normalize
+
+    start = time.process_time()
+    for path in paths:
+        normalize(load_pixels(path, pre)[None], pre)
+    return (time.process_time() - start) / len(paths)
+
+
+def folder_run(engine, folder: Path, batch_size: int, replicas: bool) -> tuple[float, float, int]:
+    """(img/s, CPU ms per image, images done) for predict over ``folder``; ``replicas`` False forces the decoder
+    pipeline of before issue 15."""
+    import cnncli.replicas
     from cnncli.pipeline import collect_inputs
     from cnncli.predict import predict_items
 
     items = collect_inputs([str(folder)])
-    start = time.perf_counter()
-    done = sum(1 for p in predict_items(engine, items, k=5, batch_size=batch_size, workers=workers) if p.ok)
-    return done / (time.perf_counter() - start), done
+    saved = cnncli.replicas.replicable
+    if not replicas:
+        cnncli.replicas.replicable = lambda engine: False
+    try:
+        cpu, start = cpu_seconds(), time.perf_counter()
+        done = sum(1 for p in predict_items(engine, items, k=5, batch_size=batch_size) if p.ok)
+        wall = time.perf_counter() - start
+    finally:
+        cnncli.replicas.replicable = saved
+    return done / wall, (cpu_seconds() - cpu) / done * 1e3, done
+
+
+def cold_cpu(cmd: list[str], runs: int) -> float:
+    """Median CPU seconds (user+sys) of ``cmd`` as a child process."""
+    values = []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(cmd, capture_output=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        values.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(values)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=None, help="decoder processes (default: cnncli's choice)")
+    parser.add_argument("--cores", default=None, help="core counts to pin to, comma-separated (default: all usable)")
     parser.add_argument("--runs", type=int, default=5, help="cold-start repetitions (median)")
+    parser.add_argument("--forward-seconds", type=float, default=8.0)
+    parser.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch engine's rows")
     args = parser.parse_args()
-
-    import os
 
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # measure like an installed tool: bytecode cached
     cache = tempfile.mkdtemp(prefix="cnncli-bench-cache-")
     os.environ["CNNCLI_CACHE"] = cache
-    import torch
-
-    torch.set_num_threads(args.threads)
     from cnncli.engines import open_engine
-    from cnncli.images import load_and_preprocess
+    from cnncli.replicas import usable_cores
 
+    all_cores = sorted(os.sched_getaffinity(0))
+    counts = [int(c) for c in args.cores.split(",")] if args.cores else [len(all_cores)]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "jpegs"
         paths = write_jpeg_folder(folder, args.images)
         one = str(paths[0])
-        onnx_engine = open_engine(None, device="cpu", engine="onnx", threads=args.threads)  # prepares the cache
-        torch_engine = open_engine(None, device="cpu", engine="torch", threads=args.threads)
+        onnx_engine = open_engine(None, device="cpu", engine="onnx")  # prepares the cache
         median_wall_time(cnncli_cmd("predict", one), 1)  # writes bytecode caches once
-        cold = [
-            ["cnncli --help", median_wall_time(cnncli_cmd("--help"), args.runs)],
-            ["cnncli predict one.jpg --engine torch",
-             median_wall_time(cnncli_cmd("predict", one, "--engine", "torch", "--device", "cpu"), args.runs)],
-            ["cnncli predict one.jpg (auto: cached onnx)", median_wall_time(cnncli_cmd("predict", one), args.runs)],
-        ]
-        print_table(f"Cold start, wall time, median of {args.runs} ({machine_line()})", ["command", "seconds"],
-                    [[c, f"{t:.2f}"] for c, t in cold])
+        cold = [["cnncli --help", median_wall_time(cnncli_cmd("--help"), args.runs), None]]
+        if not args.skip_torch:
+            cold.append(["cnncli predict one.jpg --engine torch",
+                         median_wall_time(cnncli_cmd("predict", one, "--engine", "torch", "--device", "cpu"), args.runs),
+                         None])
+        cold.append(["cnncli predict one.jpg (auto: cached onnx)", median_wall_time(cnncli_cmd("predict", one), args.runs),
+                     cold_cpu(cnncli_cmd("predict", one), args.runs)])
+        print_table(f"Cold start, median of {args.runs} ({machine_line()}, load {os.getloadavg()[0]:.1f})",
+                    ["command", "wall s", "CPU s"], [[c, f"{t:.2f}", "" if u is None else f"{u:.2f}"] for c, t, u in cold])
 
+        pre = onnx_engine.card.preprocessing
+        decode = decode_core_seconds(paths[: min(64, len(paths))], pre)
+        from cnncli.images import load_and_preprocess
+
+        batch = np.stack([load_and_preprocess(p, pre) for p in paths[: args.batch_size]])
         rows = []
-        batch = np.stack([load_and_preprocess(p, onnx_engine.card.preprocessing) for p in paths[: args.batch_size]])
-        for engine in (torch_engine, onnx_engine):
-            fwd = forward_throughput(engine, batch)
-            e2e, done = folder_throughput(engine, folder, args.batch_size, workers=args.workers)
-            rows.append([engine.name, args.batch_size, args.threads, f"{fwd:.1f}", f"{e2e:.1f}", f"{e2e / fwd:.2f}"])
-        print_table(f"Folder of {done} JPEGs (500x375), default model (efficientnet_lite0, fp32)",
-                    ["engine", "batch", "threads", "forward img/s", "predict img/s", "predict / forward"], rows)
-        torch_e2e, onnx_e2e = float(rows[0][4]), float(rows[1][4])
-        print(f"\nonnx / torch end-to-end: {onnx_e2e / torch_e2e:.1f}x; one-image cold start torch / onnx: "
-              f"{cold[1][1] / cold[2][1]:.1f}x")
+        for cores in counts:
+            if cores > len(all_cores):
+                print(f"(skipping {cores} cores: this machine has {len(all_cores)})")
+                continue
+            os.sched_setaffinity(0, all_cores[:cores])  # children inherit it, like taskset
+            assert usable_cores() == cores
+            engines = [("onnxruntime", open_engine(None, device="cpu", engine="onnx", threads=cores))]
+            if not args.skip_torch:
+                import torch
+
+                torch.set_num_threads(cores)
+                engines.append(("torch", open_engine(None, device="cpu", engine="torch", threads=cores)))
+            for label, engine in engines:
+                fwd = forward_throughput(engine, batch, args.forward_seconds)
+                cap = cores / (decode + cores / fwd)
+                pipelines = [("replicas", True), ("decoders + engine threads", False)] if label != "torch" else \
+                    [("decoders + engine threads", False)]
+                for pipeline, replicas in pipelines:
+                    ips, cpu_ms, done = folder_run(engine, folder, args.batch_size, replicas)
+                    rows.append([cores, label, pipeline, f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}", f"{ips:.1f}",
+                                 f"{cpu_ms:.2f}", f"{ips / cap:.2f}"])
+        os.sched_setaffinity(0, all_cores)
+        print_table(f"Folder of {args.images} JPEGs (500x375), default model (efficientnet_lite0, fp32), batch "
+                    f"{args.batch_size}; cap = cores / (decode core-s per image + cores / forward img/s)",
+                    ["cores", "engine", "pipeline", "decode ms/img", "forward img/s", "cap img/s", "predict img/s",
+                     "CPU ms/img", "predict / cap"], rows)
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (figures are only meaningful on a quiet machine)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
