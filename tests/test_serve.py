@@ -252,19 +252,32 @@ def test_concurrent_requests_are_batched_and_overload_gets_503_retry_after(cache
 
 
 def test_sigterm_under_load_answers_in_flight_requests_and_exits_0(cached_tiny, photos):
-    server = ServeProcess("-m", cached_tiny, "--max-wait-ms", "1500")
+    """Four uploads are still streaming in when SIGTERM arrives: each is answered 200, then the process exits 0
+    and stops listening; it never had child processes to orphan."""
+    server = ServeProcess("-m", cached_tiny)
+    body = jpeg_bytes(photos["chelsea"])
+
+    def slow_body():
+        for i in range(0, len(body), len(body) // 8 + 1):
+            time.sleep(0.15)
+            yield body[i:i + len(body) // 8 + 1]
+
+    results: list = []
+
+    def upload() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            results.append(http.post("/v1/classify", content=slow_body()))
+
     try:
-        assert children_of(server.pid) == []  # one process: nothing to orphan
-        results: list = []
-        body = jpeg_bytes(photos["chelsea"])
-        threads = [threading.Thread(target=lambda: results.append(_post_many(server.url, body, 1)[0]))
-                   for _ in range(4)]
+        assert children_of(server.pid) == []
+        threads = [threading.Thread(target=upload) for _ in range(4)]
         for t in threads:
             t.start()
         with server.client() as http:
             deadline = time.monotonic() + 20
-            while http.get("/v1/stats").json()["reserved"] < 4 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            while http.get("/v1/stats").json()["in_flight"] < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert http.get("/v1/stats").json()["in_flight"] == 4
         server.proc.send_signal(15)
         for t in threads:
             t.join(60)
@@ -273,9 +286,51 @@ def test_sigterm_under_load_answers_in_flight_requests_and_exits_0(cached_tiny, 
         server.stop()
     assert code == 0, server.stderr
     assert [r.status_code for r in results] == [200] * 4, results
+    assert all(r.json()[0]["top"] for r in results)
     assert "stopped" in server.stderr and "Traceback" not in server.stderr
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/healthz", timeout=2)
+
+
+def test_connections_have_tcp_nodelay():
+    """Accepted connections get TCP_NODELAY (asyncio sets it only for IPPROTO_TCP sockets): without it, Nagle and
+    delayed ACK added 40 ms to every answer on a kept-alive connection (found with bench_serve.py)."""
+    import asyncio
+
+    from cnncli.serve.server import bind_socket
+
+    async def check() -> int:
+        seen = []
+
+        async def handle(reader, writer):
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=bind_socket("127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        return seen[0]
+
+    assert asyncio.run(check()) == 1
+
+
+def test_a_lone_request_does_not_wait_for_the_batching_window(cached_tiny, photos):
+    """With nobody else in progress there is nothing to wait for: a 3 s --max-wait-ms window costs a single
+    client nothing; concurrent uploads still share one batch."""
+    with ServeProcess("-m", cached_tiny, "--max-wait-ms", "3000") as server, server.client() as http:
+        start = time.perf_counter()
+        assert http.post("/v1/classify", content=jpeg_bytes(photos["chelsea"])).status_code == 200
+        assert time.perf_counter() - start < 2.0
+        files = [("files", (f"{i}.jpg", jpeg_bytes(photos["coffee"]))) for i in range(3)]
+        assert http.post("/v1/classify", files=files).status_code == 200
+        stats = http.get("/v1/stats").json()
+        assert stats["batch_sizes"] == {"1": 1, "3": 1}, stats
 
 
 def test_startup_errors_are_one_sentence(run_cli, cached_tiny, tmp_path):
@@ -302,3 +357,47 @@ def test_default_model_serves_what_predict_says_for_chelsea_and_coffee(run_cli, 
         assert served.status_code == 200, served.text
         assert_same_predictions(served.json(), offline, ["chelsea.jpg", "coffee.jpg"])
         assert http.get("/v1/model").json()["arch"] == "efficientnet_lite0"
+
+
+def test_an_engine_failure_is_a_json_500_and_the_service_keeps_serving(cached_tiny, photos):
+    """An unexpected error inside the engine answers that request with a one-sentence JSON 500 (no traceback in
+    the answer or the log) and the next request is served. The app runs in-process on a real uvicorn server."""
+    import uvicorn
+
+    from cnncli.engines import open_engine
+    from cnncli.serve.app import ServeSettings, create_app
+    from cnncli.serve.server import bind_socket, url_of
+
+    class FailsOnBrightImages:
+        def __init__(self, engine):
+            self.engine, self.card, self.name = engine, engine.card, "flaky"
+
+        def predict_proba(self, batch):
+            if batch.mean() > 0.9:
+                raise RuntimeError("simulated engine failure")
+            return self.engine.predict_proba(batch)
+
+    sock = bind_socket("127.0.0.1", 0)
+    app = create_app(FailsOnBrightImages(open_engine(str(cached_tiny), device="cpu")), ServeSettings(log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=url_of(sock), timeout=30) as http:
+            for _ in range(200):
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+            white = png_bytes(np.full((80, 80, 3), 255, np.uint8))
+            failed = http.post("/v1/classify", content=white)
+            assert failed.status_code == 500
+            assert failed.json()["error"].startswith("internal error (RuntimeError)")
+            assert "Traceback" not in failed.text
+            assert http.post("/v1/classify", content=jpeg_bytes(photos["chelsea"])).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

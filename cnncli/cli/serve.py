@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for the engine (default: the engine's own choice)."),
-        engine_name: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch or onnx."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32, or int8 (static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records)."),
+        engine_name: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch, onnx or openvino (the same cached export compiled by OpenVINO for the CPU)."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32; int8 (static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records); bf16 (OpenVINO on CPUs with AVX-512 BF16 or AMX)."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for --precision int8."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:

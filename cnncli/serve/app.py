@@ -98,6 +98,20 @@ def _busy(what: str) -> ServiceError:
                         {"Retry-After": str(RETRY_AFTER_S)})
 
 
+def _lower_thread_priority() -> None:
+    """Decoder threads yield to the engine's threads, as predict's decoder processes do (see cnncli.pipeline): an
+    engine thread preempted inside a parallel section stalls its siblings. Linux nice values are per thread."""
+    import os
+    import threading
+
+    from cnncli.pipeline import DECODER_NICENESS
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)
+    except (OSError, AttributeError):
+        pass
+
+
 def page_html() -> str:
     return resources.files("cnncli.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -147,7 +161,8 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     """The service for ``engine`` (any :class:`cnncli.engines.Engine`)."""
     settings = settings or ServeSettings()
     batcher = DynamicBatcher(engine, settings.max_batch, settings.max_wait_ms, settings.max_queue)
-    decoders = ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="cnncli-decode")
+    decoders = ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="cnncli-decode",
+                                  initializer=_lower_thread_priority)
     card = engine.card
     counters = {"requests": 0, "answered": 0, "refused_busy": 0, "in_flight": 0, "body_bytes": 0}
 

@@ -1,5 +1,6 @@
 """Dynamic batching: requests put decoded images (uint8 pixels) on an asyncio queue; one task gathers up to
-``max_batch`` of them, waiting at most ``max_wait_ms`` after the first, runs the engine on one thread off the event
+``max_batch`` of them, waiting at most ``max_wait_ms`` after the first (and not at all when no other request is in
+progress, so a lone client pays no batching delay), runs the engine on one thread off the event
 loop, and resolves each image's future with its probabilities.
 
 Admission is counted in slots (one per image, reserved by a request before it reads its body): at most
@@ -111,8 +112,8 @@ class DynamicBatcher:
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+            if remaining <= 0 or self.reserved <= len(batch):
+                break  # the window is over, or no other request in progress could join: do not wait for nobody
             try:
                 batch.append(await asyncio.wait_for(queue.get(), remaining))
             except asyncio.TimeoutError:
