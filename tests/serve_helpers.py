@@ -33,7 +33,8 @@ def children_of(pid: int) -> list[int]:
 
 class ServeProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> None:
-        cmd = [sys.executable, "-m", "cnncli", "serve", "--host", "127.0.0.1", "--port", "0", *map(str, args)]
+        # no --host: every test also checks that the default is loopback only (URL_LINE wants 127.0.0.1)
+        cmd = [sys.executable, "-m", "cnncli", "serve", "--port", "0", *map(str, args)]
         self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []

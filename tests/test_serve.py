@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -76,6 +77,7 @@ def test_classify_equals_predict_json_raw_and_multipart(server, cached_tiny, pho
         assert card["classes"] == ["brick", "grass", "gravel"] and card["precision"] == "fp32"
         assert card["engine"].startswith("onnxruntime") and card["preprocessing"]["input_size"]
         assert http.get("/healthz").json() == {"status": "ok"} and http.get("/readyz").status_code == 200
+        assert http.get("/docs").status_code == 200
         schema = http.get("/openapi.json").json()
         assert "/v1/classify" in schema["paths"] and "multipart/form-data" in json.dumps(schema["paths"]["/v1/classify"])
 
@@ -251,9 +253,10 @@ def test_concurrent_requests_are_batched_and_overload_gets_503_retry_after(cache
             assert http.post("/v1/classify", content=jpeg_bytes(photos["coffee"])).status_code == 200
 
 
-def test_sigterm_under_load_answers_in_flight_requests_and_exits_0(cached_tiny, photos):
-    """Four uploads are still streaming in when SIGTERM arrives: each is answered 200, then the process exits 0
-    and stops listening; it never had child processes to orphan."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_under_load_answers_in_flight_requests_and_exits_0(cached_tiny, photos, signum):
+    """Four uploads are still streaming in when SIGTERM (or Ctrl-C's SIGINT) arrives: each is answered 200, then
+    the process exits 0 and stops listening; it never had child processes to orphan."""
     server = ServeProcess("-m", cached_tiny)
     body = jpeg_bytes(photos["chelsea"])
 
@@ -278,7 +281,7 @@ def test_sigterm_under_load_answers_in_flight_requests_and_exits_0(cached_tiny, 
             while http.get("/v1/stats").json()["in_flight"] < 4 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert http.get("/v1/stats").json()["in_flight"] == 4
-        server.proc.send_signal(15)
+        server.proc.send_signal(signum)
         for t in threads:
             t.join(60)
         code = server.proc.wait(30)
@@ -401,3 +404,23 @@ def test_an_engine_failure_is_a_json_500_and_the_service_keeps_serving(cached_ti
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def test_ensemble_and_tta_options_serve_what_predict_gives(cached_tiny, photos, run_cli, tmp_path):
+    """The options are predict's: two models (an .onnx and a .safetensors) averaged, with flip TTA."""
+    onnx = tmp_path / "tiny.onnx"
+    assert run_cli("export", cached_tiny, "-o", onnx).code == 0
+    offline = run_cli("predict", photos["coffee"], "-m", cached_tiny, "-m", onnx, "--tta", "-f", "json", "-k", "3")
+    assert offline.code == 0, offline.err
+    with ServeProcess(onnx, "-m", cached_tiny, "--tta") as server, server.client() as http:
+        served = http.post("/v1/classify?top_k=3", files={"file": ("coffee.jpg", jpeg_bytes(photos["coffee"]))})
+        card = http.get("/v1/model").json()
+    assert_same_predictions(served.json(), json.loads(offline.out), ["coffee.jpg"])
+    assert card["tta"] is True and card["engine"].startswith("ensemble of") and card["engine"].endswith("flip TTA")
+
+
+@pytest.mark.parametrize("option, value", [("--max-wait-ms", "nan"), ("--max-upload-mb", "inf"), ("--max-batch", "0"),
+                                           ("--port", "70000"), ("--max-queue", "-1")])
+def test_out_of_range_options_are_usage_errors(run_cli, option, value):
+    result = run_cli("serve", option, value)
+    assert result.code == 2 and option in result.err and "Traceback" not in result.err
