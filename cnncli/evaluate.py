@@ -23,7 +23,7 @@ class EvalResult:
     classes: list[str]
     n_images: int
     top1: float
-    top5: float
+    top5: float | None  # None when the task has at most 5 classes (top-5 would always be 1)
     per_class: dict[str, dict]  # class -> precision, recall, f1, support
     macro_avg: dict[str, float]
     weighted_avg: dict[str, float]
@@ -34,10 +34,12 @@ class EvalResult:
     unreadable: list[dict] = field(default_factory=list)  # path, error
     model: str | None = None
     engine: str | None = None
+    split: dict | None = None  # which images were scored: name, description (cnncli.data.eval_split)
 
     def to_dict(self) -> dict:
         return {
-            "model": self.model, "engine": self.engine, "n_images": self.n_images, "classes": self.classes,
+            "model": self.model, "engine": self.engine, "split": self.split, "n_images": self.n_images,
+            "classes": self.classes,
             "top1": self.top1, "top5": self.top5, "per_class": self.per_class, "macro_avg": self.macro_avg,
             "weighted_avg": self.weighted_avg, "confusion_matrix": self.confusion_matrix, "ece": self.ece,
             "reliability": self.reliability, "errors": self.errors, "unreadable": self.unreadable,
@@ -96,28 +98,39 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BIN
     return float(ece), out
 
 
+TOP5_MIN_CLASSES = 6  # with 5 classes or fewer every label is in the top 5: top-5 is not reported
+
+
+def top5_accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Fraction of rows whose label is among the 5 most probable classes; None for 5 classes or fewer."""
+    if probs.shape[1] < TOP5_MIN_CLASSES:
+        return None
+    top_k = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    return float((top_k == labels[:, None]).any(axis=1).mean())
+
+
 def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str] | None = None,
-                    n_errors: int = 12) -> EvalResult:
+                    n_errors: int | None = None) -> EvalResult:
+    """All metrics of ``probs`` against ``labels``; ``errors`` lists the misclassified images, most confident
+    first: all of them, or the first ``n_errors``."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     if n == 0:
         raise UsageError("no readable images to evaluate.")
     predicted = probs.argmax(axis=1)
-    k = min(5, probs.shape[1])
-    top_k = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     matrix = confusion_matrix(labels, predicted, len(classes))
     per_class, macro, weighted = per_class_scores(matrix, classes)
     confidence = probs[np.arange(n), predicted]
     correct = predicted == labels
     ece, bins = calibration(confidence, correct.astype(np.float64))
     wrong = np.flatnonzero(~correct)
-    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:n_errors]
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:n_errors]  # [:None] keeps all
     errors = [{"path": paths[i] if paths else str(i), "true": classes[labels[i]], "predicted": classes[predicted[i]],
                "prob": float(confidence[i])} for i in wrong]
     return EvalResult(
         classes=list(classes), n_images=n, top1=float(correct.mean()),
-        top5=float((top_k == labels[:, None]).any(axis=1).mean()), per_class=per_class, macro_avg=macro,
+        top5=top5_accuracy(probs, labels), per_class=per_class, macro_avg=macro,
         weighted_avg=weighted, confusion_matrix=matrix.tolist(), ece=ece, reliability=bins, errors=errors,
     )
 
@@ -142,27 +155,41 @@ def engine_probabilities(engine, samples, batch_size: int = 32, workers: int | N
     return stacked, np.asarray(labels, dtype=np.int64), paths, unreadable
 
 
-def evaluate_engine(engine, samples, classes: list[str], batch_size: int = 32, workers: int | None = None) -> EvalResult:
+def evaluate_engine(engine, samples, classes: list[str], batch_size: int = 32, workers: int | None = None,
+                    n_errors: int | None = None) -> EvalResult:
     probs, labels, paths, unreadable = engine_probabilities(engine, samples, batch_size, workers)
     if not paths:
         raise UsageError(f"none of the {len(samples)} images could be read; check the dataset with `cnncli inspect`.")
-    result = compute_metrics(probs, labels, classes, paths)
+    result = compute_metrics(probs, labels, classes, paths, n_errors=n_errors)
     result.unreadable = unreadable
     result.engine = engine.name
     return result
 
 
 def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size: int = 32, device: str = "auto",
-                   workers: int | None = None, engine: str = "auto") -> EvalResult:
+                   workers: int | None = None, engine: str = "auto", n_errors: int | None = None) -> EvalResult:
     """Evaluate a model file (.safetensors or .onnx, or a registry name) on a dataset folder / CSV, with the model's
-    own class list, through :func:`cnncli.engines.open_engine` (``engine``: auto, torch or onnx)."""
-    from cnncli.data.layout import load_eval_split
+    own class list, through :func:`cnncli.engines.open_engine` (``engine``: auto, torch or onnx). ``split`` picks
+    the images (:func:`cnncli.data.eval_split.choose_eval_split`: by default none the model trained on)."""
+    from cnncli.data.eval_split import choose_eval_split
     from cnncli.engines import open_engine
 
-    engine = open_engine(model, device=device, engine=engine)
-    samples, classes = load_eval_split(data, split=split, classes=list(engine.card.classes))
-    result = evaluate_engine(engine, samples, classes, batch_size=batch_size, workers=workers)
+    card = None
+    if str(model).endswith(".safetensors") and Path(model).is_file():  # choose the images before any export
+        from cnncli.checkpoint import read_card
+
+        card = read_card(model)
+    opened = None
+    if card is None:
+        opened = open_engine(model, device=device, engine=engine)
+        card = opened.card
+    chosen = choose_eval_split(data, split=split, classes=list(card.classes), record=(card.training or {}).get("split"))
+    engine = opened or open_engine(model, device=device, engine=engine)
+    result = evaluate_engine(engine, chosen.samples, chosen.classes, batch_size=batch_size, workers=workers,
+                             n_errors=n_errors)
     result.model = str(model)
+    result.split = chosen.to_dict()
+    result.split["n_images"] = result.n_images  # scored (unreadable images left out)
     return result
 
 
@@ -175,7 +202,8 @@ def present_classes(result: EvalResult) -> tuple[list[str], np.ndarray]:
 
 
 def save_plots(result: EvalResult, folder: str | Path) -> list[Path]:
-    """confusion_matrix.png, reliability.png and errors.png (gallery of the most confidently wrong) in ``folder``."""
+    """confusion_matrix.png, reliability.png and errors.png (the most confidently wrong, captioned with file name,
+    true and predicted class) in ``folder``."""
     from cnncli.train.outputs import plot_confusion_matrix, plot_error_gallery, plot_reliability
 
     folder = Path(folder)
@@ -183,19 +211,27 @@ def save_plots(result: EvalResult, folder: str | Path) -> list[Path]:
     names, matrix = present_classes(result)
     made = [plot_confusion_matrix(folder / "confusion_matrix.png", matrix, names),
             plot_reliability(folder / "reliability.png", result.reliability, result.ece)]
-    gallery = plot_error_gallery(folder / "errors.png", result.errors)
+    gallery = plot_error_gallery(folder / "errors.png", result.errors[:GALLERY_ERRORS], total=len(result.errors))
     return made + ([gallery] if gallery else [])
 
 
-def render_evaluation(result: EvalResult, stream) -> None:
-    """Rich tables: summary, per-class scores, confusion matrix, most confidently wrong images."""
+TABLE_ERRORS = 12  # misclassified images listed in the terminal unless --errors says otherwise
+GALLERY_ERRORS = 24  # at most this many images in errors.png
+
+
+def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TABLE_ERRORS) -> None:
+    """Rich tables: which images were scored, summary, per-class scores, confusion matrix, the first
+    ``errors_shown`` most confidently wrong images (None: all)."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = Console(file=stream, highlight=False, soft_wrap=False, width=max(100, Console(file=stream).width))
+    if result.split:
+        console.print(f"scored {result.n_images} images: {result.split['description']}")
+    top5 = "n/a (5 classes or fewer)" if result.top5 is None else f"{result.top5:.4f}"
     console.print(f"{result.n_images} images, {len(result.classes)} classes ({result.engine}): top-1 {result.top1:.4f}, "
-                  f"top-5 {result.top5:.4f}, ECE {result.ece:.4f}"
+                  f"top-5 {top5}, ECE {result.ece:.4f}"
                   + (f", {len(result.unreadable)} unreadable skipped" if result.unreadable else ""))
     table = Table(title="per class", title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):
@@ -222,9 +258,13 @@ def render_evaluation(result: EvalResult, stream) -> None:
         console.print("confusion matrix (rows: true, columns: predicted)")
         console.print(cm)
     if result.errors:
+        shown = result.errors[:errors_shown]
         errs = Table(title="most confidently wrong", title_justify="left")
         for col in ("image", "true", "predicted", "prob"):
             errs.add_column(col, overflow="fold")
-        for e in result.errors:
+        for e in shown:
             errs.add_row(e["path"], e["true"], e["predicted"], f"{e['prob']:.4f}")
         console.print(errs)
+        if len(shown) < len(result.errors):
+            console.print(f"({len(result.errors) - len(shown)} more misclassified images: --errors all, "
+                          "or --format json, lists them all)")

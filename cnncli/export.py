@@ -274,10 +274,12 @@ def export_onnx(
     image_size: int | tuple[int, int] | None = None,
     exporter: str = "auto",
     min_agreement: float = MIN_TOP1_AGREEMENT,
+    replace: bool = True,
 ) -> ExportReport:
     """Export ``model`` (a torch module) with ``card`` to ``path`` and verify it; see the module docstring.
 
-    On a verification failure the file is kept as :func:`failed_path` and ExportError is raised.
+    On a verification failure the file is kept as :func:`failed_path` and ExportError is raised. With
+    ``replace=False`` an existing ``path`` is refused (UsageError) instead of replaced.
     """
     import onnx
 
@@ -356,6 +358,8 @@ def export_onnx(
         target = failed_path(path) if failure else path
         from cnncli.checkpoint import atomic_path
 
+        if not replace and not failure:
+            refuse_existing(path, force=False)  # it may have appeared while exporting
         with atomic_path(target) as out:
             out.write_bytes(final_path.read_bytes())
         report.seconds = time.perf_counter() - start
@@ -376,6 +380,24 @@ def _failure(fp32_check: Verification | None, check: Verification | None, precis
     return None
 
 
+PRECISION_SUFFIX = {"fp16": ".fp16", "int8-static": ".int8", "int8-dynamic": ".int8-dynamic"}
+
+
+def default_output(spec: str | None, arch: str, precision: str = "fp32") -> Path:
+    """Where ``export`` writes without ``-o``: next to a model file (runs/x/best.safetensors -> runs/x/best.onnx),
+    or ``<arch>.onnx`` in the current folder for a registry name; ``.fp16`` / ``.int8`` before ``.onnx``."""
+    suffix = PRECISION_SUFFIX.get(precision, "")
+    if spec and Path(spec).is_file():
+        return Path(spec).with_name(Path(spec).stem + suffix + ".onnx")
+    return Path((spec or arch).replace(":", "_").replace("/", "_") + suffix + ".onnx")
+
+
+def refuse_existing(output: Path, force: bool) -> None:
+    """Exports never replace a file silently: one sentence (exit 2) unless ``force``."""
+    if not force and (output.exists() or output.is_symlink()):
+        raise UsageError(f"{output} already exists; pass --force to replace it, or -o to write elsewhere.")
+
+
 def export_model(
     spec: str | None,
     output: str | Path | None = None,
@@ -383,10 +405,12 @@ def export_model(
     calib_dir: str | Path | None = None,
     verify_dir: str | Path | None = None,
     max_calib: int = 200,
+    force: bool = False,
     **options,
 ) -> ExportReport:
     """The ``cnncli export`` command as a function: load a model spec (a .safetensors file, a registry name or
-    None for the default model) and :func:`export_onnx` it; ``output`` defaults to ``<name>[.fp16|.int8].onnx``."""
+    None for the default model) and :func:`export_onnx` it; ``output`` defaults to :func:`default_output`.
+    An existing ``output`` is refused unless ``force``."""
     from cnncli.model_spec import load_for_inference
 
     if spec is not None and spec.lower().endswith(".onnx"):
@@ -394,6 +418,8 @@ def export_model(
     if spec is not None and not Path(spec).exists() and (spec.endswith(".safetensors") or "/" in spec):
         raise UsageError(f"{spec}: no such model file; pass a cnncli .safetensors file or a registry name.")
     precision = options.get("precision", "fp32")
+    if output is not None:
+        refuse_existing(Path(output), force)
     if precision == "int8-static":  # --calib, else the set train/finetune recorded in the model file
         from cnncli.calibration import calibration_images
 
@@ -403,7 +429,6 @@ def export_model(
     verify_images = image_files(verify_dir, 64) if verify_dir else []
     model, card = load_for_inference(spec, weights=weights, device="cpu")
     if output is None:
-        stem = Path(spec).stem if spec else card.arch
-        suffix = {"fp16": ".fp16", "int8-static": ".int8", "int8-dynamic": ".int8-dynamic"}.get(precision, "")
-        output = Path(stem.replace(":", "_") + suffix + ".onnx")
-    return export_onnx(model, card, output, calib_images=calib, verify_images=verify_images, **options)
+        output = default_output(spec, card.arch, precision)
+        refuse_existing(output, force)
+    return export_onnx(model, card, output, calib_images=calib, verify_images=verify_images, replace=force, **options)

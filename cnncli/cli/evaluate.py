@@ -12,8 +12,14 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def command(
         model: str = typer.Argument(..., metavar="MODEL", help="A cnncli model file (.safetensors, or .onnx where supported) or a registry name."),
-        data: str = typer.Argument(..., metavar="DATA", help="A dataset folder or CSV manifest (test/ if present, else val/, else all images)."),
-        split: str = typer.Option("auto", "--split", help="auto, train, val or test."),
+        data: str = typer.Argument(..., metavar="DATA", help="A dataset folder or CSV manifest."),
+        split: str = typer.Option("auto", "--split", metavar="[auto|test|val|train|all]",
+                                  help="Which images to score. auto (default): test/ if present, else val/, else the "
+                                       "seeded hold-out that train used (rebuilt from the model file's record); all: "
+                                       "every image, including any the model trained on."),
+        errors: str = typer.Option("default", "--errors", metavar="N|all",
+                                   help="How many misclassified images to list, most confident first (default: all "
+                                        "in JSON, 12 in the table)."),
         fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
         batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -26,17 +32,28 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in ("table", "json"):
             raise UsageError(f"unknown --format {fmt!r}; choose table or json.")
-        from cnncli.evaluate import evaluate_model, render_evaluation, save_plots
+        from cnncli.evaluate import TABLE_ERRORS, evaluate_model, render_evaluation, save_plots
         from cnncli.report import info, to_text, warn
 
+        if errors == "default":
+            n_errors = None if fmt == "json" else TABLE_ERRORS
+        elif errors == "all":
+            n_errors = None
+        elif errors.isdigit():
+            n_errors = int(errors)
+        else:
+            raise UsageError(f"--errors takes a number of images or 'all', not {errors!r}.")
         result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers,
                                 engine=engine)
         for bad in result.unreadable[:5]:
             warn(f"skipped: {bad['error']}")
         if fmt == "json":
-            sys.stdout.write(to_text(result.to_dict()) + "\n")
+            info(f"scored {result.n_images} images: {result.split['description']}")
+            report = result.to_dict()
+            report["errors"] = report["errors"][:n_errors]
+            sys.stdout.write(to_text(report) + "\n")
         else:
-            render_evaluation(result, sys.stdout)
+            render_evaluation(result, sys.stdout, errors_shown=n_errors)
         if plots:
             made = save_plots(result, plots)
             info("plots: " + ", ".join(str(p) for p in made))

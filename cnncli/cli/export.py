@@ -12,7 +12,8 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
         model: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="A cnncli .safetensors file or a registry name (default: efficientnet_lite0)."),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx file to write (default: <model>[.fp16|.int8].onnx here)."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx file to write (default: next to a model file, runs/x/best.safetensors -> runs/x/best[.fp16|.int8].onnx; <name>.onnx here for a registry name)."),
+        force: bool = typer.Option(False, "--force", help="Replace the output file if it exists (otherwise refused)."),
         weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name: default, an enum name or a file."),
         opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
         dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Batch axis dynamic (default) or fixed at 1."),
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
         if int8 == "dynamic":
             warn("dynamic int8 runs CNN convolutions 5-25x slower than fp32 on CPU; prefer --int8 static --calib DIR.")
-        report = export_model(model, output, weights=weights, calib_dir=calib, verify_dir=verify_images, opset=opset,
+        report = export_model(model, output, force=force, weights=weights, calib_dir=calib, verify_dir=verify_images, opset=opset,
                               dynamic_batch=dynamic_batch, precision=precision, simplify=simplify, verify=verify,
                               image_size=image_size)
         render_export_report(report)

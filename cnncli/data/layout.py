@@ -413,43 +413,10 @@ def recorded_calibration_files(record: dict | None) -> list[Path]:
 
 def load_eval_split(path: str | Path, split: str = "auto", classes: list[str] | None = None
                     ) -> tuple[list[Sample], list[str]]:
-    """Images to evaluate a model on: ``split`` "auto" takes test/ if present, else val/, else every image of
-    a class-folder dataset or CSV manifest; "train", "val", "test" or "all" pick one explicitly.
+    """Images to evaluate a model that records no training split on: ``split`` "auto" takes test/ if present,
+    else val/, else every image; "train", "val", "test" or "all" pick one explicitly. Returns (samples, classes);
+    :func:`cnncli.data.eval_split.choose_eval_split` is the full rule (it also rebuilds a recorded hold-out)."""
+    from cnncli.data.eval_split import choose_eval_split
 
-    ``classes`` (the model's) fixes the label indices; a class in the data that the model does not know is
-    refused. Returns (samples, classes).
-    """
-    choices = ("auto", "train", "val", "test", "all")
-    if split not in choices:
-        raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(choices)}.")
-    scan = scan_dataset(path)
-    if split == "auto":
-        split = next((s for s in ("test", "val") if s in scan.groups), "all")
-    if split == "all":
-        files = {}
-        for group in scan.groups.values():
-            for name, paths in group.items():
-                files.setdefault(name, []).extend(paths)
-    elif split in scan.groups:
-        files = scan.groups[split]
-    else:
-        have = ", ".join(sorted(scan.groups)) if scan.layout != "class-folders" else "none (a class-folder dataset)"
-        raise UsageError(f"{scan.root} has no {split}/ split (splits found: {have}); use --split all or auto.")
-    empty = [p for p in scan.empty_class_folders if split == "all" or p.parent.name.lower() in _names_of(split)]
-    if empty:
-        raise UsageError(f"class folder {empty[0]} has no images; add images to it or remove it.")
-    found = sorted((name for name, paths in files.items() if paths), key=natural_key)
-    class_list = found if classes is None else list(classes)
-    unknown = [name for name in found if name not in class_list]
-    if unknown:
-        raise UsageError(f"{_quote_list(unknown)} in {scan.root} {'is' if len(unknown) == 1 else 'are'} not "
-                         f"among the model's {len(class_list)} classes ({_quote_list(class_list, 6)}).")
-    index = {name: i for i, name in enumerate(class_list)}
-    samples = [Sample(f, index[name]) for name in found for f in files[name]]
-    if not samples:
-        raise UsageError(f"no images found in {scan.root} ({split}); expected class sub-folders of images.")
-    return samples, class_list
-
-
-def _names_of(split: str) -> tuple[str, ...]:
-    return {"train": (TRAIN_FOLDER_NAME,), "val": VAL_FOLDER_NAMES, "test": (TEST_FOLDER_NAME,)}.get(split, ())
+    chosen = choose_eval_split(path, split, classes)
+    return chosen.samples, chosen.classes
