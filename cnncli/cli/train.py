@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,12 +15,13 @@ def _options(command: str):
     finetune = command == "finetune"
 
     def run(
-        data: str = typer.Argument(..., metavar="DATA", help=DATA_HELP),
+        ctx: typer.Context,
+        data: Optional[str] = typer.Argument(None, metavar="DATA", help=DATA_HELP + " Optional with --resume (the run records it)."),
         arch: Optional[str] = typer.Option(None if finetune else "simplecnn", "--arch", "-a", help="Registry architecture (`cnncli models`)" + ("; default: the --weights model file's, else efficientnet_lite0." if finetune else ".")),
         weights: str = typer.Option("default" if finetune else "none", "--weights", help="Pretrained weights: default, an enum name, or a weights / cnncli model file." if finetune else "none (train from scratch); use finetune for pretrained weights."),
         init: str = typer.Option("default", "--init", help="Initialisation for train: default, kaiming or xavier."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help=f"Run folder (default runs/{command}-N)."),
-        resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this folder from its last saved epoch."),
+        resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this folder from its last saved epoch, with its saved settings and data; a larger --epochs extends it (the schedule is re-planned), other differing options are refused."),
         epochs: int = typer.Option(10, "--epochs", "-e"),
         batch_size: int = typer.Option(32, "--batch-size", "-b"),
         optimizer: str = typer.Option("adamw", "--optimizer", help="sgd, adam, adamw, rmsprop or adagrad."),
@@ -38,7 +39,8 @@ def _options(command: str):
         accumulate: int = typer.Option(1, "--accumulate", help="Accumulate gradients over N batches."),
         loss: str = typer.Option("ce", "--loss", help="ce (cross-entropy) or hinge (multi-class hinge)."),
         balance: str = typer.Option("none", "--balance", help="Imbalanced classes: none, sampler or weights."),
-        augment: str = typer.Option("light", "--augment", help="none, light, standard or strong."),
+        augment: str = typer.Option("light", "--augment", metavar="[light|standard|strong|none]", help="light (default, safe for any task: small shifts, scaling and rotation scaled to the input size); standard (random-resized crops, colour jitter: natural photos); strong (+ TrivialAugment, random erasing: large photo datasets, long runs); none."),
+        flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip (default: only when fine-tuning ImageNet weights on colour images; mirrored digits and text change meaning)."),
         mixup: float = typer.Option(0.0, "--mixup", help="MixUp alpha (0: off)."),
         cutmix: float = typer.Option(0.0, "--cutmix", help="CutMix alpha (0: off)."),
         trainable: str = typer.Option("head" if finetune else "all", "--trainable", help="head, last:N (last N backbone stages + head) or all."),
@@ -59,13 +61,23 @@ def _options(command: str):
         channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last"),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
+        log: List[str] = typer.Option([], "--log", metavar="[tensorboard|mlflow]", help="Track the run: tensorboard (event files in RUN/tensorboard) or mlflow ($MLFLOW_TRACKING_URI, else ./mlruns); repeat for both."),
     ) -> None:
+        from cnncli.errors import UsageError
         from cnncli.report import info
         from cnncli.train.config import TrainConfig
         from cnncli.train.loop import run_training
 
         values = dict(locals())
-        cfg = TrainConfig(command=command, **{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__ and k != "command"})
+        if data is None and resume is None:
+            raise UsageError(f"{command} needs DATA (a dataset folder or CSV manifest), or --resume RUN to continue a run.")
+        values["data"] = data or ""
+        # the options typed on the command line (or set through the environment), not defaults: --resume checks them
+        given = frozenset(name for name in ctx.params
+                          if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT"))
+        fields = TrainConfig.__dataclass_fields__
+        cfg = TrainConfig(command=command, explicit=given,
+                          **{k: v for k, v in values.items() if k in fields and k not in ("command", "explicit")})
         result = run_training(cfg)
         if result.history:
             info(f"best epoch {result.best_epoch}: val acc {result.best_val_acc:.4f}, val loss {result.best_val_loss:.4f} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ class TrainConfig:
     val_csv: str | None = None
     grayscale: bool = False
     image_size: int | None = None
-    augment: str = "light"
+    augment: str = "light"  # cnncli.train.augment: light is safe for any task
+    flip: bool | None = None  # horizontal flip: None = the rule in cnncli.train.augment
     mixup: float = 0.0  # alpha; 0 = off
     cutmix: float = 0.0
     balance: str = "none"
@@ -73,6 +74,9 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     quiet: bool = False
+    log: list[str] = field(default_factory=list)  # tracking: tensorboard, mlflow
+    # the option names given on the command line (not saved): --resume refuses those that differ from the run
+    explicit: frozenset = field(default_factory=frozenset, repr=False, compare=False)
 
     @property
     def learning_rate(self) -> float:
@@ -106,12 +110,17 @@ class TrainConfig:
                 raise UsageError("--cache-features computes each image's features once, so it needs --augment none and no --mixup/--cutmix.")
             if self.bn != "frozen":
                 raise UsageError("--cache-features needs --bn frozen (with --bn train the backbone's features change every step).")
+        from cnncli.train.tracking import check_backends
+
+        self.log = check_backends(self.log)
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}.")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("explicit")
+        return d
 
     def save(self, path: str | Path) -> None:
         from cnncli.checkpoint import write_bytes_atomic
@@ -120,7 +129,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"explicit"}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod

@@ -1,6 +1,6 @@
 """Torch datasets over :class:`cnncli.data.layout.Sample` lists.
 
-Training images get torchvision.transforms.v2 augmentation; evaluation images get exactly
+Training images get the torchvision.transforms.v2 augmentation of :mod:`cnncli.train.augment`; evaluation images get exactly
 :func:`cnncli.images.load_and_preprocess`, the preprocessing every engine uses. An image that cannot be read is
 skipped (the batch is one shorter), counted, and its path reported: never a crash hours into training.
 """
@@ -16,34 +16,17 @@ from torch.utils.data import Dataset, default_collate
 from cnncli.card import Preprocessing
 from cnncli.errors import ImageError
 from cnncli.images import draft_size_for, load_and_preprocess, load_image
-
-
-def train_transform(pre: Preprocessing, augment: str):
-    """The v2 pipeline for ``--augment light|standard|strong`` (PIL image in, normalised float tensor out)."""
-    from torchvision.transforms import InterpolationMode, v2
-
-    size = list(pre.input_size)
-    interp = InterpolationMode(pre.interpolation)
-    steps = [v2.RandomResizedCrop(size, scale=(0.5 if augment == "light" else 0.25, 1.0), interpolation=interp, antialias=True),
-             v2.RandomHorizontalFlip()]
-    if augment in ("standard", "strong"):
-        steps.append(v2.ColorJitter(0.3, 0.3, 0.3, 0.05 if pre.channels == 3 else 0))
-    if augment == "strong":
-        steps.append(v2.TrivialAugmentWide(interpolation=interp))
-    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
-    if augment == "strong":
-        steps.append(v2.RandomErasing(p=0.25))
-    return v2.Compose(steps)
+from cnncli.train.augment import AugmentPlan, train_transform
 
 
 class SampleDataset(Dataset):
     """(tensor, label) for each sample, or (None, label, error) for an unreadable image (dropped by :func:`collate`)."""
 
-    def __init__(self, samples, pre: Preprocessing, augment: str = "none") -> None:
+    def __init__(self, samples, pre: Preprocessing, augment: AugmentPlan | None = None) -> None:
         self.samples = list(samples)
         self.pre = pre
         self.augment = augment
-        self.transform = train_transform(pre, augment) if augment != "none" else None
+        self.transform = train_transform(pre, augment) if augment is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)

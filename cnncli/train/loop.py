@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from cnncli.card import ModelCard
 from cnncli.checkpoint import atomic_path, save_model
 from cnncli.errors import CnncliError, UsageError
+from cnncli.evaluate import TOP5_MIN_CLASSES
 from cnncli.registry_names import DEFAULT_ARCH
 from cnncli.report import info, warn
 from cnncli.train.config import TrainConfig, next_run_dir
@@ -314,6 +315,9 @@ class TrainingRun:
         from cnncli.data.layout import load_dataset
 
         cfg = self.cfg
+        cfg.data = str(Path(cfg.data).expanduser().resolve())  # args.json: resumable from any folder
+        if cfg.val_csv:
+            cfg.val_csv = str(Path(cfg.val_csv).expanduser().resolve())
         self.splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv)
         for message in self.splits.warnings:
             if self.dist.main:
@@ -355,8 +359,11 @@ class TrainingRun:
         pre = self.card.preprocessing
         self.workers = cfg.workers if cfg.workers is not None else default_workers(len(self.splits.train))
         self.generator = torch.Generator()
-        self.train_ds = SampleDataset(self.splits.train, pre, cfg.augment)
-        self.val_ds = SampleDataset(self.splits.val, pre, "none")
+        from cnncli.train.augment import plan_augmentation
+
+        self.augment = plan_augmentation(cfg.augment, cfg.flip, cfg.command, cfg.weights, pre.channels)
+        self.train_ds = SampleDataset(self.splits.train, pre, None if cfg.augment == "none" else self.augment)
+        self.val_ds = SampleDataset(self.splits.val, pre)
         self.skipped = SkippedImages()
 
         self.step_module: nn.Module = self.model
@@ -387,6 +394,7 @@ class TrainingRun:
         groups = param_groups(model, self.final_plan.head, in_optimizer, cfg.learning_rate, cfg.backbone_lr_mult)
         self.optimizer = build_optimizer(groups, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
 
         class_weights = None
         if cfg.balance == "weights":
@@ -406,11 +414,19 @@ class TrainingRun:
         self.history: list[dict] = []
         self.start_epoch, self.best_epoch, self.best_score, self.bad_epochs = 1, 0, None, 0
         self.state_path = self.out / STATE_FILE
+        self.resume_notes: list[str] = []
         if self.cfg.resume:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            if self.cfg.epochs < int(state["epoch"]):
+                raise UsageError(f"{self.out} has already trained {state['epoch']} epochs; --epochs must be at least "
+                                 f"{state['epoch']} to resume it.")
+            planned = getattr(self.cfg, "planned_epochs", self.cfg.epochs)
+            if planned == self.cfg.epochs:
+                self.scheduler.load_state_dict(state["scheduler"])
+            else:
+                self._replan_schedule(planned, int(state["scheduler"].get("last_epoch", 0)))
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.history = list(state["history"])
@@ -422,7 +438,31 @@ class TrainingRun:
             self.out.mkdir(parents=True, exist_ok=True)
             self.cfg.save(self.out / "args.json")
 
+    def _replan_schedule(self, planned: int, steps_done: int) -> None:
+        """--resume with another --epochs: the schedule is planned again over the new total, as if the run had been
+        started with it, and continues at the saved step; args.json records the new total."""
+        from cnncli.train.optim import build_scheduler
+
+        was = self.optimizer.param_groups[0]["lr"]
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", group["lr"])
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": replaying the plan
+            for _ in range(steps_done):
+                self.scheduler.step()
+        now = self.optimizer.param_groups[0]["lr"]
+        self.resume_notes.append(
+            f"--epochs {self.cfg.epochs} (the run was planned for {planned}): the {self.cfg.schedule} schedule is "
+            f"re-planned over {self.cfg.epochs} epochs and continues at its step {steps_done}, learning rate "
+            f"{now:.3g} (it was {was:.3g})")
+        if self.dist.main:
+            self.cfg.save(self.out / "args.json")
+
     def _wrap_for_training(self) -> None:
+        from cnncli.data.eval_split import split_record
         from cnncli.data.layout import calibration_record
 
         cfg, splits, dist, device = self.cfg, self.splits, self.dist, self.device
@@ -439,13 +479,18 @@ class TrainingRun:
             self.ddp_wrap = ddp_wrap
             self.train_fn = ddp_wrap()
 
-        self.summary_base = {"command": cfg.command, "dataset": str(cfg.data), "layout": splits.layout,
+        record = split_record(cfg.data, splits.layout, cfg.val_split, cfg.seed, cfg.val_csv, len(splits.train),
+                              len(splits.val))
+        self.summary_base = {"command": cfg.command, "dataset": record["dataset"], "layout": splits.layout,
                              "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
                              "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
-                             "lr": cfg.learning_rate, "augment": cfg.augment, "calibration": calibration_record(splits)}
+                             "lr": cfg.learning_rate, "augment": cfg.augment, "flip": self.augment.flip,
+                             "calibration": calibration_record(splits), "split": record}
         self.say(f"{cfg.command} {self.card.arch} on {len(splits.train)} train / {len(splits.val)} val images, "
                  f"{len(self.classes)} classes, trainable {cfg.trainable} ({self.final_params:,} parameters), "
-                 f"device {device}, out {self.out}")
+                 f"device {device}, out {self.out}; {self.augment.describe(self.card.preprocessing)}")
+        for note in self.resume_notes:
+            self.say(note)
 
     # ------------------------------------------------------------ one epoch
 
@@ -468,6 +513,7 @@ class TrainingRun:
         if dist.enabled:
             self.train_loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's first step, before the scheduler moves it
         set_train_mode(self.model, cfg.bn)
         train_loss, train_acc, n_seen = _train_epoch(
             cfg, epoch, self.train_fn, self.train_loader, self.optimizer, self.scheduler, self.scaler, self.criterion,
@@ -477,8 +523,8 @@ class TrainingRun:
         if flag.stop:
             self._interrupted(epoch)
         val = _validate(self.step_module, self.val_loader, self.val_criterion, self.device, self.channels_last,
-                        self.amp_dtype, dist, self.note_errors)
-        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                        self.amp_dtype, dist, self.note_errors, len(self.classes))
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
                "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"],
                "seconds": round(time.perf_counter() - t0, 2), "train_img_s": n_seen / max(train_seconds, 1e-9)}
         self.history.append(row)
@@ -515,28 +561,41 @@ class TrainingRun:
         write_results_csv(out / "results.csv", history)
         row = outcome.row
         self.say(f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  val loss "
-                 f"{row['val_loss']:.4f} acc {row['val_acc']:.4f} top5 {row['val_top5']:.4f}  {row['seconds']:.1f} s "
+                 f"{row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+                 + (f" top5 {row['val_top5']:.4f}" if row["val_top5"] is not None else "")
+                 + f"  {row['seconds']:.1f} s "
                  f"(train {row['train_img_s']:.1f} img/s){'  *' if outcome.improved else ''}")
 
     # ------------------------------------------------------------ the whole run
 
     def fit(self, on_epoch_end=None) -> TrainResult:
+        from cnncli.train.tracking import Trackers
+
         cfg = self.cfg
         stopped = "completed"
+        trackers = Trackers(cfg.log if self.dist.main else (), self.out, self.say, warn)
+        trackers.start({k: v for k, v in cfg.to_dict().items() if k not in ("quiet",)})
         if on_epoch_end is not None:
             on_epoch_end(self.start_epoch - 1, self.model)
-        with _StopFlag() as flag:
-            for epoch in range(self.start_epoch, cfg.epochs + 1):
-                outcome = self.run_epoch(epoch, flag)
-                self.save_checkpoint(epoch, outcome)
-                self.dist.barrier()
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, self.model)
-                if cfg.patience is not None and self.bad_epochs >= cfg.patience:
-                    stopped = "early-stopped"
-                    self.say(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
-                    break
-        return self.finish(stopped)
+        try:
+            with _StopFlag() as flag:
+                for epoch in range(self.start_epoch, cfg.epochs + 1):
+                    outcome = self.run_epoch(epoch, flag)
+                    self.save_checkpoint(epoch, outcome)
+                    trackers.log_epoch(epoch, outcome.row)
+                    self.dist.barrier()
+                    if on_epoch_end is not None:
+                        on_epoch_end(epoch, self.model)
+                    if cfg.patience is not None and self.bad_epochs >= cfg.patience:
+                        stopped = "early-stopped"
+                        self.say(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
+                        break
+            result = self.finish(stopped)
+        except BaseException as exc:
+            trackers.finish(self.out, "KILLED" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
+            raise
+        trackers.finish(self.out, "FINISHED")
+        return result
 
     def finish(self, stopped: str) -> TrainResult:
         """metrics.json and the plots for the best epoch (rank 0), the summary, and the process group's end."""
@@ -562,13 +621,44 @@ class TrainingRun:
         return result
 
 
+# options --resume may change; every other option given must match the saved run
+RESUME_CHANGEABLE = ("epochs", "patience", "workers", "device", "amp", "compile", "channels_last", "quiet", "log")
+
+
 def resume_config(cfg: TrainConfig) -> TrainConfig:
-    run = Path(cfg.resume)
+    """The saved run's settings (args.json), with what --resume may change taken from ``cfg``. DATA is optional
+    (the run records it); any other option given on the command line (``cfg.explicit``) that differs from the
+    run's is refused in one sentence, never ignored."""
+    run = Path(cfg.resume).expanduser()
     if not (run / STATE_FILE).is_file() or not (run / "args.json").is_file():
         raise UsageError(f"{run} has no {STATE_FILE} and args.json to resume from; pass a run folder made by cnncli train.")
     saved = TrainConfig.load(run / "args.json")
-    saved.resume, saved.out = str(run), str(run)
+    if cfg.out and Path(cfg.out).expanduser().resolve() != run.resolve():
+        raise UsageError(f"--resume continues the run in {run}; drop --out {cfg.out} (or start a new run there without --resume).")
+    recorded = Path(saved.data).expanduser()
+    if cfg.data:
+        if recorded.is_absolute() and Path(cfg.data).expanduser().resolve() != recorded.resolve():
+            raise UsageError(f"--resume {run} trains on {saved.data}, not {cfg.data}; drop DATA to continue the run, "
+                             "or start a new run on the new data.")
+        saved.data = str(Path(cfg.data).expanduser().resolve())
+    elif not recorded.exists():
+        raise UsageError(f"the dataset of {run}, {saved.data}, is not found from here; pass it as DATA.")
+    differing = [name for name in sorted(cfg.explicit) if name not in RESUME_CHANGEABLE + ("data", "out", "resume")
+                 and getattr(cfg, name) != getattr(saved, name)]
+    if differing:
+        name = differing[0]
+        more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+        raise UsageError(
+            f"--resume continues {run} with its saved settings, but --{name.replace('_', '-')} {getattr(cfg, name)} "
+            f"differs from the run's {getattr(saved, name)}{more}; only --{', --'.join(n.replace('_', '-') for n in RESUME_CHANGEABLE)} "
+            "can change on resume: drop it, or start a new run.")
+    planned = saved.epochs
+    for name in RESUME_CHANGEABLE:
+        if name in cfg.explicit:
+            setattr(saved, name, getattr(cfg, name))
     saved.quiet = cfg.quiet
+    saved.resume, saved.out = str(run), str(run)
+    saved.planned_epochs = planned
     return saved
 
 
@@ -673,19 +763,19 @@ def _predict(module, loader, device, channels_last, amp_dtype, note_errors):
     return torch.cat(logits), torch.cat(labels)
 
 
-def _validate(module, loader, criterion, device, channels_last, amp_dtype, dist, note_errors) -> dict:
+def _validate(module, loader, criterion, device, channels_last, amp_dtype, dist, note_errors, num_classes) -> dict:
     logits, labels = _predict(module, loader, device, channels_last, amp_dtype, note_errors)
     n = len(labels)
     if n:
         loss = criterion(logits, labels).item()
         top1 = (logits.argmax(1) == labels).sum().item()
-        k = min(5, logits.shape[1])
-        top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum().item()
+        top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]).any(1).sum().item()
     else:
         loss = top1 = top5 = 0.0
     loss, top1, top5, n = dist.all_sum([loss, top1, top5, n])
     n = max(n, 1)
-    return {"loss": loss / n, "acc": top1 / n, "top5": top5 / n}
+    reported = top5 / n if num_classes >= TOP5_MIN_CLASSES else None  # top-5 of 5 classes or fewer is always 1
+    return {"loss": loss / n, "acc": top1 / n, "top5": reported}
 
 
 def _final_outputs(out, model, step_module, val_ds, val_loader, device, channels_last, amp_dtype, classes, history,
@@ -711,6 +801,6 @@ def _final_outputs(out, model, step_module, val_ds, val_loader, device, channels
         "evaluation": result.to_dict(),
     }
     write_json(out / "metrics.json", metrics)
-    plot_curves(out / "curves.png", history)
+    plot_curves(out / "curves.png", history, best_epoch)
     plot_confusion_matrix(out / "confusion_matrix.png", result.confusion_matrix, classes)
     return metrics

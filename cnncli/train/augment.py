@@ -1,0 +1,114 @@
+"""Training augmentation: presets that are safe for any image classification task by default, and the rule that
+decides the horizontal flip.
+
+``light`` (the default) keeps the eval preprocessing's framing and adds geometric jitter scaled to the input size
+(shift up to 10% of it, scale 0.9-1.1, rotation up to 10 degrees) with the border replicated, so digits, text,
+signs and medical images keep their meaning. ``standard`` adds random-resized crops (down to 35% of the area) and
+colour jitter; ``strong`` adds TrivialAugment and random erasing: both suit natural photos and large datasets.
+``none`` is the eval preprocessing alone.
+
+The horizontal flip changes the meaning of anything with a handedness (digits, letters, traffic signs), so it is
+off unless asked for (``--flip``) or the data are presumed natural photos: ``finetune`` from ImageNet weights on
+3-channel images (``--no-flip`` turns it off there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cnncli.card import Preprocessing
+
+PRESETS = ("none", "light", "standard", "strong")
+SHIFT = 0.10  # of the input size
+SCALE = (0.9, 1.1)
+DEGREES = 10.0
+CROP_AREA = {"standard": 0.35, "strong": 0.25}
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    preset: str
+    flip: bool
+    flip_reason: str
+
+    def describe(self, pre: Preprocessing) -> str:
+        """One sentence for the log line that opens the run."""
+        size = max(pre.input_size)
+        if self.preset == "none":
+            what = "augment none (the eval preprocessing only)"
+        elif self.preset == "light":
+            what = (f"augment light: shift up to {SHIFT * size:.0f} px ({SHIFT:.0%} of {size} px), scale "
+                    f"{SCALE[0]:g}-{SCALE[1]:g}, rotation up to {DEGREES:g} degrees")
+        else:
+            what = (f"augment {self.preset}: random-resized crop down to {CROP_AREA[self.preset]:.0%} of the area, "
+                    "colour jitter" + (", TrivialAugment, random erasing" if self.preset == "strong" else ""))
+        if self.preset == "none":
+            return what
+        return what + ("; horizontal flip" if self.flip else "; no horizontal flip") + f" ({self.flip_reason})"
+
+
+def is_imagenet_weights(weights: str | None) -> bool:
+    """Registry weights ("default", a torchvision enum name): ImageNet. A file (state dict, cnncli model) or
+    "none": unknown origin, so not presumed natural photos."""
+    if not weights or weights == "none":
+        return False
+    return "/" not in weights and "." not in weights
+
+
+def plan_augmentation(preset: str, flip: bool | None, command: str, weights: str | None, channels: int) -> AugmentPlan:
+    """The preset and the flip decision with its reason (see the module docstring)."""
+    if flip is True:
+        return AugmentPlan(preset, True, "asked for with --flip")
+    if flip is False:
+        return AugmentPlan(preset, False, "--no-flip")
+    if command == "finetune" and is_imagenet_weights(weights) and channels == 3:
+        return AugmentPlan(preset, True, "fine-tuning ImageNet weights on colour images: natural photos presumed; "
+                                         "--no-flip if mirroring changes the class")
+    return AugmentPlan(preset, False, "mirrored digits, letters and signs change meaning; --flip adds it")
+
+
+class EvalFraming:
+    """PIL image -> the eval preprocessing's resized, cropped or padded PIL image (no normalisation)."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.pre = pre
+
+    def __call__(self, img):
+        from PIL import Image
+
+        from cnncli.images import preprocess_pixels
+
+        arr = preprocess_pixels(img, self.pre)
+        return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+
+
+def train_transform(pre: Preprocessing, plan: AugmentPlan):
+    """The torchvision v2 pipeline for ``plan`` (PIL image in, normalised float tensor out); None for ``none``."""
+    if plan.preset == "none":
+        return None
+    from torchvision.transforms import InterpolationMode, v2
+
+    size = list(pre.input_size)
+    interp = InterpolationMode(pre.interpolation)
+    if plan.preset == "light":
+        # pad by replicating the border, jitter, crop the centre back: the corners a shift or a rotation uncovers
+        # show the image's own edge, not a colour it never had
+        pad = int(np.ceil(0.3 * max(size)))
+        steps = [EvalFraming(pre), v2.Pad(pad, padding_mode="edge"),
+                 v2.RandomAffine(DEGREES, translate=(SHIFT * size[1] / (size[1] + 2 * pad), SHIFT * size[0] / (size[0] + 2 * pad)),
+                                 scale=SCALE, interpolation=interp),
+                 v2.CenterCrop(size)]
+    else:
+        steps = [v2.RandomResizedCrop(size, scale=(CROP_AREA[plan.preset], 1.0), interpolation=interp, antialias=True),
+                 v2.ColorJitter(0.3, 0.3, 0.3, 0.05 if pre.channels == 3 else 0)]
+        if plan.preset == "strong":
+            steps.append(v2.TrivialAugmentWide(interpolation=interp))
+    if plan.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    if plan.preset == "strong":
+        steps.append(v2.RandomErasing(p=0.25))
+    return v2.Compose(steps)
