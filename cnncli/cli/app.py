@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in argv:
         argv.remove("--debug")
         debug = True
+    if "--ray" in argv:  # an option with an optional value (Typer has none)
+        from cnncli.scale import with_ray_address
+
+        argv = with_ray_address(argv)
     from cnncli.errors import CnncliError
 
     try:

@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
         top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to report per image."),
         batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout."),
+        fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv, or parquet (numbered part files in the --output folder)."),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout: a file, or a folder for --format parquet; a URI (s3://bucket/preds/) works too."),
         recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Look into sub-folders."),
         workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Worker processes (default: one per engine thread; 0: everything in this process)."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
@@ -28,9 +28,25 @@ def register(app: typer.Typer) -> None:
         engine_name: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch, onnx or openvino (the same cached export compiled by OpenVINO for the CPU)."),
         precision: str = typer.Option("fp32", "--precision", help="fp32; int8 (static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records); bf16 (OpenVINO on CPUs with AVX-512 BF16 or AMX)."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
+        ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray: alone, a local Ray on this machine's cores (or RAY_ADDRESS); with HOST:PORT, join that cluster. Writes --format parquet."),
+        shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per parquet part file (the unit of resuming)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a --format parquet job in --output, skipping its finished parts (also automatic when the folder's manifest matches)."),
     ) -> None:
         """Classify images. Exit code 0 if every image was classified, 1 if any failed, 2 for usage errors."""
         from cnncli.errors import UsageError
+        from cnncli.scale import wants_scale
+
+        if wants_scale(inputs, output, fmt, ray):  # URIs, parquet parts, Ray: cnncli/scale/
+            from cnncli.scale.job import ScaleOptions, run
+
+            code = run(ScaleOptions(
+                inputs=list(inputs), models=list(model or [None]), weights=weights, top_k=top_k, batch_size=batch_size,
+                device=device, fmt=fmt, output=output, recursive=recursive, workers=workers, tta=tta, threads=threads,
+                engine=engine_name, precision=precision, calib=str(calib) if calib else None, shard_size=shard_size,
+                resume=resume, ray=ray))
+            if code:
+                raise typer.Exit(code)
+            return
         from cnncli.report import FORMATS, PredictionWriter, err_console, warn
 
         if fmt not in FORMATS:

@@ -1,0 +1,190 @@
+"""A predict job at scale, from the command line's options to the summary: list the inputs, cut them into
+shards, check the output folder's manifest (resume or refuse), run the missing shards in this process or on Ray,
+report progress, and return the exit code (0 all classified, 1 some images failed, 2 usage errors raise)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnncli.errors import UsageError
+from cnncli.scale import is_uri
+
+STREAM_FORMATS = ("table", "json", "jsonl", "csv")
+
+
+@dataclass
+class ScaleOptions:
+    inputs: list[str]
+    models: list[str | None] = field(default_factory=lambda: [None])
+    weights: str | None = None
+    top_k: int = 5
+    batch_size: int = 32
+    device: str = "auto"
+    fmt: str = "parquet"
+    output: str | None = None
+    recursive: bool = True
+    workers: int | None = None
+    tta: bool = False
+    threads: int | None = None
+    engine: str = "auto"
+    precision: str = "fp32"
+    calib: str | None = None
+    shard_size: int = 1000
+    resume: bool = False
+    ray: str | None = None  # "local" for a local Ray, or an address
+
+
+def model_identity_of(spec: str | None, weights: str | None) -> str:
+    """A model's identity for the manifest and part metadata: the file's sha256, or the registry name + weights."""
+    from cnncli.engines import is_onnx_spec
+    from cnncli.engines.cache import model_identity
+    from cnncli.weights import sha256_of
+
+    if is_onnx_spec(spec):
+        return "sha256:" + sha256_of(Path(spec))
+    name, fingerprint = model_identity(spec, weights)
+    return fingerprint.replace("file:", "sha256:", 1) if fingerprint.startswith("file:") else fingerprint
+
+
+def _validate(opts: ScaleOptions) -> None:
+    if opts.fmt != "parquet" and opts.fmt not in STREAM_FORMATS:
+        raise UsageError(f"unknown --format {opts.fmt!r}; choose one of: {', '.join(STREAM_FORMATS)}, parquet.")
+    if opts.fmt == "parquet" and not opts.output:
+        raise UsageError("--format parquet writes numbered part files into a folder; add --output FOLDER "
+                         "(a path, or a URI such as s3://bucket/preds/).")
+    if opts.ray is not None and opts.fmt != "parquet":
+        raise UsageError("--ray writes parquet part files; add --format parquet --output FOLDER.")
+
+
+def _decode_threads(workers: int | None) -> int:
+    return min(4, os.cpu_count() or 1) if workers is None else workers
+
+
+def run(opts: ScaleOptions) -> int:
+    from cnncli.scale.sources import list_inputs
+
+    _validate(opts)
+    address = None
+    if opts.ray is not None:
+        from cnncli.scale.ray_runner import check_reachable, resolve_address
+
+        address = resolve_address(opts.ray)
+        if address is not None:
+            check_reachable(address)  # before listing: an unreachable cluster fails in seconds
+    paths = list_inputs(opts.inputs, recursive=opts.recursive)
+    if opts.fmt != "parquet":
+        return _run_stream(opts, paths)
+    return _run_parts(opts, paths, address)
+
+
+def _open_engine(opts: ScaleOptions, for_ray: bool):
+    from cnncli.engines import open_engines
+
+    return open_engines(opts.models or [None], device="cpu" if for_ray else opts.device, weights=opts.weights,
+                        threads=opts.threads, tta=opts.tta, engine="onnx" if for_ray and opts.engine == "auto"
+                        else opts.engine, precision=opts.precision, calib=opts.calib)
+
+
+def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int:
+    from cnncli.report import info
+    from cnncli.scale.parts import Job, OutputFolder, check_output, inputs_fingerprint, shard_bounds
+    from cnncli.scale.progress import JobProgress, print_summary
+
+    settings = {"top_k": opts.top_k, "tta": opts.tta, "precision": opts.precision,
+                "weights": opts.weights, "recursive": opts.recursive}
+    job = Job(inputs_sha256=inputs_fingerprint(paths), inputs=len(paths),
+              model=[model_identity_of(m, opts.weights) for m in (opts.models or [None])],
+              settings=settings, shard_size=opts.shard_size)
+    folder = OutputFolder(opts.output)
+    # refusals first (missing bucket, another job's folder), then the model, then Ray; the manifest is written
+    # only when all of them are ready, so a failed start leaves the folder as it was
+    done, known = check_output(folder, job, opts.resume)
+    if known and len(done) == job.shards:
+        info(f"all {job.shards} parts of this job are already in {folder}; nothing to do.")
+        return 0
+    engine = _open_engine(opts, for_ray=opts.ray is not None)
+    ray = None
+    if opts.ray is not None:
+        from cnncli.scale.ray_runner import connect
+
+        ray = connect(address)
+    try:
+        if not known:
+            folder.write_manifest(job)
+        bounds = shard_bounds(len(paths), opts.shard_size)
+        todo = [i for i in range(len(bounds)) if i not in done]
+        if done:
+            info(f"resuming: {len(done)} of {len(bounds)} parts are already in {folder}; writing the other "
+                 f"{len(todo)}.")
+        remaining = sum(bounds[i][1] - bounds[i][0] for i in todo)
+        with JobProgress(remaining) as progress:
+            if ray is not None:
+                from cnncli.scale.ray_runner import run_on_ray
+
+                written = run_on_ray(ray, engine, opts, job, folder, paths, bounds, todo, progress)
+            else:
+                written = _run_local(engine, opts, job, folder, paths, bounds, todo, progress)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    print_summary(progress, folder.location, parts_written=written, parts_skipped=len(done))
+    return 1 if progress.failed else 0
+
+
+def _run_local(engine, opts, job, folder, paths, bounds, todo, progress) -> int:
+    from cnncli.scale.shards import ShardPredictor, run_shard
+
+    predictor = ShardPredictor(engine, opts.top_k, opts.batch_size, decode_threads=_decode_threads(opts.workers))
+    written = 0
+    try:
+        for index in todo:
+            start, stop = bounds[index]
+            result = run_shard(predictor, folder, job, index, paths[start:stop], on_batch=progress.advance)
+            written += result.written
+    finally:
+        predictor.close()
+    return written
+
+
+def _run_stream(opts: ScaleOptions, paths: list[str]) -> int:
+    """table/json/jsonl/csv for URI inputs or a URI --output: one process, results in input order; a URI output
+    is uploaded whole when the job is done (nothing half-written appears under its name)."""
+    import sys
+    import tempfile
+
+    from cnncli.report import PredictionWriter, warn
+    from cnncli.scale.progress import JobProgress, print_summary
+    from cnncli.scale.shards import ShardPredictor
+
+    engine = _open_engine(opts, for_ray=False)
+    predictor = ShardPredictor(engine, opts.top_k, opts.batch_size, decode_threads=_decode_threads(opts.workers))
+    target = None
+    if opts.output and is_uri(opts.output):
+        from cnncli.scale.sources import filesystem
+
+        target = filesystem(opts.output)
+        stream = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
+    elif opts.output:
+        stream = open(opts.output, "w", encoding="utf-8", newline="")
+    else:
+        stream = sys.stdout
+    writer = PredictionWriter(opts.fmt, stream, opts.top_k)
+    try:
+        with JobProgress(len(paths)) as progress:
+            for pred in predictor.predict(paths, on_batch=progress.advance):
+                if pred.error is not None:
+                    warn(pred.error)
+                writer.write(pred)
+        writer.close()
+        if target is not None:
+            fs, key = target
+            stream.seek(0)
+            fs.pipe_file(key, stream.read().encode("utf-8"))
+    finally:
+        predictor.close()
+        if stream is not sys.stdout:
+            stream.close()
+    print_summary(progress, opts.output or "stdout")
+    return 1 if progress.failed else 0

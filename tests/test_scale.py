@@ -1,0 +1,237 @@
+"""Predict at scale (issue 12) without Ray: a real S3 API (moto's server on 127.0.0.1) in and out, parquet parts
+with a manifest, crash (SIGKILL) and resume, refusals in one sentence. Every test here fails on the old main,
+which had no URI inputs, no --format parquet and no --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scale_helpers import (assert_rows_match, free_port, jsonl_rows, kill_after_parts, read_parts, run_cnncli,
+                           tiny_onnx, write_images)
+
+BUCKET = "photos"
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scale-small")
+    write_images(folder, 240)
+    (folder / "notes.txt").write_text("not an image extension")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_rows(small_set, tiny_onnx) -> dict[str, dict]:
+    """Plain local `cnncli predict` on the same files (jsonl), by path relative to the folder."""
+    result = run_cnncli("predict", small_set, "--model", tiny_onnx, "--format", "jsonl", "--top-k", "3")
+    assert result.returncode == 1, result.stderr  # the corrupt files
+    return {str(Path(p).relative_to(small_set)): r for p, r in jsonl_rows(result.stdout).items()}
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    """moto's S3 server on a free loopback port; yields the environment that points AWS clients at it."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.2)
+        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch):
+    for key, value in moto_server.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    return moto_server
+
+
+def _s3():
+    import boto3
+
+    return boto3.client("s3")
+
+
+def test_s3_prefix_to_s3_parquet_equals_local_predict(run_cli, s3_env, small_set, tiny_onnx, local_rows):
+    """Acceptance 1: 240 images (some corrupt) in a real S3 API, `predict s3://... --output s3://.../preds/
+    --format parquet`: every object exactly once, rows equal to local predict (top-1, probs within 1e-5)."""
+    s3 = _s3()
+    s3.create_bucket(Bucket=BUCKET)
+    for path in sorted(small_set.rglob("*")):
+        if path.is_file():
+            s3.put_object(Bucket=BUCKET, Key=f"imgs/{path.relative_to(small_set)}", Body=path.read_bytes())
+    s3.put_object(Bucket=BUCKET, Key="imgs/.hidden/skip.jpg", Body=(small_set / "d1" / "img00001.jpg").read_bytes())
+
+    result = run_cli("predict", f"s3://{BUCKET}/imgs/", "--model", tiny_onnx, "--output", f"s3://{BUCKET}/preds/",
+                     "--format", "parquet", "--shard-size", "64", "--top-k", "3")
+    assert result.code == 1, result.err  # corrupt objects are rows with an error, the job still finishes
+    err = " ".join(result.err.split())
+    assert "240 images, 7 failed" in err and f"4 parts in s3://{BUCKET}/preds/" in err and "Traceback" not in err
+
+    import pyarrow.parquet as pq
+    import io
+
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="preds/")["Contents"])
+    assert keys == ["preds/_cnncli_manifest.json"] + [f"preds/part-{i:06d}.parquet" for i in range(4)]
+    rows, metadata = {}, None
+    for key in keys[1:]:
+        table = pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+        metadata = table.schema.metadata
+        for row in table.to_pylist():
+            assert row["path"] not in rows
+            rows[row["path"]] = row
+    prefix = f"s3://{BUCKET}/imgs/"
+    assert all(p.startswith(prefix) for p in rows)
+    assert_rows_match(rows, local_rows, key=lambda p: p[len(prefix):])
+    from cnncli import __version__
+    from cnncli.weights import sha256_of
+
+    assert json.loads(metadata[b"cnncli.model"]) == ["sha256:" + sha256_of(tiny_onnx)]
+    assert metadata[b"cnncli.version"].decode() == __version__ and metadata[b"cnncli.top_k"] == b"3"
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read())
+    assert manifest["inputs"]["count"] == 240 and manifest["shard_size"] == 64 and manifest["shards"] == 4
+
+    # the same command again: the manifest matches, every part is there, nothing is rewritten
+    before = {k: s3.head_object(Bucket=BUCKET, Key=k)["ETag"] for k in keys}
+    again = run_cli("predict", f"s3://{BUCKET}/imgs/", "--model", tiny_onnx, "--output", f"s3://{BUCKET}/preds/",
+                    "--format", "parquet", "--shard-size", "64", "--top-k", "3")
+    assert again.code == 0 and "nothing to do" in " ".join(again.err.split())
+    assert {k: s3.head_object(Bucket=BUCKET, Key=k)["ETag"] for k in keys} == before
+
+
+def test_s3_missing_bucket_and_unreachable_endpoint_exit_2_in_one_sentence(run_cli, s3_env, tiny_onnx, small_set,
+                                                                           tmp_path, monkeypatch):
+    result = run_cli("predict", "s3://no-such-bucket/imgs/", "--model", tiny_onnx, "--format", "parquet",
+                     "--output", tmp_path / "out")
+    assert result.code == 2 and "no-such-bucket" in result.err and "does not exist" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+    result = run_cli("predict", small_set, "--model", tiny_onnx, "--format", "parquet",
+                     "--output", "s3://no-such-bucket/preds/")
+    assert result.code == 2 and "does not exist" in result.err and len(result.err.strip().splitlines()) == 1
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    start = time.monotonic()
+    result = run_cli("predict", "s3://photos/imgs/", "--model", tiny_onnx, "--format", "parquet",
+                     "--output", tmp_path / "out2")
+    assert result.code == 2 and "cannot reach s3://photos/imgs/" in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1 and time.monotonic() - start < 60
+
+
+def test_memory_uri_inputs_stream_jsonl_like_local(run_cli, small_set, tiny_onnx, local_rows):
+    """Any installed fsspec backend works as input (memory:// here), with the plain output formats too."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for path in small_set.rglob("*.*"):
+        fs.pipe_file(f"/scale-test/{path.relative_to(small_set)}", path.read_bytes())
+    out = run_cli("predict", "memory://scale-test/", "--model", tiny_onnx, "--format", "jsonl", "--top-k", "3")
+    assert out.code == 1
+    rows = jsonl_rows(out.out)
+    prefix = "memory:///scale-test/"
+    assert set(rows) == {prefix + k for k in local_rows}
+    for path, row in rows.items():
+        ref = local_rows[path[len(prefix):]]
+        assert ("error" in row) == ("error" in ref)
+        if "top" in row:
+            assert row["top"][0]["index"] == ref["top"][0]["index"]
+            assert np.allclose([t["prob"] for t in row["top"]], [t["prob"] for t in ref["top"]], atol=1e-5)
+
+
+def test_crash_and_resume_single_process(tmp_path, tiny_onnx):
+    """Acceptance 3 (single process): 2,000 images, SIGKILL after some parts; the re-run writes only the missing
+    parts and the union holds each input exactly once."""
+    images = tmp_path / "imgs"
+    paths = write_images(images, 2000, seed=1)
+    out = tmp_path / "out"
+    args = ["predict", images, "--model", tiny_onnx, "--format", "parquet", "--output", out, "--shard-size", "100",
+            "--batch-size", "4", "--workers", "0"]
+    before = kill_after_parts(args, out, parts=3, total=20)
+    stat = {n: (out / n).stat() for n in os.listdir(out) if n.startswith("part-")}
+    result = run_cnncli(*args)
+    assert result.returncode == 1, result.stderr  # corrupt images among them
+    err = " ".join(result.stderr.split())
+    assert f"resuming: {before} of 20 parts" in err and f"{20 - before} parts in {out} ({before} already there" in err
+    for name, st in stat.items():  # finished parts are not rewritten
+        assert (out / name).stat().st_ino == st.st_ino and (out / name).stat().st_mtime_ns == st.st_mtime_ns
+    names, rows = read_parts(out)
+    assert names == [f"part-{i:06d}.parquet" for i in range(20)]
+    assert set(rows) == {str(p) for p in paths}
+    assert sum(r["error"] is not None for r in rows.values()) == len([i for i in range(2000) if i % 37 == 5])
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_other_job_in_the_output_folder_is_refused(run_cli, small_set, tiny_onnx, tmp_path):
+    out = tmp_path / "out"
+    first = run_cli("predict", small_set, "--model", tiny_onnx, "--format", "parquet", "--output", out,
+                    "--shard-size", "100")
+    assert first.code == 1 and len(read_parts(out)[0]) == 3
+    for other in (["--top-k", "2"], ["--shard-size", "50"], ["--model", tiny_onnx, "--tta"]):
+        result = run_cli("predict", small_set, "--model", tiny_onnx, "--format", "parquet", "--output", out,
+                         "--shard-size", "100", *other)
+        assert result.code == 2 and "holds the parts of another job" in result.err, result.err
+        assert result.err.startswith("error:") and len(result.err.strip().splitlines()) == 1
+    (out / "_cnncli_manifest.json").unlink()
+    result = run_cli("predict", small_set, "--model", tiny_onnx, "--format", "parquet", "--output", out)
+    assert result.code == 2 and "no cnncli manifest" in result.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "parquet"], "add --output FOLDER"),
+    (["--ray", "--format", "jsonl"], "--ray writes parquet part files"),
+    (["--format", "parquet", "--output", "{tmp}/o", "--ray", "127.0.0.1:{port}"], "cannot reach the Ray cluster"),
+    (["--format", "parquet", "--output", "{tmp}/o", "--ray", "nohost.invalid:6379"], "cannot reach the Ray cluster"),
+])
+def test_usage_errors_exit_2_in_one_sentence(run_cli, small_set, tiny_onnx, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, port=free_port()) for a in args]
+    start = time.monotonic()
+    result = run_cli("predict", small_set, "--model", tiny_onnx, *args)
+    assert result.code == 2 and message in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1 and time.monotonic() - start < 30
+    assert not (tmp_path / "o").exists()
+
+
+def test_bytes_decoding_gives_the_file_pixels(small_set):
+    """Objects are decoded from memory with the same code as files: identical pixels, identical errors."""
+    from cnncli.card import Preprocessing
+    from cnncli.errors import ImageError
+    from cnncli.images import load_pixels, load_pixels_from_bytes
+
+    pre = Preprocessing(input_size=(32, 32))
+    for path in sorted(small_set.rglob("img*"))[:40]:
+        try:
+            expected = load_pixels(path, pre)
+        except ImageError as exc:
+            with pytest.raises(ImageError) as caught:
+                load_pixels_from_bytes(path.read_bytes(), str(path), pre)
+            assert str(caught.value) == str(exc)
+            continue
+        assert np.array_equal(load_pixels_from_bytes(path.read_bytes(), str(path), pre), expected)
