@@ -56,7 +56,7 @@ def print_summary(progress: JobProgress, location: str, parts_written: int | Non
         where = f"{parts_written} part{'s' if parts_written != 1 else ''} in {location}"
         if parts_skipped:
             where += f" ({parts_skipped} already there, skipped)"
-    info(f"{progress.images:,} images, {progress.failed:,} failed, {progress.seconds:.1f} s, "
+    info(f"{progress.images:,} image{'s' if progress.images != 1 else ''}, {progress.failed:,} failed, {progress.seconds:.1f} s, "
          f"{progress.rate:,.1f} img/s -> {where}"
          + (" (failed rows carry their reason in the error column)" if progress.failed and parts_written is not None
             else ""))
