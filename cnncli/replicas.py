@@ -1,5 +1,5 @@
-"""Data-parallel prediction on CPU: one worker process per share of the cores, each with its own copy of the
-engine, decoding its own batches and running them, so no core waits for another.
+"""Data-parallel prediction on CPU: one replica of the engine per share of the cores (this process and worker
+processes), each decoding its own batches and running them, so no core waits for another.
 
 Why: with separate decoder processes and a multi-threaded engine on the same cores, a decoder preempts an engine
 thread inside a parallel section and its sibling threads wait at the barrier; predict reached 0.57-0.83 of the
@@ -87,12 +87,13 @@ def open_recipe(recipe: tuple, threads: int):
     return OpenVinoEngine(path, threads=threads, precision=precision)
 
 
-def _score(paths: list[str], errors: dict[str, str]) -> ScoredBatch:
+def _score(paths: list[str], errors: dict[str, str], engine=None) -> ScoredBatch:
     from cnncli.images import normalize
 
-    pre = _ENGINE.card.preprocessing
+    engine = engine or _ENGINE
+    pre = engine.card.preprocessing
     decoded = _decode_pixels(paths, pre, errors)
-    probs = _ENGINE.predict_proba(normalize(decoded.pixels, pre)) if decoded.pixels is not None else None
+    probs = engine.predict_proba(normalize(decoded.pixels, pre)) if decoded.pixels is not None else None
     return ScoredBatch(paths=decoded.paths, probs=probs, ok=decoded.ok, errors=decoded.errors)
 
 
@@ -103,35 +104,49 @@ def replicable(engine) -> bool:
 def scored_batches(engine, items: list[InputItem], batch_size: int = 32, workers: int | None = None,
                    threads: int | None = None, prefetch: int = 1) -> Iterator[ScoredBatch]:
     """Probabilities for ``items`` in batches, in input order, from replicas of ``engine`` (which must be
-    :func:`replicable`); at most ``replicas + prefetch`` batches in flight. Falls back to ``engine`` in this
-    process if the replicas cannot start or die."""
+    :func:`replicable`). This process is one of the replicas: it takes the next batch itself whenever the batch due
+    next is not ready yet (so it works while the worker processes start, and never idles); the other
+    ``replicas - 1`` are worker processes with at most ``replicas + prefetch`` batches in flight. If the workers
+    cannot start or die, this process finishes their batches."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures import Future, ProcessPoolExecutor
 
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     jobs = [([it.path for it in chunk], {it.path: it.error for it in chunk if it.error}) for chunk in chunks]
     replicas, per = replica_plan(workers, threads)
-    replicas = min(replicas, len(jobs))
-    done = 0
-    pending: deque = deque()
+    replicas = max(1, min(replicas, len(jobs)))
+    recipe = engine.replica_recipe()
+    local = engine if getattr(engine, "threads", None) == per else open_recipe(recipe, per)
+    pool = None
+    if replicas > 1:
+        pool = ProcessPoolExecutor(max_workers=replicas - 1, mp_context=mp.get_context("spawn"),
+                                   initializer=_start_replica, initargs=(recipe, per, os.getpid()))
+    pending: deque = deque()  # (job index, Future or ScoredBatch), in job order
+    next_job, broken = 0, False
     try:
-        with ProcessPoolExecutor(max_workers=replicas, mp_context=mp.get_context("spawn"), initializer=_start_replica,
-                                 initargs=(engine.replica_recipe(), per, os.getpid())) as pool:
-            for paths, errors in jobs[: replicas + prefetch]:
-                pending.append(pool.submit(_score, paths, errors))
-            while pending:
-                result = pending.popleft().result()
-                nxt = done + len(pending) + 1
-                if nxt < len(jobs):
-                    pending.append(pool.submit(_score, *jobs[nxt]))
-                done += 1
-                yield result
-    except BrokenProcessPool:
-        from cnncli.report import warn
+        while pending or next_job < len(jobs):
+            in_pool = sum(isinstance(entry, Future) for _, entry in pending)
+            while pool is not None and not broken and next_job < len(jobs) and in_pool < replicas - 1 + prefetch:
+                pending.append((next_job, pool.submit(_score, *jobs[next_job])))
+                next_job, in_pool = next_job + 1, in_pool + 1
+            index, head = pending[0] if pending else (None, None)
+            ready = head is not None and (not isinstance(head, Future) or head.done())
+            if not ready and next_job < len(jobs):  # work instead of waiting
+                pending.append((next_job, _score(*jobs[next_job], engine=local)))
+                next_job += 1
+                continue
+            pending.popleft()
+            if isinstance(head, Future):
+                try:
+                    head = head.result()
+                except Exception:  # noqa: BLE001 - a worker died (BrokenProcessPool) or could not start
+                    if not broken:
+                        from cnncli.report import warn
 
-        warn("the predict worker processes stopped; running the remaining images in this process.")
-        global _ENGINE
-        _ENGINE = engine
-        for paths, errors in jobs[done:]:
-            yield _score(paths, errors)
+                        warn("the predict worker processes stopped; running the remaining images in this process.")
+                    broken = True
+                    head = _score(*jobs[index], engine=local)
+            yield head
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,7 @@ from PIL import Image
 from cnncli.engines import open_engine
 from cnncli.pipeline import collect_inputs
 from cnncli.predict import predict_items
-from cnncli.replicas import replica_plan, replicable, scored_batches
+from cnncli.replicas import replica_plan, replicable
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,8 @@ def test_replicas_match_the_engine_in_this_process_bit_for_bit(tiny_model_file, 
     assert replicable(engine)
     items = collect_inputs([str(folder)])
     here = list(predict_items(engine, items, k=3, batch_size=4, workers=0))
-    batches = list(scored_batches(engine, items, batch_size=4, workers=2))
-    assert [p for b in batches for p in b.paths] == [it.path for it in items]  # input order
-    there = list(predict_items(engine, items, k=3, batch_size=4))  # the default: replicas
-    assert [p.path for p in there] == [p.path for p in here]
+    there = list(predict_items(engine, items, k=3, batch_size=4))  # the default: replicas (2 cores: 1 worker + here)
+    assert [p.path for p in there] == [p.path for p in here] == [it.path for it in items]  # input order
     assert [p.top for p in there] == [p.top for p in here]  # same classes and identical probabilities
     bad = [p for p in there if not p.ok]
     assert len(bad) == 1 and bad[0].path.endswith("img_10b.jpg") and "img_10b.jpg" in bad[0].error
@@ -52,3 +50,22 @@ def test_torch_engine_is_not_replicated(tiny_model_file):
 ])
 def test_replica_plan_shares_the_cores(workers, threads, cores, plan):
     assert replica_plan(workers, threads, cores) == plan
+
+
+def test_workers_that_cannot_start_leave_the_work_to_this_process(tiny_model_file, folder, capsys):
+    engine = open_engine(str(tiny_model_file), device="cpu", threads=1)
+
+    class Unstartable:  # the same engine, whose worker processes fail to open their copy
+        card, threads, name = engine.card, 1, engine.name
+
+        def predict_proba(self, batch):
+            return engine.predict_proba(batch)
+
+        def replica_recipe(self):
+            return ("onnx", str(folder / "missing.onnx"), "fp32")
+
+    items = collect_inputs([str(folder)])
+    here = list(predict_items(engine, items, k=3, batch_size=4, workers=0))
+    there = list(predict_items(Unstartable(), items, k=3, batch_size=4, workers=2))
+    assert [p.top for p in there] == [p.top for p in here]
+    assert "worker processes stopped" in capsys.readouterr().err
