@@ -1,9 +1,14 @@
-"""PyTorch eager vs onnxruntime fp32 vs onnxruntime static int8 on the default model, in one run, same threads.
+"""PyTorch eager vs onnxruntime fp32 vs onnxruntime static int8 vs OpenVINO f32 and bf16 on the default model, in
+one run, same threads.
 
-Prints: p50/p95 latency at batch 1, throughput at batch 32, the ratio to PyTorch eager, int8 top-1 agreement with
-fp32 on two sets of real images (labelled ImageNet validation images and photo crops, see common.py) with fp32's
-top-1/top-2 probabilities on every image where int8 differs, and the cold start of `cnncli predict one.jpg` with
-the .onnx file versus the default (PyTorch) path (subprocess wall time, median of a few runs).
+Prints: p50/p95 latency at batch 1, throughput at batch 32, the ratio to PyTorch eager; for int8 and bf16 the
+figures as the field judges them (cnncli.precision_judge): (a) top-1 accuracy on the labelled ImageNet validation
+images against fp32's, (b) agreement where fp32's top-1 leads by >= 0.10, (c) batch-32 throughput over fp32's
+(int8 over onnxruntime fp32, bf16 over OpenVINO f32); int8 top-1 agreement with fp32 on two sets of real images
+(labelled ImageNet validation images and photo crops, see common.py) with fp32's top-1/top-2 probabilities on
+every image where int8 differs; and the cold start of `cnncli predict one.jpg` with the .onnx file versus the
+default (PyTorch) path (subprocess wall time, median of a few runs). On a CPU without AVX-512 BF16 / AMX the bf16
+row is left out (OpenVINO would run f32).
 
     uv run python benchmarks/bench_engines.py [--threads 2] [--runs 30] [--cold 5]
 """
@@ -87,6 +92,14 @@ def main() -> None:
         "onnxruntime fp32": OnnxEngine(fp32.path, device="cpu", threads=opts.threads, allow_spinning=False, verbose=False),
         "onnxruntime int8 static (QDQ)": OnnxEngine(int8.path, device="cpu", threads=opts.threads, allow_spinning=False, verbose=False),
     }
+    from cnncli.engines.openvino_engine import OpenVinoEngine, openvino_available
+
+    if openvino_available():
+        import openvino
+
+        engines["OpenVINO f32 (latency hint)"] = OpenVinoEngine(fp32.path, threads=opts.threads)
+        if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            engines["OpenVINO bf16"] = OpenVinoEngine(fp32.path, threads=opts.threads, precision="bf16")
     x = load_images(images, card)
     one, b32 = x[:1], np.concatenate([x] * (32 // len(x) + 1))[:32]
     single = timed_rounds(engines, one, opts.runs)
@@ -117,6 +130,22 @@ def main() -> None:
     reference, quantized = np.concatenate(all_fp32), np.concatenate(all_int8)
     sqnr = 10 * np.log10((reference**2).sum() / ((reference - quantized) ** 2).sum())
 
+    from cnncli.precision_judge import judge_precision
+
+    speed = {name: ips for name, _, _, ips in rows}
+    imagenet = image_sets["ImageNet validation"]
+    judged = [("int8 static (onnxruntime)", int8_engine, fp32_engine, "onnxruntime fp32", "onnxruntime int8 static (QDQ)")]
+    if "OpenVINO bf16" in engines:
+        judged.append(("bf16 (OpenVINO)", engines["OpenVINO bf16"], engines["OpenVINO f32 (latency hint)"],
+                       "OpenVINO f32 (latency hint)", "OpenVINO bf16"))
+    judged_lines = []
+    for label, low, ref, ref_name, low_name in judged:
+        figures = judge_precision(ref.predict_proba(imagenet), low.predict_proba(imagenet), labels,
+                                  precision=label.split()[0], fp32_throughput=speed[ref_name], throughput=speed[low_name])
+        judged_lines.append(f"{label} against {ref_name}, on the {len(labels)} labelled ImageNet images "
+                            f"({'passes' if figures.passed else 'FAILS'}):")
+        judged_lines += ["  " + line for line in figures.lines("the ImageNet images")]
+
     photo = str(images[0])
     cold_onnx = cold_start(["predict", photo, "--model", str(fp32.path), "--device", "cpu", "-f", "json"], opts.cold)
     cold_torch = cold_start(["predict", photo, "--engine", "torch", "--device", "cpu", "-f", "json"], opts.cold)
@@ -130,6 +159,7 @@ def main() -> None:
     print(f"int8 static vs fp32 top-1 agreement (calibrated on {len(calib)} photo crops), logit SQNR {sqnr:.1f} dB, "
           f"file {int8.size_bytes / 1e6:.1f} MB vs {fp32.size_bytes / 1e6:.1f} MB:")
     print("\n".join(agreement_lines))
+    print("\n".join(judged_lines))
     print(f"cold start `cnncli predict one.jpg` (median of {opts.cold}): .onnx {cold_onnx:.2f} s, "
           f"default model on the PyTorch engine {cold_torch:.2f} s, ratio {cold_onnx / cold_torch:.2f}")
 

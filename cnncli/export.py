@@ -78,6 +78,7 @@ class ExportReport:
     fp32_verification: Verification | None = None
     verification: Verification | None = None  # of the final file (same as fp32 for an fp32 export)
     notes: list[str] = field(default_factory=list)
+    judged: tuple | None = None  # static int8: (PrecisionFigures, which images) on the recorded validation set
 
 
 # ---------------------------------------------------------------- inputs
@@ -431,4 +432,9 @@ def export_model(
     if output is None:
         output = default_output(spec, card.arch, precision)
         refuse_existing(output, force)
-    return export_onnx(model, card, output, calib_images=calib, verify_images=verify_images, replace=force, **options)
+    report = export_onnx(model, card, output, calib_images=calib, verify_images=verify_images, replace=force, **options)
+    if precision == "int8-static":  # what int8 costs on the user's own held-out images, when the model records them
+        from cnncli.precision_eval import judge_int8_export
+
+        report.judged = judge_int8_export(model, card, report.path)
+    return report

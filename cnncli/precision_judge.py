@@ -62,7 +62,7 @@ class PrecisionFigures:
         out = []
         if self.fp32_accuracy is not None:
             out.append(f"(a) top-1 accuracy on {data}: {self.precision} {self.accuracy:.1%} vs fp32 "
-                       f"{self.fp32_accuracy:.1%} ({-self.accuracy_drop * 100:+.1f} points; allowed -"
+                       f"{self.fp32_accuracy:.1%} ({(self.accuracy - self.fp32_accuracy) * 100:+.1f} points; allowed -"
                        f"{MAX_ACCURACY_DROP * 100:.0f}): {mark[self.accuracy_ok]}")
         if self.decisive_agreement is not None:
             out.append(f"(b) top-1 agreement with fp32 where fp32 leads by >= {DECISIVE_LEAD:.2f}: "

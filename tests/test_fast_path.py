@@ -170,6 +170,15 @@ def test_int8_calibrates_on_the_set_a_trained_model_file_records(run_cli, photos
     exported = run_cli("export", model, "--int8", "static", "-o", tmp_path / "trained.int8.onnx")
     assert exported.code == 0, exported.err
     assert (tmp_path / "trained.int8.onnx").is_file()
+    # issue 15 item 4: what int8 costs on the model's own held-out images, as the field judges it
+    n_val = read_card(model).training["n_val"]
+    assert f"int8 against fp32 on the model's recorded validation set ({n_val} images" in exported.err
+    assert "(a) top-1 accuracy on them: int8" in exported.err and "(b) " in exported.err and "(c) " in exported.err
+    judged = run_cli("evaluate", model, data, "--precision", "int8", "--format", "json", "--device", "cpu")
+    assert judged.code == 0, judged.err
+    figures = json.loads(judged.out)["precision"]
+    assert figures["precision"] == "int8" and figures["images"] == json.loads(judged.out)["n_images"] > 0
+    assert figures["accuracy"] is not None and figures["speedup"] > 0
 
     shutil.rmtree(data)
     gone = run_cli("predict", photos["chelsea"], "--model", model, "--precision", "int8")

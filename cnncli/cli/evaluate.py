@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         plots: Optional[str] = typer.Option(None, "--plots", help="Write confusion_matrix.png, reliability.png and errors.png here."),
         workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoder processes."),
-        engine: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch or onnx."),
+        engine: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch, onnx or openvino."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32; int8 or bf16 to score that precision and judge it against fp32 on the same images (accuracy, agreement where fp32 is decisive, speed)."),
+        calib: Optional[str] = typer.Option(None, "--calib", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
     ) -> None:
         """Accuracy, per-class metrics and the confusion matrix of a model on a dataset."""
         from cnncli.errors import UsageError
@@ -43,17 +45,30 @@ def register(app: typer.Typer) -> None:
             n_errors = int(errors)
         else:
             raise UsageError(f"--errors takes a number of images or 'all', not {errors!r}.")
-        result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers,
-                                engine=engine)
+        figures = None
+        if precision == "fp32":
+            result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers,
+                                    engine=engine)
+        else:
+            from cnncli.precision_eval import evaluate_precision
+
+            result, figures = evaluate_precision(model, data, precision, split=split, batch_size=batch_size,
+                                                 device=device, workers=workers, calib=calib)
         for bad in result.unreadable[:5]:
             warn(f"skipped: {bad['error']}")
         if fmt == "json":
             info(f"scored {result.n_images} images: {result.split['description']}")
             report = result.to_dict()
             report["errors"] = report["errors"][:n_errors]
+            if figures is not None:
+                report["precision"] = figures.to_dict()
             sys.stdout.write(to_text(report) + "\n")
         else:
             render_evaluation(result, sys.stdout, errors_shown=n_errors)
+            if figures is not None:
+                print(f"{precision} against fp32 on the same {figures.images} images:")
+                for line in figures.lines("them"):
+                    print("  " + line)
         if plots:
             made = save_plots(result, plots)
             info("plots: " + ", ".join(str(p) for p in made))
