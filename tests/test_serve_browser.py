@@ -47,7 +47,7 @@ def test_page_classifies_a_chosen_image_and_renders_its_top_class(browser, tiny_
     prepare_cached_onnx(str(tiny_model_file), quiet=True)
     image = tmp_path / "my cat.jpg"
     shutil.copy(photos["chelsea"], image)
-    with ServeProcess("-m", tiny_model_file) as server:
+    with ServeProcess("-m", tiny_model_file, "--max-files", "2") as server:
         expected = httpx.post(server.url + "/v1/classify?top_k=3", content=image.read_bytes()).json()[0]["top"]
         page = httpx.get(server.url + "/").text
         assert "http://" not in page and "https://" not in page  # nothing from a CDN: works offline
@@ -74,4 +74,15 @@ def test_page_classifies_a_chosen_image_and_renders_its_top_class(browser, tiny_
         browser.find_element(By.ID, "files").send_keys(str(bad))
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".result .error")))
         assert "notes.png: not an image" in browser.find_element(By.CSS_SELECTOR, ".result .error").text
+
+        many = []
+        for i in range(3):  # more than --max-files: the page sends them in two requests
+            many.append(tmp_path / f"copy{i}.jpg")
+            shutil.copy(photos["coffee"], many[-1])
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in many))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result")) == 5)
+        names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".result .name")]
+        assert sorted(names[:3]) == ["copy0.jpg", "copy1.jpg", "copy2.jpg"]
+        assert browser.find_element(By.ID, "status").text == ""
     assert "POST /v1/classify 200 images=1" in server.stderr
+    assert "POST /v1/classify 200 images=2" in server.stderr
