@@ -424,3 +424,13 @@ def test_ensemble_and_tta_options_serve_what_predict_gives(cached_tiny, photos, 
 def test_out_of_range_options_are_usage_errors(run_cli, option, value):
     result = run_cli("serve", option, value)
     assert result.code == 2 and option in result.err and "Traceback" not in result.err
+
+
+def test_without_the_serve_extra_it_says_what_to_install():
+    import subprocess
+    import sys
+
+    code = ("import sys\nsys.modules['uvicorn'] = None\nfrom cnncli.cli.app import main\nmain(['serve'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "pip install 'cnncli[serve]'" in done.stderr and "uvicorn" in done.stderr
+    assert "Traceback" not in done.stderr

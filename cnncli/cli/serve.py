@@ -38,6 +38,15 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
+        from cnncli.errors import CnncliError
+
+        try:
+            import fastapi  # noqa: F401
+            import multipart  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError as exc:
+            raise CnncliError(f"cnncli serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing); "
+                              "install them with: pip install 'cnncli[serve]'.") from None
         from cnncli.engines import open_engines
         from cnncli.serve.server import bind_socket, url_of
 
