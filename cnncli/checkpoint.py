@@ -8,41 +8,16 @@ anything in it runs. :func:`read_card` needs neither torch nor the weights.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
+from cnncli.atomic import atomic_path, write_bytes_atomic  # noqa: F401 - re-exported
 from cnncli.card import METADATA_KEY, ModelCard
 from cnncli.errors import ModelFileError
 from cnncli.weights import is_pickle
 
 SAFETENSORS_SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def _refuse_if_not_safetensors(path: Path) -> None:
@@ -62,9 +37,9 @@ def _refuse_if_not_safetensors(path: Path) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The safetensors ``__metadata__`` of ``path``, read from the header alone (no torch, no tensors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist; check the path.")
+    from cnncli.paths import require_regular_file
+
+    path = require_regular_file(path, "model file")
     _refuse_if_not_safetensors(path)
     with open(path, "rb") as fh:
         (header_len,) = struct.unpack("<Q", fh.read(8))
@@ -83,7 +58,7 @@ def read_card(path: str | Path) -> ModelCard:
             f"{path} is a safetensors file without cnncli metadata (no class names or preprocessing); "
             "load it as weights instead: --arch NAME --weights PATH."
         )
-    return ModelCard.from_json(metadata[METADATA_KEY])
+    return ModelCard.from_json(metadata[METADATA_KEY], str(path))
 
 
 def save_model(path: str | Path, model, card: ModelCard) -> Path:

@@ -11,6 +11,7 @@ the file beyond tolerance. The input is
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import tempfile
@@ -23,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from cnncli import __version__
+from cnncli.atomic import disk_full_error, is_disk_full
 from cnncli.card import METADATA_KEY, ModelCard
 from cnncli.errors import CnncliError, UsageError
 from cnncli.numeric import softmax
@@ -197,6 +199,8 @@ def trace_to_onnx(model, card: ModelCard, path: Path, opset: int = DEFAULT_OPSET
             _trace(model, example, path, opset, dynamic_batch, name)
             return name
         except Exception as exc:  # noqa: BLE001 - every exporter failure becomes one sentence below
+            if is_disk_full(exc):
+                raise disk_full_error(path.parent) from None
             text = " ".join(str(exc).split())
             op = _operator_in(text)
             failures.append(f"{name} exporter: " + (f"operator {op} is not supported" if op else text[:200]))
@@ -260,6 +264,24 @@ def failed_path(path: Path) -> Path:
     return path.with_name(path.stem + ".unverified" + path.suffix)
 
 
+def _reports_full_disk(export):
+    """A full disk anywhere in an export (work files, onnx.save, quantization) is said as such."""
+
+    @functools.wraps(export)
+    def wrapper(model, card, path, *args, **kwargs):
+        try:
+            return export(model, card, path, *args, **kwargs)
+        except CnncliError:
+            raise
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(Path(path).parent) from None
+            raise
+
+    return wrapper
+
+
+@_reports_full_disk
 def export_onnx(
     model,
     card: ModelCard,
@@ -288,6 +310,10 @@ def export_onnx(
         raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
     start = time.perf_counter()
     path = Path(path)
+    from cnncli.atomic import sweep_stale_temporaries, sweep_stale_work_folders, work_folder_prefix
+
+    sweep_stale_temporaries(path.parent, target=path.name)  # what a killed earlier export left
+    sweep_stale_work_folders(path.parent)
     if image_size is not None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         card = ModelCard.from_dict({**card.to_dict(), "preprocessing": card.preprocessing.replace(input_size=size).to_dict()})
@@ -299,7 +325,7 @@ def export_onnx(
         notes.append("dynamic int8 quantizes weights only and runs CNN convolutions far slower than fp32 "
                      "(5-25x here); prefer --int8 static with --calib.")
 
-    with tempfile.TemporaryDirectory(prefix="cnncli-export-", dir=path.parent if path.parent.exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(prefix=work_folder_prefix(), dir=path.parent if path.parent.exists() else None) as tmp:
         work = Path(tmp)
         fp32_path = work / "fp32.onnx"
         used = trace_to_onnx(model, card, fp32_path, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
@@ -312,7 +338,9 @@ def export_onnx(
         _set_metadata(graph, card)
         try:
             onnx.save(graph, str(fp32_path))
-        except Exception:  # noqa: BLE001 - protobuf cannot serialise a graph over 2 GB
+        except Exception as exc:  # noqa: BLE001 - protobuf cannot serialise a graph over 2 GB
+            if is_disk_full(exc):
+                raise disk_full_error(path.parent) from None
             weights = sum(init.ByteSize() for init in graph.graph.initializer)
             raise ExportError(
                 f"{card.arch} has {weights / 1e9:.1f} GB of weights, over the 2 GB limit of one self-contained ONNX "

@@ -144,6 +144,24 @@ def _lower_priority() -> None:
         pass
 
 
+PARENT_CHECK_SECONDS = 0.2
+
+
+def _decoder_init(parent_pid: int) -> None:
+    """Set up a decoder process: lower its priority, and make it exit when its parent is gone (killed with
+    SIGKILL, the parent cannot stop its pool; the pool's pipes stay open, so only this check ends the worker)."""
+    _lower_priority()
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="cnncli-parent-watch", daemon=True).start()
+
+
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
@@ -168,7 +186,8 @@ def decoded_batches(
     limit = workers + prefetch
     pending: deque = deque()
     done = 0  # batches already yielded, in order
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_lower_priority) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_decoder_init,
+                             initargs=(os.getpid(),)) as pool:
         try:
             for paths, errors in jobs[:limit]:
                 pending.append(pool.submit(_decode_pixels, paths, pre, errors))

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv, or parquet (numbered part files in the --output folder)."),
-        output: Optional[str] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout: a file, or a folder for --format parquet; a URI (s3://bucket/preds/) works too."),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout (a file appears complete, missing folders are created): a file, or a folder for --format parquet; a URI (s3://bucket/preds/) works too."),
         recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Look into sub-folders."),
         workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Worker processes (default: one per engine thread; 0: everything in this process)."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
@@ -58,30 +58,33 @@ def register(app: typer.Typer) -> None:
         items = collect_inputs(inputs, recursive=recursive)
         engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,
                               engine=engine_name, precision=precision, calib=str(calib) if calib else None)
-        stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
-        writer = PredictionWriter(fmt, stream, top_k)
-        failed = 0
-        progress = None
-        if len(items) > 8 and err_console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from contextlib import nullcontext
 
-            progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=err_console, transient=True)
-            task = progress.add_task("predict", total=len(items))
-            progress.start()
-        try:
-            for pred in predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers,
-                                      on_batch=(lambda n: progress.advance(task, n)) if progress else None):
-                if pred.error is not None:
-                    failed += 1
-                    warn(pred.error)
-                writer.write(pred)
-        finally:
-            if progress is not None:
-                progress.stop()
+        from cnncli.atomic import atomic_open
+
+        failed = 0
+        # a file is written beside the target and renamed at the end: a kill or a full disk leaves the previous one
+        with atomic_open(output) if output else nullcontext(sys.stdout) as stream:
+            writer = PredictionWriter(fmt, stream, top_k)
+            progress = None
+            if len(items) > 8 and err_console.is_terminal:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    console=err_console, transient=True)
+                task = progress.add_task("predict", total=len(items))
+                progress.start()
+            try:
+                for pred in predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers,
+                                          on_batch=(lambda n: progress.advance(task, n)) if progress else None):
+                    if pred.error is not None:
+                        failed += 1
+                        warn(pred.error)
+                    writer.write(pred)
+            finally:
+                if progress is not None:
+                    progress.stop()
             writer.close()
-            if output:
-                stream.close()
         if failed:
             err_console.print(f"{failed} of {len(items)} images failed.", highlight=False)
             raise typer.Exit(1)
