@@ -21,6 +21,7 @@ def _options(command: str):
         weights: str = typer.Option("default" if finetune else "none", "--weights", help="Pretrained weights: default, an enum name, or a weights / cnncli model file." if finetune else "none (train from scratch); use finetune for pretrained weights."),
         init: str = typer.Option("default", "--init", help="Initialisation for train: default, kaiming or xavier."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help=f"Run folder (default runs/{command}-N)."),
+        exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace a previous run in --out (its files are removed first); without it an existing run folder is refused."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this folder from its last saved epoch, with its saved settings and data; a larger --epochs extends it (the schedule is re-planned), other differing options are refused."),
         epochs: int = typer.Option(10, "--epochs", "-e"),
         batch_size: int = typer.Option(32, "--batch-size", "-b"),

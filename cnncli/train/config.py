@@ -31,6 +31,7 @@ class TrainConfig:
     init: str = "default"
     out: str | None = None
     resume: str | None = None
+    exist_ok: bool = False  # replace a previous run in --out (its files are removed first)
     # data
     val_split: float = 0.2
     val_csv: str | None = None

@@ -36,9 +36,10 @@ from cnncli.report import info, warn
 from cnncli.train.config import TrainConfig, next_run_dir
 from cnncli.train.datasets import SampleDataset, SkippedImages, collate
 from cnncli.train.outputs import plot_confusion_matrix, plot_curves, write_json, write_results_csv
+from cnncli.train import run_folder
 from cnncli.train.policy import apply_trainable, set_train_mode, trainable_names
 
-STATE_FILE = "train_state.pt"
+STATE_FILE = run_folder.STATE_FILE
 
 
 class TrainingDiverged(CnncliError):
@@ -168,7 +169,7 @@ def cnncli_card_of(weights: str | None) -> ModelCard | None:
     if not weights or not str(weights).endswith(".safetensors") or not Path(weights).is_file():
         return None
     metadata = read_metadata(weights)
-    return ModelCard.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+    return ModelCard.from_json(metadata[METADATA_KEY], str(weights)) if METADATA_KEY in metadata else None
 
 
 def add_head_dropout(model: nn.Module, p: float) -> None:
@@ -290,8 +291,12 @@ class TrainingRun:
         run._build_model()
         run._build_loaders()
         run._build_optimisation()
-        run._restore_or_create()
-        run._wrap_for_training()
+        try:
+            run._restore_or_create()
+            run._wrap_for_training()
+        except BaseException:
+            run.abandon()
+            raise
         return run
 
     def _setup_device(self, cfg: TrainConfig, log) -> None:
@@ -323,6 +328,7 @@ class TrainingRun:
             if self.dist.main:
                 warn(message)
         self.classes = list(self.splits.classes)
+        self.default_named = not (cfg.resume or cfg.out)
         self.out = Path(cfg.resume or cfg.out or next_run_dir(cfg.command))
         cfg.out = str(self.out)
 
@@ -410,12 +416,17 @@ class TrainingRun:
         self.mixer = batch_mixer(cfg, len(classes))
 
     def _restore_or_create(self) -> None:
-        """A resumed run loads its saved state; a new one creates its run folder and args.json."""
+        """A resumed run locks its folder and loads its saved state; a new one claims its run folder (refusing a
+        previous run there unless --exist-ok) and writes args.json. Only rank 0 touches the folder."""
         self.history: list[dict] = []
         self.start_epoch, self.best_epoch, self.best_score, self.bad_epochs = 1, 0, None, 0
         self.state_path = self.out / STATE_FILE
         self.resume_notes: list[str] = []
+        self.lock, self.created_folder, self.claimed, self.saved_epoch = None, False, False, 0
         if self.cfg.resume:
+            if self.dist.main:
+                self.lock = run_folder.lock_for_resume(self.out)
+            self.state_path = self.out / STATE_FILE
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -435,8 +446,16 @@ class TrainingRun:
             self.bad_epochs = int(state["bad_epochs"])
             self.say(f"resuming {self.out} after epoch {self.start_epoch - 1}")
         elif self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            if self.default_named:
+                self.out = run_folder.claim_new_run_folder(self.cfg.command)
+                self.cfg.out = str(self.out)
+                self.lock, self.created_folder = run_folder.claim_run_folder(self.out, exist_ok=False, created=True)
+            else:
+                self.lock, self.created_folder = run_folder.claim_run_folder(self.out, self.cfg.exist_ok)
+            self.claimed = True
             self.cfg.save(self.out / "args.json")
+        self.state_path = self.out / STATE_FILE
+        self.saved_epoch = self.start_epoch - 1  # the last epoch whose files are on disk
 
     def _replan_schedule(self, planned: int, steps_done: int) -> None:
         """--resume with another --epochs: the schedule is planned again over the new total, as if the run had been
@@ -518,12 +537,17 @@ class TrainingRun:
         train_loss, train_acc, n_seen = _train_epoch(
             cfg, epoch, self.train_fn, self.train_loader, self.optimizer, self.scheduler, self.scaler, self.criterion,
             self.mixer, self.device, self.channels_last, self.amp_dtype, flag, self.note_errors, dist, self.say,
-            len(self.splits.train))
+            len(self.splits.train), self._diverged)
         train_seconds = time.perf_counter() - t0
         if flag.stop:
             self._interrupted(epoch)
         val = _validate(self.step_module, self.val_loader, self.val_criterion, self.device, self.channels_last,
                         self.amp_dtype, dist, self.note_errors, len(self.classes))
+        if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
+            self._diverged(f"the {'validation' if math.isfinite(train_loss) else 'training'} loss became "
+                           f"{val['loss'] if math.isfinite(train_loss) else train_loss} at epoch {epoch}")
+        if not weights_are_finite(self.model):
+            self._diverged(f"the weights became NaN or infinite at epoch {epoch}")
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
                "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"],
                "seconds": round(time.perf_counter() - t0, 2), "train_img_s": n_seen / max(train_seconds, 1e-9)}
@@ -537,11 +561,20 @@ class TrainingRun:
         return EpochOutcome(row, improved)
 
     def _interrupted(self, epoch: int) -> None:
-        if self.dist.main:
-            done = epoch - 1
-            where = f"the state after epoch {done} is in {self.out}" if done else "no epoch had finished, so nothing was saved"
-            raise TrainingInterrupted(f"interrupted during epoch {epoch}; {where}; continue with --resume {self.out}.")
-        raise TrainingInterrupted("interrupted.")
+        if not self.dist.main:
+            raise TrainingInterrupted("interrupted.")
+        if self.saved_epoch:
+            raise TrainingInterrupted(f"interrupted during epoch {epoch}; the state after epoch {self.saved_epoch} is "
+                                      f"in {self.out}; continue with --resume {self.out}.")
+        raise TrainingInterrupted(f"interrupted during epoch {epoch}, before any epoch finished, so there is nothing "
+                                  "to resume and nothing was kept; run the same command again to start over.")
+
+    def _diverged(self, what: str) -> None:
+        if self.saved_epoch:
+            kept = f"the last good checkpoint (epoch {self.saved_epoch}) is kept in {self.out}"
+        else:
+            kept = "no epoch had finished, so no checkpoint was written"
+        raise TrainingDiverged(f"{what}; stopped: {kept}; lower --lr, add --clip-grad or check the data and options.")
 
     # ------------------------------------------------------------ checkpoint
 
@@ -559,6 +592,7 @@ class TrainingRun:
         _save_state(self.state_path, self.model, self.optimizer, self.scheduler, self.scaler, epoch, history,
                     best_epoch, self.best_score, self.bad_epochs)
         write_results_csv(out / "results.csv", history)
+        self.saved_epoch = epoch
         row = outcome.row
         self.say(f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  val loss "
                  f"{row['val_loss']:.4f} acc {row['val_acc']:.4f}"
@@ -573,11 +607,12 @@ class TrainingRun:
 
         cfg = self.cfg
         stopped = "completed"
-        trackers = Trackers(cfg.log if self.dist.main else (), self.out, self.say, warn)
-        trackers.start({k: v for k, v in cfg.to_dict().items() if k not in ("quiet",)})
-        if on_epoch_end is not None:
-            on_epoch_end(self.start_epoch - 1, self.model)
+        trackers = None
         try:
+            trackers = Trackers(cfg.log if self.dist.main else (), self.out, self.say, warn)
+            trackers.start({k: v for k, v in cfg.to_dict().items() if k not in ("quiet",)})
+            if on_epoch_end is not None:
+                on_epoch_end(self.start_epoch - 1, self.model)
             with _StopFlag() as flag:
                 for epoch in range(self.start_epoch, cfg.epochs + 1):
                     outcome = self.run_epoch(epoch, flag)
@@ -592,10 +627,26 @@ class TrainingRun:
                         break
             result = self.finish(stopped)
         except BaseException as exc:
-            trackers.finish(self.out, "KILLED" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
+            if trackers is not None:
+                trackers.finish(self.out, "KILLED" if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
+            self.abandon()
             raise
+        finally:
+            self.release()
         trackers.finish(self.out, "FINISHED")
         return result
+
+    def abandon(self) -> None:
+        """The run stops with an error: a new run with no saved epoch leaves nothing behind (so the same command
+        can simply be run again); the lock goes."""
+        if self.claimed and not self.saved_epoch:
+            run_folder.forget_unstarted_run(self.out, self.created_folder, self.lock)
+        self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def finish(self, stopped: str) -> TrainResult:
         """metrics.json and the plots for the best epoch (rank 0), the summary, and the process group's end."""
@@ -662,6 +713,12 @@ def resume_config(cfg: TrainConfig) -> TrainConfig:
     return saved
 
 
+def weights_are_finite(model: nn.Module) -> bool:
+    """Every floating-point parameter and buffer is finite: what may be saved as best/last."""
+    with torch.no_grad():
+        return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
 def _save_state(path, model, optimizer, scheduler, scaler, epoch, history, best_epoch, best_score, bad_epochs) -> None:
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -678,7 +735,7 @@ def _autocast(device: torch.device, amp_dtype):
 
 
 def _train_epoch(cfg, epoch, train_fn, loader, optimizer, scheduler, scaler, criterion, mixer, device, channels_last,
-                 amp_dtype, flag, note_errors, dist, say, n_total):
+                 amp_dtype, flag, note_errors, dist, say, n_total, on_diverged):
     params = [p for g in optimizer.param_groups for p in g["params"]]
     loss_sum = correct = seen = 0.0
     progress = _progress(cfg, dist, epoch, len(loader))
@@ -701,10 +758,7 @@ def _train_epoch(cfg, epoch, train_fn, loader, optimizer, scheduler, scaler, cri
                 logits = train_fn(x)
                 loss = criterion(logits.float(), target)
             if not torch.isfinite(loss):
-                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {cfg.out}" if epoch > 1
-                        else "no epoch had finished, so no checkpoint was written")
-                raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}, step {i + 1}; stopped: {kept}; "
-                                       "lower --lr, add --clip-grad or check the data.")
+                on_diverged(f"the loss became {loss.item()} at epoch {epoch}, step {i + 1}")
             scaler.scale(loss / cfg.accumulate).backward()
             pending += 1
             if pending == cfg.accumulate or i == len(loader) - 1:

@@ -1,0 +1,167 @@
+"""A run folder belongs to one run: a lock held while it trains, no silent reuse, clean replacement.
+
+* :class:`RunLock` is an exclusive ``flock`` on ``<run>/.cnncli.lock`` (the file records the owner's process
+  id): a second ``train --out SAME`` is refused while the first runs, and the lock disappears with its owner even
+  after ``kill -9``.
+* :func:`claim_run_folder` refuses a folder that already holds a run unless ``--exist-ok``, and then removes
+  the previous run's files before anything new is written, so old and new outputs never mix.
+* Temporary files of a writer that was killed are removed when the folder is taken again (fresh or resumed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from cnncli.atomic import sweep_stale_temporaries
+from cnncli.errors import UsageError
+
+LOCK_NAME = ".cnncli.lock"
+RUN_MARKERS = ("args.json", "train_state.pt", "best.safetensors", "last.safetensors", "results.csv")
+STATE_FILE = "train_state.pt"
+
+
+class RunLock:
+    """Exclusive ownership of a run folder while this process trains in it."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.fd: int | None = None
+        self.preexisting: set[str] = set()  # entries that were in the folder before this run claimed it
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise UsageError(f"{self.folder} is in use by another cnncli run{owner}; wait for it to finish or "
+                                 "choose another --out.") from None
+            try:  # the file may have been removed by its previous owner between our open and our lock
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # removed while still locked, so a waiting process cannot take a stale inode
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_owner(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return f" (process {int(text)})" if text else ""
+    except (OSError, ValueError):
+        return ""
+
+
+def _contents(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name != LOCK_NAME)
+
+
+def is_run_folder(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def claim_new_run_folder(command: str) -> Path:
+    """The first free ``runs/<command>-N``, created here so two runs started at once never share it."""
+    from cnncli.train.config import next_run_dir
+
+    while True:
+        folder = next_run_dir(command)
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+
+
+def claim_run_folder(folder: Path, exist_ok: bool, created: bool | None = None) -> tuple[RunLock, bool]:
+    """Take ``folder`` for a new run: lock it, refuse a previous run in it unless ``exist_ok`` (then remove that
+    run's files), and sweep temporaries of dead writers. Returns (the lock, whether the folder was created)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file, not a run folder; choose another --out.")
+    if created is None:
+        created = not folder.exists()
+    lock = RunLock(folder).acquire()
+    try:
+        contents = _contents(folder)
+        if contents:
+            _refuse_or_clear(folder, contents, exist_ok)
+        sweep_stale_temporaries(folder, owned=True)
+        lock.preexisting = {p.name for p in _contents(folder)}
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return lock, created
+
+
+def _refuse_or_clear(folder: Path, contents: list[Path], exist_ok: bool) -> None:
+    if is_run_folder(folder):
+        if not exist_ok:
+            if (folder / STATE_FILE).is_file():
+                hint = f"continue it with --resume {folder}, choose a new --out, or pass --exist-ok to replace it"
+            else:
+                hint = "it has no finished epoch to resume; choose a new --out, or pass --exist-ok to replace it"
+            raise UsageError(f"{folder} already holds a training run; {hint}.")
+        for path in contents:  # the previous run goes entirely before the new one writes anything
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    elif not exist_ok:
+        raise UsageError(f"{folder} exists and is not empty (it holds {contents[0].name}); choose a new or empty "
+                         "--out, or pass --exist-ok to write the run there.")
+
+
+def lock_for_resume(folder: Path) -> RunLock:
+    """Lock a run folder to continue it, and remove the temporaries a killed writer left there."""
+    lock = RunLock(folder).acquire()
+    sweep_stale_temporaries(folder, owned=True)
+    return lock
+
+
+def forget_unstarted_run(folder: Path, created: bool, lock: RunLock | None = None) -> None:
+    """A new run stopped before its first epoch was saved: remove what it wrote (args.json, tracking files, and the
+    folder if it made it), so running the same command again starts cleanly."""
+    if (folder / STATE_FILE).exists() or not folder.is_dir():
+        return
+    if created:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    keep = lock.preexisting if lock is not None else set()
+    for path in _contents(folder):
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
