@@ -29,3 +29,9 @@ class ModelFileError(CnncliError):
 
 class WeightsError(CnncliError):
     """Pretrained weights could not be found, downloaded or verified."""
+
+
+class MissingFileError(ModelFileError):
+    """A model or weights file named on the command line does not exist: a usage error (exit 2)."""
+
+    exit_code = 2

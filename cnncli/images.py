@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -30,8 +29,15 @@ _RESAMPLE = {
 
 
 def max_image_pixels() -> int:
-    """Largest image (in pixels) we decode; larger ones are refused as possible decompression bombs."""
-    return int(os.environ.get("CNNCLI_MAX_PIXELS", 178_956_970))  # PIL's own hard limit (2 x MAX_IMAGE_PIXELS)
+    """Largest image (in pixels) we decode (CNNCLI_MAX_PIXELS); larger ones are refused as possible
+    decompression bombs. PIL's own limit is kept in step, so raising ours really lets such images through."""
+    from cnncli.limits import max_pixels
+
+    limit = max_pixels()
+    pil_limit = Image.MAX_IMAGE_PIXELS  # PIL refuses above twice this: raise it (never lower it) to let ours through
+    if pil_limit is not None and 2 * pil_limit < limit:
+        Image.MAX_IMAGE_PIXELS = (limit + 1) // 2
+    return limit
 
 
 def is_image_file(path: Path) -> bool:
@@ -51,6 +57,11 @@ def load_image(path: str | Path, channels: int = 3, draft_size: tuple[int, int] 
         raise ImageError(f"{path}: no such file.")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image.")
+    from cnncli.paths import special_file_problem
+
+    special = special_file_problem(path)
+    if special:  # a FIFO would block forever, a device never end
+        raise ImageError(f"{path}: is {special}, not an image file.")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes).")
     return _decode(path, str(path), channels, draft_size)
@@ -87,8 +98,9 @@ def _decode(source: Path | BinaryIO, name: str, channels: int, draft_size: tuple
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file PIL can read (wrong extension or corrupt).") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name}: refused as a possible decompression bomb ({exc}).") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name}: refused as a possible decompression bomb (over the {limit:,}-pixel limit); "
+                                 "set CNNCLI_MAX_PIXELS higher if you trust this file.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: cannot decode the image ({exc}); the file is truncated or corrupt.") from None
 

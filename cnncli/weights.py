@@ -54,6 +54,9 @@ def read_descriptor(name: str) -> dict[str, Any]:
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    from cnncli.paths import require_regular_file
+
+    require_regular_file(path, "file")  # a FIFO would block and /dev/zero never end
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -107,9 +110,9 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Any], dict[str, st
     """
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist; check the path.")
+    from cnncli.paths import require_regular_file
+
+    path = require_regular_file(path, "weights file")
     with open(path, "rb") as fh:
         head = fh.read(9)
     if not is_pickle(head):

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     from cnncli.errors import CnncliError
 
     try:
+        from cnncli.limits import check_environment
+
+        check_environment()
         app(args=argv, prog_name="cnncli", standalone_mode=True)
     except CnncliError as exc:
         if debug:

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cnncli.data.layout import DatasetSplits, Sample, assemble_splits, scan_dataset
 from cnncli.images import max_image_pixels
+from cnncli.paths import special_file_problem
 
 TOP_SIZES = 10
 IMBALANCE_NOTE_RATIO = 5.0  # from this max/min ratio on, the report suggests class balancing
@@ -69,6 +70,9 @@ class FileFacts:
 
 def read_file_facts(path: Path, decode: bool = True) -> FileFacts:
     """Hash the bytes of ``path`` and read its image header (and pixels when ``decode``). Never raises."""
+    special = special_file_problem(path)
+    if special:  # reading a FIFO blocks forever, a device never ends
+        return FileFacts(error=f"is {special}, not an image file.")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -77,6 +81,7 @@ def read_file_facts(path: Path, decode: bool = True) -> FileFacts:
     if not data:
         facts.error = "the file is empty (0 bytes)."
         return facts
+    limit = max_image_pixels()  # also sets PIL's own limit from CNNCLI_MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -88,8 +93,8 @@ def read_file_facts(path: Path, decode: bool = True) -> FileFacts:
                 if orientation in (5, 6, 7, 8):  # a quarter turn: what training sees is transposed
                     width, height = height, width
                 facts.size = (width, height)
-                if width * height > max_image_pixels():
-                    facts.error = (f"{width}x{height} is over the {max_image_pixels():,}-pixel limit that guards "
+                if width * height > limit:
+                    facts.error = (f"{width}x{height} is over the {limit:,}-pixel limit that guards "
                                    "against decompression bombs.")
                 elif decode:
                     img.seek(0)

@@ -19,7 +19,6 @@ from typing import Iterator
 
 from cnncli import __version__
 from cnncli.calibration import calibration_images, files_fingerprint  # noqa: F401 - re-exported
-from cnncli.errors import ModelFileError
 from cnncli.registry_names import DEFAULT_ARCH, TIMM_PREFIX
 from cnncli.weights import NO_WEIGHTS, PRETRAINED_ALIASES, is_weights_path, read_descriptor, sha256_of
 
@@ -38,15 +37,15 @@ def cache_dir() -> Path:
 
 def model_identity(spec: str | None, weights: str | None) -> tuple[str, str]:
     """(a readable name, a content fingerprint) for a model spec, without importing torch."""
-    if spec is not None and (spec.endswith(".safetensors") or Path(spec).is_file()):
-        path = Path(spec)
-        if not path.is_file():
-            raise ModelFileError(f"model file {path} does not exist; check the path.")
+    from cnncli.paths import require_regular_file
+
+    if spec is not None and (spec.endswith(".safetensors") or Path(spec).exists()):
+        path = require_regular_file(spec, "model file")
         return path.stem, "file:" + sha256_of(path)
     arch = spec or DEFAULT_ARCH
     wspec = (weights or "default").strip()
     if is_weights_path(wspec):
-        return arch, f"{arch}|file:{sha256_of(Path(wspec))}"
+        return arch, f"{arch}|file:{sha256_of(require_regular_file(wspec, 'weights file'))}"
     if arch == DEFAULT_ARCH and wspec.lower() in PRETRAINED_ALIASES:
         return arch, f"{arch}|sha256:{read_descriptor(DEFAULT_ARCH)['sha256']}"
     if wspec.lower() in NO_WEIGHTS:
