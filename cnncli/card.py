@@ -122,11 +122,14 @@ class ModelCard:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> "ModelCard":
+        """A card from its JSON form. Cards in files are data from strangers: every field is checked
+        (:func:`check_card_fields`) and a bad one is refused with one sentence naming it."""
+        check_card_fields(d, source)
         version = d.get("format_version", 0)
         if version > FORMAT_VERSION:
             raise ModelFileError(
-                f"this model file has format version {version}, newer than this cnncli understands "
+                f"{_where(source)}format version {version} is newer than this cnncli understands "
                 f"({FORMAT_VERSION}); upgrade cnncli to read it."
             )
         try:
@@ -134,7 +137,7 @@ class ModelCard:
             card = cls(
                 arch=str(d["arch"]),
                 classes=classes,
-                preprocessing=Preprocessing.from_dict(d.get("preprocessing", {})),
+                preprocessing=Preprocessing.from_dict(d["preprocessing"]),
                 weights=d.get("weights"),
                 training=d.get("training"),
                 extra=d.get("extra") or {},
@@ -142,16 +145,115 @@ class ModelCard:
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"the model's cnncli metadata is malformed ({exc}); re-save the model.") from None
-        if "num_classes" in d and int(d["num_classes"]) != len(classes):
-            raise ModelFileError(
-                f"the model's metadata lists {len(classes)} class names for {d['num_classes']} classes; re-save it."
-            )
+            raise ModelFileError(f"{_where(source)}the model's cnncli metadata is malformed ({exc}); re-save the model.") from None
         return card
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelCard":
+    def from_json(cls, text: str, source: str | None = None) -> "ModelCard":
+        if not isinstance(text, str) or len(text) > MAX_CARD_CHARS:
+            raise ModelFileError(f"{_where(source)}the model card is over {MAX_CARD_CHARS:,} characters; it is not a cnncli card.")
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise ModelFileError(f"the model's cnncli metadata is not valid JSON ({exc}).") from None
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ModelFileError(f"{_where(source)}the model's cnncli metadata is not valid JSON ({exc}).") from None
+        return cls.from_dict(data, source)
+
+
+# ---------------------------------------------------------------- checking a card read from a file
+
+MAX_CARD_CHARS = 50_000_000
+MAX_CLASSES = 100_000
+MAX_NAME_CHARS = 1_000
+
+
+def _where(source: str | None) -> str:
+    return f"{source}: " if source else ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def check_card_fields(d: Any, source: str | None = None) -> None:
+    """Refuse a card (the parsed JSON of a file's metadata) whose fields have the wrong type, range or length,
+    with one ModelFileError sentence naming the field. Bounds: CNNCLI_MAX_INPUT_SIZE for the input side."""
+    from cnncli.limits import MAX_INPUT_SIZE_ENV, max_input_size
+
+    def bad(field_name: str, problem: str) -> ModelFileError:
+        return ModelFileError(f"{_where(source)}the model card's '{field_name}' {problem}; the file is damaged or "
+                              "was not written by cnncli: re-save or re-export the model.")
+
+    if not isinstance(d, dict):
+        raise ModelFileError(f"{_where(source)}the model card is not a JSON object; the file was not written by cnncli.")
+    version = d.get("format_version", 0)
+    if not _is_int(version) or version < 0:
+        raise bad("format_version", f"must be a whole number, not {_short(version)}")
+    arch = d.get("arch")
+    if not isinstance(arch, str) or not arch.strip() or len(arch) > MAX_NAME_CHARS:
+        raise bad("arch", f"must be an architecture name, not {_short(arch)}")
+    classes = d.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise bad("classes", f"must be a non-empty list of class names, not {_short(classes)}")
+    if len(classes) > MAX_CLASSES:
+        raise bad("classes", f"lists {len(classes):,} classes, over the {MAX_CLASSES:,} cnncli accepts")
+    for i, name in enumerate(classes):
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip() or len(str(name)) > MAX_NAME_CHARS:
+            raise bad(f"classes[{i}]", f"must be a class name (text), not {_short(name)}")
+    if len({str(c) for c in classes}) != len(classes):
+        raise bad("classes", "lists the same class name twice")
+    if "num_classes" in d and (not _is_int(d["num_classes"]) or d["num_classes"] != len(classes)):
+        raise bad("num_classes", f"is {_short(d['num_classes'])} but 'classes' lists {len(classes)} names")
+    for name in ("weights", "cnncli_version", "source"):
+        value = d.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_CHARS):
+            raise bad(name, f"must be text, not {_short(value)}")
+    for name in ("training", "extra"):
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise bad(name, f"must be an object, not {_short(d[name])}")
+    pre = d.get("preprocessing")
+    if pre is None:
+        raise bad("preprocessing", "is missing (input size, resize, mean and std)")
+    if not isinstance(pre, dict):
+        raise bad("preprocessing", f"must be an object, not {_short(pre)}")
+    channels = pre.get("channels", 3)
+    if not _is_int(channels) or channels not in (1, 3):
+        raise bad("preprocessing.channels", f"must be 1 or 3, not {_short(channels)}")
+    size = pre.get("input_size", [224, 224])
+    sides = [size] if _is_int(size) else size
+    limit = max_input_size()
+    if not isinstance(sides, list) or len(sides) != (1 if _is_int(size) else 2) or not all(_is_int(v) for v in sides):
+        raise bad("preprocessing.input_size", f"must be [height, width] in pixels, not {_short(size)}")
+    if not all(1 <= v <= limit for v in sides):
+        raise bad("preprocessing.input_size", f"{_short(size)} is outside 1..{limit} pixels (set {MAX_INPUT_SIZE_ENV} "
+                  "higher if you trust this model)")
+    for name, allowed in (("resize_mode", RESIZE_MODES), ("interpolation", INTERPOLATIONS)):
+        value = pre.get(name, allowed[0])
+        if value not in allowed:
+            raise bad(f"preprocessing.{name}", f"must be one of {', '.join(allowed)}, not {_short(value)}")
+    crop = pre.get("crop_pct", 0.875)
+    if not _is_number(crop) or not 0.05 <= crop <= 1:
+        raise bad("preprocessing.crop_pct", f"must be a number in [0.05, 1], not {_short(crop)}")
+    for name in ("mean", "std"):
+        values = pre.get(name, list(IMAGENET_MEAN if name == "mean" else IMAGENET_STD))
+        if not isinstance(values, list) or len(values) != channels or not all(_is_number(v) for v in values):
+            raise bad(f"preprocessing.{name}", f"must be {channels} finite number(s), one per channel, not {_short(values)}")
+        if name == "std" and not all(v > 0 for v in values):
+            raise bad("preprocessing.std", f"must be positive (it divides the pixels), not {_short(values)}")
+        if name == "mean" and not all(abs(v) <= 10 for v in values):
+            raise bad("preprocessing.mean", f"is out of range: {_short(values)}")
+    if "std" in pre and any(v < 1e-6 for v in pre["std"]):
+        raise bad("preprocessing.std", f"is too close to 0: {_short(pre['std'])}")
+    if max(sides) / crop > limit:
+        raise bad("preprocessing.crop_pct", f"{crop:g} with input_size {_short(size)} resizes images to over {limit} pixels "
+                  f"a side (set {MAX_INPUT_SIZE_ENV} higher if you trust this model)")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

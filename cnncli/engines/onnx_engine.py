@@ -54,28 +54,81 @@ def _card_without_metadata(session, path: Path) -> ModelCard:
 def read_onnx_card(path: str | Path) -> ModelCard | None:
     """The cnncli card in an ONNX file, or None if it has none (opens the file with onnxruntime)."""
     session = _open_session(Path(path), [CPU], session_options())
-    return _card_from_session(session)
+    return _card_from_session(session, Path(path))
 
 
 def read_onnx_card_or_default(path: str | Path) -> ModelCard:
     """The cnncli card in an ONNX file, or one made from the graph (classes by index) when it has none."""
     session = _open_session(Path(path), [CPU], session_options())
-    return _card_from_session(session) or _card_without_metadata(session, Path(path))
+    check_io(session, Path(path))
+    return _card_from_session(session, Path(path)) or _card_without_metadata(session, Path(path))
 
 
-def _card_from_session(session) -> ModelCard | None:
+def _card_from_session(session, path: Path | None = None) -> ModelCard | None:
     meta = session.get_modelmeta().custom_metadata_map
     text = meta.get(METADATA_KEY)
-    return ModelCard.from_json(text) if text else None
+    return ModelCard.from_json(text, str(path) if path else None) if text else None
+
+
+FLOAT_INPUTS = ("tensor(float)", "tensor(float16)")
+
+
+def check_io(session, path: Path) -> None:
+    """Refuse, before running anything, a graph that is not an image classifier: one float input (N, C, H, W) with
+    C 1 or 3, and a first output (N, classes)."""
+    from cnncli.limits import MAX_INPUT_SIZE_ENV, max_input_size
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs[:4])
+        raise ModelFileError(f"{path} has {len(inputs)} inputs ({names}); cnncli runs image classifiers with one "
+                             "image input (N, C, H, W).")
+    inp = inputs[0]
+    shape = list(inp.shape or [])
+    if len(shape) != 4:
+        raise ModelFileError(f"{path}'s input '{inp.name}' has shape {shape}, not one image batch (N, C, H, W).")
+    if inp.type not in FLOAT_INPUTS:
+        raise ModelFileError(f"{path}'s input '{inp.name}' is {inp.type}, not float pixels; cnncli feeds float32 "
+                             "(N, C, H, W) images.")
+    if isinstance(shape[1], int) and shape[1] not in (1, 3):
+        raise ModelFileError(f"{path}'s input '{inp.name}' has {shape[1]} channels; cnncli feeds 1 (gray) or 3 (RGB).")
+    limit = max_input_size()
+    if any(isinstance(side, int) and not 1 <= side <= limit for side in shape[2:]):
+        raise ModelFileError(f"{path}'s input is {shape[2]}x{shape[3]} pixels, outside 1..{limit} (set "
+                             f"{MAX_INPUT_SIZE_ENV} higher if you trust this model).")
+    if not outputs or len(outputs[0].shape or []) != 2:
+        shape_out = list(outputs[0].shape or []) if outputs else "none"
+        raise ModelFileError(f"{path}'s output has shape {shape_out}, not class scores (N, classes).")
+    classes = outputs[0].shape[1]
+    if isinstance(classes, int) and classes < 1:
+        raise ModelFileError(f"{path}'s output has {classes} classes.")
+
+
+def check_card_matches_graph(card: ModelCard, session, path: Path) -> None:
+    """The card's classes, channels and size agree with the graph's static shapes (a card with 100 classes on a
+    6-output graph would label every prediction wrongly)."""
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    classes = out.shape[1]
+    if isinstance(classes, int) and classes != card.num_classes:
+        raise ModelFileError(f"{path}: the model card lists {card.num_classes} classes but the graph outputs {classes} "
+                             "scores; the card does not belong to this graph: re-export the model.")
+    channels = inp.shape[1]
+    if isinstance(channels, int) and channels != card.preprocessing.channels:
+        raise ModelFileError(f"{path}: the model card says {card.preprocessing.channels} input channels but the graph "
+                             f"takes {channels}; re-export the model.")
+    h, w = inp.shape[2], inp.shape[3]
+    if isinstance(h, int) and isinstance(w, int) and (h, w) != tuple(card.preprocessing.input_size):
+        ch, cw = card.preprocessing.input_size
+        raise ModelFileError(f"{path}: the model card's input size {ch}x{cw} differs from the graph's {h}x{w}; "
+                             "re-export the model.")
 
 
 def _open_session(path: Path, providers: list[str], options):
     import onnxruntime as ort
 
-    if not path.exists():
-        raise ModelFileError(f"model file {path} does not exist; check the path.")
-    if path.is_dir():
-        raise ModelFileError(f"{path} is a folder, not an ONNX model file.")
+    from cnncli.paths import require_regular_file
+
+    require_regular_file(path, "model file")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path} is empty (0 bytes); re-export it with `cnncli export`.")
     try:
@@ -98,6 +151,7 @@ class OnnxEngine:
         self.path = Path(path)
         providers = providers_for(device)
         self.session = _open_session(self.path, providers, session_options(threads, allow_spinning))
+        check_io(self.session, self.path)
         self.provider = self.session.get_providers()[0]
         if device.startswith("cuda") and self.provider != CUDA:
             raise UsageError(
@@ -106,8 +160,10 @@ class OnnxEngine:
             )
         if device == "auto" and verbose:
             info(f"onnxruntime provider: {self.provider}")
-        card = _card_from_session(self.session)
+        card = _card_from_session(self.session, self.path)
         self.has_metadata = card is not None
+        if card is not None:
+            check_card_matches_graph(card, self.session, self.path)
         if card is None:
             card = _card_without_metadata(self.session, self.path)
             if verbose:
