@@ -364,36 +364,41 @@ def test_default_model_serves_what_predict_says_for_chelsea_and_coffee(run_cli, 
 
 def test_an_engine_failure_is_a_json_500_and_the_service_keeps_serving(cached_tiny, photos):
     """An unexpected error inside the engine answers that request with a one-sentence JSON 500 (no traceback in
-    the answer or the log) and the next request is served. The app runs in-process on a real uvicorn server."""
+    the answer) and the next request is served; a failed warm-up leaves the service up but not ready (/readyz 503
+    naming the error) instead of hanging. The app runs in-process on a real uvicorn server."""
     import uvicorn
 
     from cnncli.engines import open_engine
     from cnncli.serve.app import ServeSettings, create_app
     from cnncli.serve.server import bind_socket, url_of
 
-    class FailsOnBrightImages:
+    class FailsOnBlankOrBrightImages:
         def __init__(self, engine):
             self.engine, self.card, self.name = engine, engine.card, "flaky"
 
         def predict_proba(self, batch):
-            if batch.mean() > 0.9:
+            if batch.mean() > 0.9 or batch.mean() < -0.99:  # white, or the black warm-up image
                 raise RuntimeError("simulated engine failure")
             return self.engine.predict_proba(batch)
 
     sock = bind_socket("127.0.0.1", 0)
-    app = create_app(FailsOnBrightImages(open_engine(str(cached_tiny), device="cpu")), ServeSettings(log=False))
+    engine = FailsOnBlankOrBrightImages(open_engine(str(cached_tiny), device="cpu"))
+    app = create_app(engine, ServeSettings(log=False))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         with httpx.Client(base_url=url_of(sock), timeout=30) as http:
-            for _ in range(200):
+            ready = None
+            for _ in range(400):
                 try:
-                    if http.get("/readyz").status_code == 200:
+                    ready = http.get("/readyz")
+                    if "failed its warm-up" in ready.text:
                         break
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.05)
+            assert ready.status_code == 503 and "simulated engine failure" in ready.json()["error"]
             white = png_bytes(np.full((80, 80, 3), 255, np.uint8))
             failed = http.post("/v1/classify", content=white)
             assert failed.status_code == 500

@@ -221,6 +221,8 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/readyz", summary="The model is loaded and warmed up with one forward pass.",
              responses={503: {"model": ErrorBody}})
     async def readyz():
+        if batcher.warmup_error:
+            return error_response(503, f"the model failed its warm-up forward pass ({batcher.warmup_error}).")
         if not batcher.ready:
             return error_response(503, "the model is still warming up.", {"Retry-After": str(RETRY_AFTER_S)})
         return {"status": "ready"}

@@ -11,6 +11,7 @@ Admission is counted in slots (one per image, reserved by a request before it re
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.stats = BatchStats()
         self.ready = False
+        self.warmup_error: str | None = None
         self.reserved = 0  # admission slots held by requests in progress
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
@@ -75,9 +77,14 @@ class DynamicBatcher:
 
     async def _warm_then_run(self) -> None:
         h, w = self.pre.input_size
-        blank = np.zeros((1, h, w, self.pre.channels), np.uint8)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, [blank[0]])
-        self.ready = True
+        blank = np.zeros((h, w, self.pre.channels), np.uint8)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, [blank])
+            self.ready = True
+        except Exception as exc:  # noqa: BLE001 - stay up, not ready; each request then gets the error as a 500
+            self.warmup_error = f"{type(exc).__name__}: {exc}"
+            print(f"error: the model failed its warm-up forward pass ({self.warmup_error}); /readyz answers 503.",
+                  file=sys.stderr, flush=True)
         await self._run()
 
     async def stop(self) -> None:
