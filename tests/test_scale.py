@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from scale_helpers import (assert_rows_match, free_port, jsonl_rows, kill_after_parts, read_parts, run_cnncli,
-                           tiny_onnx, write_images)
+from scale_helpers import (assert_rows_match, free_port, jsonl_rows, kill_after_parts, moto_s3, read_parts,
+                           run_cnncli, tiny_onnx, write_images)
 
 BUCKET = "photos"
 
@@ -39,30 +36,8 @@ def local_rows(small_set, tiny_onnx) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def moto_server():
-    """moto's S3 server on a free loopback port; yields the environment that points AWS clients at it."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with moto_s3() as env:
+        yield env
 
 
 @pytest.fixture
@@ -144,6 +119,16 @@ def test_s3_missing_bucket_and_unreachable_endpoint_exit_2_in_one_sentence(run_c
                      "--output", tmp_path / "out2")
     assert result.code == 2 and "cannot reach s3://photos/imgs/" in result.err, result.err
     assert len(result.err.strip().splitlines()) == 1 and time.monotonic() - start < 60
+
+
+def test_s3_refused_credentials_exit_2_in_one_sentence(tiny_onnx, tmp_path):
+    """moto with authentication on (INITIAL_NO_AUTH_ACTION_COUNT=0): unknown keys are refused by the S3 API."""
+    with moto_s3(INITIAL_NO_AUTH_ACTION_COUNT="0") as env:
+        result = run_cnncli("predict", "s3://photos/imgs/", "--model", tiny_onnx, "--format", "parquet",
+                            "--output", tmp_path / "out", env={**env, "AWS_ACCESS_KEY_ID": "AKIAWRONGKEY"})
+    assert result.returncode == 2 and "access to s3://photos/imgs/ was refused" in result.stderr, result.stderr
+    assert "AWS_ACCESS_KEY_ID" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_memory_uri_inputs_stream_jsonl_like_local(run_cli, small_set, tiny_onnx, local_rows):
@@ -235,3 +220,31 @@ def test_bytes_decoding_gives_the_file_pixels(small_set):
             assert str(caught.value) == str(exc)
             continue
         assert np.array_equal(load_pixels_from_bytes(path.read_bytes(), str(path), pre), expected)
+
+
+def test_ray_takes_an_optional_address():
+    """`--ray` alone (last, or before an input or another option) is a local Ray; a HOST:PORT after it joins."""
+    from cnncli.scale import with_ray_address
+
+    assert with_ray_address(["predict", "--ray", "imgs/", "-o", "p"]) == ["predict", "--ray=local", "imgs/", "-o", "p"]
+    assert with_ray_address(["predict", "imgs", "--ray"]) == ["predict", "imgs", "--ray=local"]
+    assert with_ray_address(["predict", "imgs", "--ray", "--format", "parquet"])[2] == "--ray=local"
+    for address in ("10.0.0.5:6379", "ray://head:10001", "auto", "[::1]:6379"):
+        assert with_ray_address(["predict", "imgs", "--ray", address]) == ["predict", "imgs", "--ray", address]
+
+
+def test_progress_bar_shows_rate_eta_and_failures(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import cnncli.scale.progress as progress_module
+
+    sink = io.StringIO()
+    monkeypatch.setattr(progress_module, "err_console", Console(file=sink, force_terminal=True, width=120))
+    with progress_module.JobProgress(20) as progress:
+        progress.advance(10, 2)
+        progress._bar.refresh()
+    shown = sink.getvalue()
+    assert "10/20" in shown and "img/s" in shown and "2 failed" in shown
+    assert progress.images == 10 and progress.failed == 2

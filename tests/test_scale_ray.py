@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scale_helpers import free_port, kill_after_parts, read_parts, run_cnncli, tiny_onnx, write_images  # noqa: F401
+from scale_helpers import (free_port, kill_after_parts, moto_s3, read_parts, run_cnncli, tiny_onnx,  # noqa: F401
+                           upload_folder, write_images)
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
            "RAY_USAGE_STATS_ENABLED": "0"}
+# the cluster's nodes have their own (dummy) S3 keys, as real nodes have theirs; the endpoint comes from the driver
+NODE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
 def _group_alive(pgid: int) -> bool:
@@ -38,7 +41,7 @@ def ray_cluster(tmp_path_factory):
         proc = subprocess.Popen([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                                  "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats", "--block"],
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **RAY_ENV})
+                                env={**os.environ, **RAY_ENV, **NODE_ENV})
     try:
         deadline = time.monotonic() + 120
         while "Ray runtime started" not in log.read_text():
@@ -141,3 +144,30 @@ def test_ray_crash_and_resume(ray_cluster, tiny_onnx, tmp_path):
         assert (out / name).stat().st_ino == st.st_ino and (out / name).stat().st_mtime_ns == st.st_mtime_ns
     names, rows = read_parts(out)
     assert names == [f"part-{i:06d}.parquet" for i in range(20)] and set(rows) == {str(p) for p in paths}
+
+
+@pytest.mark.slow  # ~40 s: the S3 API and the cluster together
+def test_ray_cluster_reads_and_writes_s3(ray_cluster, small_set, tiny_onnx, single_process_rows):
+    """Actors on a cluster read the objects and upload the parts themselves; the driver passes them the endpoint
+    it was given (AWS_ENDPOINT_URL), never credentials."""
+    import io
+
+    import boto3
+    import pyarrow.parquet as pq
+
+    with moto_s3() as env:
+        upload_folder(env, "photos", small_set, "imgs/")
+        result = run_cnncli("predict", "s3://photos/imgs/", "--model", tiny_onnx, "--format", "parquet", "--output",
+                            "s3://photos/preds/", "--shard-size", "30", "--ray", ray_cluster, env={**RAY_ENV, **env})
+        assert result.returncode == 1, result.stderr
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="photos", Prefix="preds/part-")["Contents"])
+        rows = {}
+        for key in keys:
+            for row in pq.read_table(io.BytesIO(s3.get_object(Bucket="photos", Key=key)["Body"].read())).to_pylist():
+                assert row["path"] not in rows
+                rows[row["path"]] = row
+    assert len(keys) == 7
+    by_local = {str(small_set / p[len("s3://photos/imgs/"):]): r for p, r in rows.items()}
+    _assert_same_rows(by_local, single_process_rows)

@@ -181,7 +181,17 @@ class OutputFolder:
             temp.unlink(missing_ok=True)
 
     def write_manifest(self, job: Job) -> None:
-        self.write_bytes(MANIFEST, (json.dumps(job.manifest(), indent=2) + "\n").encode(), replace=True)
+        """The job's first write: a folder or bucket that cannot be written to fails here, before any work."""
+        try:
+            self.write_bytes(MANIFEST, (json.dumps(job.manifest(), indent=2) + "\n").encode(), replace=True)
+        except Exception as exc:  # noqa: BLE001 - OSError locally; botocore/aiohttp errors on object stores
+            from cnncli.scale.sources import describe_failure
+
+            if not self.remote:
+                reason = getattr(exc, "strerror", None) or exc
+                raise UsageError(f"cannot write to --output {self.location} ({reason}); "
+                                 "choose a folder you can write to.") from None
+            raise UsageError(describe_failure(self.location, exc)) from None
 
     def write_part(self, index: int, data: bytes) -> bool:
         return self.write_bytes(part_name(index), data, replace=False)

@@ -19,6 +19,8 @@ from pathlib import Path
 from cnncli.errors import CnncliError, UsageError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# where the driver found its object store, passed on to the actors (never credentials: nodes use their own)
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 CONNECT_TIMEOUT_S = 5.0
 IN_FLIGHT_PER_ACTOR = 2
 REPLACEMENTS_PER_ACTOR = 2  # an actor that dies (out of memory, a lost node) is replaced this often, per slot
@@ -156,7 +158,9 @@ def run_on_ray(ray, engine, opts, job, folder, paths: list[str], bounds: list[tu
     model_refs = [ray.put(Path(p).read_bytes()) for p in onnx_files(engine)]
     device = "cuda" if gpu else "cpu"
     threads = opts.threads or 1
-    Actor = ray.remote(ShardActor).options(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    Actor = ray.remote(ShardActor).options(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
+                                            **({"runtime_env": {"env_vars": forwarded}} if forwarded else {}))
 
     def new_actor():
         return Actor.remote(model_refs, device, threads, opts.tta, opts.top_k, opts.batch_size, folder.location,
