@@ -338,7 +338,7 @@ def test_a_lone_request_does_not_wait_for_the_batching_window(cached_tiny, photo
 
 def test_startup_errors_are_one_sentence(run_cli, cached_tiny, tmp_path):
     missing = run_cli("serve", "-m", tmp_path / "missing.onnx")
-    assert missing.code == 1 and "does not exist" in missing.err and "Traceback" not in missing.err
+    assert missing.code == 2 and "does not exist" in missing.err and "Traceback" not in missing.err
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             import fastapi  # noqa: F401
-            import multipart  # noqa: F401
+            import python_multipart  # noqa: F401
             import uvicorn  # noqa: F401
         except ImportError as exc:
             raise CnncliError(f"cnncli serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing); "
