@@ -137,14 +137,15 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], p
 
 def engine_probabilities(engine, samples, batch_size: int = 32, workers: int | None = None):
     """Run ``engine`` over ``samples`` with the shared eval preprocessing: (probs, labels, paths, unreadable)."""
-    from cnncli.pipeline import InputItem, decoded_batches
+    from cnncli.pipeline import InputItem
+    from cnncli.predict import probability_batches
 
     items = [InputItem(str(s.path)) for s in samples]
     label_of = {str(s.path): s.label for s in samples}
     probs, labels, paths, unreadable = [], [], [], []
-    for batch in decoded_batches(items, engine.card.preprocessing, batch_size=batch_size, workers=workers):
-        if batch.array is not None:
-            probs.append(engine.predict_proba(batch.array))
+    for batch in probability_batches(engine, items, batch_size=batch_size, workers=workers):
+        if batch.probs is not None:
+            probs.append(batch.probs)
         for path, ok in zip(batch.paths, batch.ok):
             if ok:
                 labels.append(label_of[path])

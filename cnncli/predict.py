@@ -45,7 +45,7 @@ def predict_items(
     replicate (onnxruntime, OpenVINO), worker processes each decode and run their own batches
     (:mod:`cnncli.replicas`); otherwise decoder processes feed the engine in this process."""
     classes = engine.card.classes
-    for batch in _probabilities(engine, items, batch_size, workers):
+    for batch in probability_batches(engine, items, batch_size, workers):
         probs = batch.probs
         row = 0
         for path, ok in zip(batch.paths, batch.ok):
@@ -58,7 +58,10 @@ def predict_items(
             on_batch(len(batch.paths))
 
 
-def _probabilities(engine: Engine, items: list[InputItem], batch_size: int, workers: int | None) -> Iterator:
+def probability_batches(engine: Engine, items: list[InputItem], batch_size: int = 32,
+                        workers: int | None = None) -> Iterator:
+    """Probabilities (:class:`cnncli.replicas.ScoredBatch`) for ``items``, in input order: from replicas of the
+    engine where it replicates and there are two batches or more, else from decoder processes feeding it."""
     from cnncli.replicas import ScoredBatch, replicable, scored_batches
 
     if workers != 0 and len(items) > max(8, batch_size) and replicable(engine):  # two batches or more

@@ -81,12 +81,15 @@ def test_concurrent_preparation_does_not_corrupt_the_cache(tmp_path, tiny_model_
 
 
 def test_cached_hot_path_does_not_import_torch(tiny_model_file, photos):
+    """Nor any other heavy package (issue 15 item 2 keeps the cold start under 0.5 s: OpenVINO alone costs 0.3-0.6 s,
+    and serve/scale/tracking extras must stay out of the one-image path)."""
     prepare_cached_onnx(str(tiny_model_file), quiet=True)
     code = (
         "import sys\nfrom cnncli.cli.app import main\n"
         f"try:\n    main(['predict', {str(photos['chelsea'])!r}, '--model', {str(tiny_model_file)!r}, '-f', 'json'])\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'onnx', 'openvino', 'matplotlib', 'scipy', 'fastapi',\n"
+        "               'uvicorn', 'pyarrow', 'fsspec', 'ray') if m in sys.modules)\n"
         "print('HEAVY', heavy, 'EXIT', code, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         plots: Optional[str] = typer.Option(None, "--plots", help="Write confusion_matrix.png, reliability.png and errors.png here."),
-        workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoder processes."),
+        workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Worker processes (default: one per core; 0: everything in this process)."),
         engine: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch, onnx or openvino."),
         precision: str = typer.Option("fp32", "--precision", help="fp32; int8 or bf16 to score that precision and judge it against fp32 on the same images (accuracy, agreement where fp32 is decisive, speed)."),
         calib: Optional[str] = typer.Option(None, "--calib", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
