@@ -168,7 +168,8 @@ def evaluate_engine(engine, samples, classes: list[str], batch_size: int = 32, w
 
 
 def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size: int = 32, device: str = "auto",
-                   workers: int | None = None, engine: str = "auto", n_errors: int | None = None) -> EvalResult:
+                   workers: int | None = None, engine: str = "auto", n_errors: int | None = None,
+                   allow_outside: bool = False) -> EvalResult:
     """Evaluate a model file (.safetensors or .onnx, or a registry name) on a dataset folder / CSV, with the model's
     own class list, through :func:`cnncli.engines.open_engine` (``engine``: auto, torch or onnx). ``split`` picks
     the images (:func:`cnncli.data.eval_split.choose_eval_split`: by default none the model trained on)."""
@@ -184,7 +185,8 @@ def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size
     if card is None:
         opened = open_engine(model, device=device, engine=engine)
         card = opened.card
-    chosen = choose_eval_split(data, split=split, classes=list(card.classes), record=(card.training or {}).get("split"))
+    chosen = choose_eval_split(data, split=split, classes=list(card.classes), record=(card.training or {}).get("split"),
+                               allow_outside=allow_outside)
     engine = opened or open_engine(model, device=device, engine=engine)
     result = evaluate_engine(engine, chosen.samples, chosen.classes, batch_size=batch_size, workers=workers,
                              n_errors=n_errors)

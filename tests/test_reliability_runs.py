@@ -86,7 +86,8 @@ def test_a_running_folder_is_owned_by_its_run(digits, tmp_path, run_cli):
 
 
 def test_default_run_names_are_unchanged(digits, tmp_path, monkeypatch):
-    """Issue 14 / 13: the run-folder checks keep the default runs/<command>-N naming (first free N)."""
+    """Issue 14 / 13: the run-folder checks keep the default runs/<command>-N naming (first free N). A guard: it
+    passes on the old main too."""
     monkeypatch.chdir(tmp_path)
     first = run_training(cfg_for(digits, None, epochs=1))
     second = run_training(cfg_for(digits, None, epochs=1))

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         engine: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch, onnx or openvino."),
         precision: str = typer.Option("fp32", "--precision", help="fp32; int8 or bf16 to score that precision and judge it against fp32 on the same images (accuracy, agreement where fp32 is decisive, speed)."),
         calib: Optional[str] = typer.Option(None, "--calib", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
+        allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
     ) -> None:
         """Accuracy, per-class metrics and the confusion matrix of a model on a dataset."""
         from cnncli.errors import UsageError
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
         figures = None
         if precision == "fp32":
             result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers,
-                                    engine=engine)
+                                    engine=engine, allow_outside=allow_outside)
         else:
             from cnncli.precision_eval import evaluate_precision
 

@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         val_split: float = typer.Option(0.2, "--val-split", help="Dataset: share of each class held out as val (class-folder layout)."),
         seed: int = typer.Option(0, "--seed", help="Dataset: seed of the val split."),
         val_csv: Optional[str] = typer.Option(None, "--val-csv", help="Dataset: CSV manifest of the val images."),
+        allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
     ) -> None:
         """Look inside a model or a dataset. For a model: layers, output shapes, parameters (trainable / frozen),
         MACs, receptive field, and pictures (filters, feature maps, saliency, Grad-CAM). For a dataset: layout,
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
 
             if fmt not in DATASET_FORMATS:
                 raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(DATASET_FORMATS)}.")
-            report = check_dataset(target, val_split=val_split, seed=seed, val_csv=val_csv)
+            report = check_dataset(target, val_split=val_split, seed=seed, val_csv=val_csv, allow_outside=allow_outside)
             render_dataset_report(report, fmt, sys.stdout)
             if report.problems:
                 typer.echo(f"{len(report.problems)} problems found in {target}.", err=True)

@@ -51,6 +51,7 @@ def _options(command: str):
         cache_features: bool = typer.Option(False, "--cache-features", help="Compute the frozen backbone's features once (needs --trainable head --augment none)."),
         val_split: float = typer.Option(0.2, "--val-split", help="Held-out fraction for a class-folder dataset."),
         val_csv: Optional[str] = typer.Option(None, "--val-csv", help="Validation manifest for a CSV dataset."),
+        allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
         grayscale: bool = typer.Option(False, "--grayscale", help="1-channel input."),
         image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in pixels (square)."),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: 0 for small datasets)."),

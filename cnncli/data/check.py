@@ -117,13 +117,13 @@ def _orientation(img: Image.Image) -> int:
 
 
 def check_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_csv: str | Path | None = None,
-                  decode: bool = True, workers: int | None = None) -> DatasetReport:
+                  decode: bool = True, workers: int | None = None, allow_outside: bool = False) -> DatasetReport:
     """Check the dataset at ``path`` and report everything ``train`` would refuse or warn about, and more.
 
     Raises UsageError only when ``path`` is not a dataset at all (missing, not a folder or CSV); an empty
     class, a single class or a bad split is reported in ``problems``, never raised.
     """
-    scan = scan_dataset(path, val_csv)
+    scan = scan_dataset(path, val_csv, allow_outside)
     splits, refusals = assemble_splits(scan, val_split, seed)
     by_split = {name: samples for name, samples in (("train", splits.train), ("val", splits.val),
                                                     ("test", splits.test)) if samples or name != "test"}
@@ -164,14 +164,29 @@ def check_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_c
     return report
 
 
-def _read_all(paths: list[Path], decode: bool, workers: int | None) -> dict[Path, FileFacts]:
+def file_digest(path: Path) -> FileFacts:
+    """Only the SHA-256 of ``path``'s bytes (no image header); never raises."""
+    if special_file_problem(path):
+        return FileFacts(error="not a regular file.")
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    except OSError as exc:
+        return FileFacts(error=f"cannot read the file ({exc.strerror or exc}).")
+    return FileFacts(digest=digest.hexdigest())
+
+
+def _read_all(paths: list[Path], decode: bool, workers: int | None, digest_only: bool = False) -> dict[Path, FileFacts]:
     if not paths:
         return {}
+    read = file_digest if digest_only else (lambda p: read_file_facts(p, decode))
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     if workers <= 1 or len(paths) < 16:
-        return {p: read_file_facts(p, decode) for p in paths}
+        return {p: read(p) for p in paths}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(lambda p: read_file_facts(p, decode), paths, chunksize=16)))
+        return dict(zip(paths, pool.map(read, paths, chunksize=16)))
 
 
 def _class_counts(samples: list[Sample], classes: list[str]) -> dict[str, int]:
@@ -218,14 +233,32 @@ def _health_problems(report: DatasetReport, splits: DatasetSplits, conflicting: 
         problems.append(f"{_plural(len(report.unreadable), 'unreadable image')} (first: {report.unreadable[0]['path']}); "
                         f"training skips {'it' if len(report.unreadable) == 1 else 'them'}: fix or remove "
                         f"{'it' if len(report.unreadable) == 1 else 'them'}.")
-    if report.leaks:
-        n_files = sum(len(paths) for leak in report.leaks for key, paths in leak.items() if key != "hash")
-        problems.append(f"{_plural(len(report.leaks), 'image')} {'is' if len(report.leaks) == 1 else 'are'} in more "
-                        f"than one split ({n_files} files, first: {_first_path(report.leaks[0])}); val accuracy is "
+    return problems + _duplicate_problems(report.duplicates, report.leaks, conflicting)
+
+
+def duplicate_warnings(splits: DatasetSplits, workers: int | None = None) -> list[str]:
+    """What ``inspect DATA`` says about identical files, for the split ``train``/``finetune`` use: duplicates within
+    a split, the same image in train and val, and one image under two labels, naming the files. Only hashes are
+    computed (no decoding), once per run."""
+    by_split = {"train": splits.train, "val": splits.val}
+    paths = [s.path for samples in by_split.values() for s in samples]
+    facts = _read_all(paths, decode=False, workers=workers, digest_only=True)
+    duplicates, leaks = _find_duplicates(by_split, facts)
+    label_of = {str(s.path): s.label for samples in by_split.values() for s in samples}
+    conflicting = [group for group in duplicates if len({label_of[p] for p in group}) > 1]
+    return _duplicate_problems(duplicates, leaks, conflicting)
+
+
+def _duplicate_problems(duplicates: list[list[str]], leaks: list[dict], conflicting: list[list[str]]) -> list[str]:
+    problems = []
+    if leaks:
+        n_files = sum(len(paths) for leak in leaks for key, paths in leak.items() if key != "hash")
+        problems.append(f"{_plural(len(leaks), 'image')} {'is' if len(leaks) == 1 else 'are'} in more "
+                        f"than one split ({n_files} files, first: {_first_path(leaks[0])}); val accuracy is "
                         "inflated: remove the copies from val/test.")
-    if report.duplicates:
-        problems.append(f"{_plural(len(report.duplicates), 'group')} of identical files within a split (first: "
-                        f"{', '.join(report.duplicates[0][:2])}); remove the copies.")
+    if duplicates:
+        problems.append(f"{_plural(len(duplicates), 'group')} of identical files within a split (first: "
+                        f"{', '.join(duplicates[0][:2])}); remove the copies.")
     if conflicting:
         problems.append(f"{_plural(len(conflicting), 'group')} of identical files "
                         f"{'carries' if len(conflicting) == 1 else 'carry'} different labels (first: "
@@ -238,4 +271,5 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _first_path(leak: dict) -> str:
-    return next(paths[0] for key, paths in leak.items() if key != "hash")
+    """The first copy in each split, e.g. ``train/a/1.png (train) = val/a/7.png (val)``."""
+    return " = ".join(f"{paths[0]} ({key})" for key, paths in leak.items() if key != "hash")

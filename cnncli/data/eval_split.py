@@ -60,9 +60,9 @@ def scan_fingerprint(scan: DatasetScan) -> str:
 
 
 def split_record(data: str | Path, layout: str, val_split: float, seed: int, val_csv: str | Path | None,
-                 n_train: int, n_val: int) -> dict:
+                 n_train: int, n_val: int, allow_outside: bool = False) -> dict:
     """What ``train`` records in the card so ``evaluate`` can rebuild its split (see the module docstring)."""
-    scan = scan_dataset(data, val_csv)
+    scan = scan_dataset(data, val_csv, allow_outside)
     return {"dataset": str(Path(data).expanduser().resolve()), "layout": layout, "val_split": val_split, "seed": seed,
             "val_csv": str(Path(val_csv).expanduser().resolve()) if val_csv else None,
             "fingerprint": scan_fingerprint(scan), "n_images": _count(scan.groups), "n_train": n_train, "n_val": n_val}
@@ -73,7 +73,7 @@ def _count(groups: dict[str, dict[str, list[Path]]]) -> int:
 
 
 def choose_eval_split(data: str | Path, split: str = "auto", classes: list[str] | None = None,
-                      record: dict | None = None) -> EvalSplit:
+                      record: dict | None = None, allow_outside: bool = False) -> EvalSplit:
     """The images to score (see the module docstring). ``classes`` (the model's) fixes the label indices: a class
     in the data that the model does not know is refused. ``record`` is the card's ``training.split``."""
     if split not in EVAL_SPLITS:
@@ -82,7 +82,7 @@ def choose_eval_split(data: str | Path, split: str = "auto", classes: list[str] 
     if record and record.get("val_csv") and Path(data).suffix.lower() == ".csv" and Path(record["val_csv"]).is_file():
         if Path(data).expanduser().resolve() == Path(record.get("dataset", "")):
             val_csv = record["val_csv"]
-    scan = scan_dataset(data, val_csv)
+    scan = scan_dataset(data, val_csv, allow_outside)
     groups = scan.groups
     if split == "auto":
         split = next((s for s in ("test", "val") if s in groups), None) or ("val" if record else "all")

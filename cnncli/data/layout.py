@@ -72,6 +72,8 @@ class DatasetScan:
     missing_files: list[Path] = field(default_factory=list)  # named by a CSV manifest, not on disk
     loose_images: list[Path] = field(default_factory=list)  # images directly in a folder meant to hold classes
     ignored_folders: list[Path] = field(default_factory=list)  # next to train/ and val/ but not a split
+    skipped_links: list[Path] = field(default_factory=list)  # symlinks into the dataset itself or loops: not followed
+    unreadable_folders: list[tuple[Path, str]] = field(default_factory=list)  # (folder, why) that could not be listed
 
     def class_names(self) -> list[str]:
         names = {name for classes in self.groups.values() for name in classes}
@@ -92,16 +94,17 @@ def looks_like_dataset(path: str | Path) -> bool:
 # ------------------------------------------------------------------------------------------- scanning
 
 
-def scan_dataset(path: str | Path, val_csv: str | Path | None = None) -> DatasetScan:
+def scan_dataset(path: str | Path, val_csv: str | Path | None = None, allow_outside: bool = False) -> DatasetScan:
     """List the dataset at ``path`` (a folder or a CSV manifest). Raises UsageError only when the path is
-    missing or cannot be read as a dataset at all (a file that is not a CSV, a malformed manifest)."""
+    missing or cannot be read as a dataset at all (a file that is not a CSV, a malformed manifest, a manifest
+    path outside the manifest's folder without ``allow_outside``)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise UsageError(f"{root}: no such file or folder; pass a dataset folder or a CSV manifest.")
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise UsageError(f"{root}: not a dataset; pass a folder of class sub-folders or a CSV manifest (path,label).")
-        return _scan_csv(root, val_csv)
+        return _scan_csv(root, val_csv, allow_outside)
     if val_csv is not None:
         raise UsageError("--val-csv goes with a CSV manifest; for a folder dataset use --val-split or a val/ folder.")
     split_dirs = _split_folders(root)
@@ -146,9 +149,15 @@ def _is_split_layout(root: Path, split_dirs: dict[str, Path]) -> bool:
 
 
 def _visible_entries(folder: Path, scan: DatasetScan) -> list[Path]:
-    """Entries of ``folder`` in natural order; hidden ones are recorded in ``scan.hidden`` and skipped."""
+    """Entries of ``folder`` in natural order; hidden ones are recorded in ``scan.hidden`` and skipped, and a
+    folder that cannot be listed is recorded in ``scan.unreadable_folders``."""
     entries = []
-    for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+    try:
+        listed = list(folder.iterdir())
+    except OSError as exc:
+        scan.unreadable_folders.append((folder, exc.strerror or str(exc)))
+        return entries
+    for entry in sorted(listed, key=lambda p: natural_key(p.name)):
         if is_hidden(entry.name):
             scan.hidden.append(entry)
         else:
@@ -160,7 +169,9 @@ def _scan_class_folders(folder: Path, scan: DatasetScan) -> dict[str, list[Path]
     """class name -> image files (recursive, natural order) for each visible sub-folder of ``folder``."""
     classes: dict[str, list[Path]] = {}
     for entry in _visible_entries(folder, scan):
-        if entry.is_dir():
+        if entry.is_dir() and _link_inside_dataset(entry, scan):
+            scan.skipped_links.append(entry)  # a second name for images already in the dataset, or a loop
+        elif entry.is_dir():
             images = _images_below(entry, scan)
             classes[entry.name] = images
             if not images:
@@ -172,12 +183,35 @@ def _scan_class_folders(folder: Path, scan: DatasetScan) -> dict[str, list[Path]
     return classes
 
 
+def _link_inside_dataset(path: Path, scan: DatasetScan) -> bool:
+    """``path`` is a symlink to a folder inside the dataset (its images would be counted twice, perhaps under
+    another class) or to one of its own ancestors (a loop)."""
+    if not path.is_symlink():
+        return False
+    target = Path(os.path.realpath(path))
+    root = Path(os.path.realpath(scan.root if scan.root.is_dir() else scan.root.parent))
+    here = Path(os.path.realpath(path.parent))
+    return target == root or root in target.parents or target == here or target in here.parents
+
+
 def _images_below(folder: Path, scan: DatasetScan) -> list[Path]:
     images: list[Path] = []
-    for here, dirs, files in os.walk(folder):
+    visited: set[str] = set()
+
+    def unreadable(exc: OSError) -> None:
+        scan.unreadable_folders.append((Path(exc.filename or folder), exc.strerror or str(exc)))
+
+    for here, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
         here_path = Path(here)
+        real = os.path.realpath(here)
+        if real in visited:  # reached again through a link: a loop or a second name
+            dirs[:] = []
+            continue
+        visited.add(real)
         scan.hidden += [here_path / d for d in dirs if is_hidden(d)]
-        dirs[:] = sorted((d for d in dirs if not is_hidden(d)), key=natural_key)
+        links = [d for d in dirs if not is_hidden(d) and _link_inside_dataset(here_path / d, scan)]
+        scan.skipped_links += [here_path / d for d in links]
+        dirs[:] = sorted((d for d in dirs if not is_hidden(d) and d not in links), key=natural_key)
         for name in sorted(files, key=natural_key):
             file = here_path / name
             if is_hidden(name):
@@ -189,20 +223,20 @@ def _images_below(folder: Path, scan: DatasetScan) -> list[Path]:
     return images
 
 
-def _scan_csv(manifest: Path, val_csv: str | Path | None) -> DatasetScan:
+def _scan_csv(manifest: Path, val_csv: str | Path | None, allow_outside: bool = False) -> DatasetScan:
     scan = DatasetScan(manifest, "csv", {})
     if val_csv is None:
-        scan.groups["all"] = _read_manifest(manifest, scan)
+        scan.groups["all"] = _read_manifest(manifest, scan, allow_outside)
     else:
         val_path = Path(val_csv).expanduser()
         if not val_path.is_file():
             raise UsageError(f"--val-csv {val_path}: no such file; pass the CSV manifest of the validation images.")
-        scan.groups["train"] = _read_manifest(manifest, scan)
-        scan.groups["val"] = _read_manifest(val_path, scan)
+        scan.groups["train"] = _read_manifest(manifest, scan, allow_outside)
+        scan.groups["val"] = _read_manifest(val_path, scan, allow_outside)
     return scan
 
 
-def _read_manifest(manifest: Path, scan: DatasetScan) -> dict[str, list[Path]]:
+def _read_manifest(manifest: Path, scan: DatasetScan, allow_outside: bool = False) -> dict[str, list[Path]]:
     """class -> paths from a ``path,label`` CSV. The header is optional; with one, the columns may be in
     any order and named path/file/filename/image and label/class/target."""
     try:
@@ -228,6 +262,9 @@ def _read_manifest(manifest: Path, scan: DatasetScan) -> dict[str, list[Path]]:
         if not rel or not label:
             raise UsageError(f"{manifest} line {number}: the path or the label is empty.")
         file = Path(rel).expanduser()
+        if not allow_outside and (file.is_absolute() or os.path.normpath(rel).split(os.sep)[0] == os.pardir):
+            raise UsageError(f"{manifest} line {number}: {rel} is outside the manifest's folder {base}; a manifest "
+                             "names files below its own folder, or pass --allow-outside to read it anyway.")
         file = file if file.is_absolute() else base / file
         if not file.is_file():
             scan.missing_files.append(file)
@@ -336,6 +373,11 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
         warnings.append(f"{_quote_list([p.name for p in scan.ignored_folders])} next to train/ "
                         f"{'is' if len(scan.ignored_folders) == 1 else 'are'} not train/, val/ or test/ and "
                         f"{'is' if len(scan.ignored_folders) == 1 else 'are'} ignored.")
+    for link in scan.skipped_links[:3]:
+        warnings.append(f"{link} is a symlink to {os.path.realpath(link)}, inside the dataset (a loop, or the same "
+                        "images under a second name); it is not followed.")
+    for folder, why in scan.unreadable_folders[:3]:
+        warnings.append(f"folder {folder} cannot be read ({why}); its images are not used: fix its permissions.")
     if scan.loose_images and n_images:
         warnings.append(f"{len(scan.loose_images)} images lie outside any class folder (first: "
                         f"{scan.loose_images[0]}) and are ignored.")
@@ -368,13 +410,13 @@ def refusal_error(refusals: list[str], path: str | Path) -> UsageError:
 
 
 def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_csv: str | Path | None = None,
-                 classes: list[str] | None = None) -> DatasetSplits:
+                 classes: list[str] | None = None, allow_outside: bool = False) -> DatasetSplits:
     """Find the dataset's images, classes (natural order, or ``classes`` when given) and train/val/test split.
 
     Refuses with a one-sentence UsageError: missing path, no images, a single class, a class folder with no
     images, a val split that leaves a class empty. Does not decode images.
     """
-    splits, refusals = assemble_splits(scan_dataset(path, val_csv), val_split, seed, classes)
+    splits, refusals = assemble_splits(scan_dataset(path, val_csv, allow_outside), val_split, seed, classes)
     if refusals:
         raise refusal_error(refusals, path)
     return splits

@@ -35,6 +35,7 @@ class TrainConfig:
     # data
     val_split: float = 0.2
     val_csv: str | None = None
+    allow_outside: bool = False  # a CSV manifest may name files outside its folder
     grayscale: bool = False
     image_size: int | None = None
     augment: str = "light"  # cnncli.train.augment: light is safe for any task

@@ -323,9 +323,12 @@ class TrainingRun:
         cfg.data = str(Path(cfg.data).expanduser().resolve())  # args.json: resumable from any folder
         if cfg.val_csv:
             cfg.val_csv = str(Path(cfg.val_csv).expanduser().resolve())
-        self.splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv)
-        for message in self.splits.warnings:
-            if self.dist.main:
+        self.splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv,
+                                   allow_outside=cfg.allow_outside)
+        if self.dist.main:
+            from cnncli.data.check import duplicate_warnings
+
+            for message in self.splits.warnings + duplicate_warnings(self.splits):  # as `cnncli inspect DATA` says
                 warn(message)
         self.classes = list(self.splits.classes)
         self.default_named = not (cfg.resume or cfg.out)
@@ -499,7 +502,7 @@ class TrainingRun:
             self.train_fn = ddp_wrap()
 
         record = split_record(cfg.data, splits.layout, cfg.val_split, cfg.seed, cfg.val_csv, len(splits.train),
-                              len(splits.val))
+                              len(splits.val), allow_outside=cfg.allow_outside)
         self.summary_base = {"command": cfg.command, "dataset": record["dataset"], "layout": splits.layout,
                              "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
                              "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
