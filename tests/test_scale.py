@@ -21,7 +21,7 @@ BUCKET = "photos"
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("scale-small")
-    write_images(folder, 240)
+    write_images(folder, 210)
     (folder / "notes.txt").write_text("not an image extension")
     return folder
 
@@ -56,7 +56,7 @@ def _s3():
 
 
 def test_s3_prefix_to_s3_parquet_equals_local_predict(run_cli, s3_env, small_set, tiny_onnx, local_rows):
-    """Acceptance 1: 240 images (some corrupt) in a real S3 API, `predict s3://... --output s3://.../preds/
+    """Acceptance 1: 210 images (some corrupt) in a real S3 API, `predict s3://... --output s3://.../preds/
     --format parquet`: every object exactly once, rows equal to local predict (top-1, probs within 1e-5)."""
     s3 = _s3()
     s3.create_bucket(Bucket=BUCKET)
@@ -69,7 +69,7 @@ def test_s3_prefix_to_s3_parquet_equals_local_predict(run_cli, s3_env, small_set
                      "--format", "parquet", "--shard-size", "64", "--top-k", "3")
     assert result.code == 1, result.err  # corrupt objects are rows with an error, the job still finishes
     err = " ".join(result.err.split())
-    assert "240 images, 7 failed" in err and f"4 parts in s3://{BUCKET}/preds/" in err and "Traceback" not in err
+    assert "210 images, 6 failed" in err and f"4 parts in s3://{BUCKET}/preds/" in err and "Traceback" not in err
 
     import pyarrow.parquet as pq
     import io
@@ -92,7 +92,7 @@ def test_s3_prefix_to_s3_parquet_equals_local_predict(run_cli, s3_env, small_set
     assert json.loads(metadata[b"cnncli.model"]) == ["sha256:" + sha256_of(tiny_onnx)]
     assert metadata[b"cnncli.version"].decode() == __version__ and metadata[b"cnncli.top_k"] == b"3"
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read())
-    assert manifest["inputs"]["count"] == 240 and manifest["shard_size"] == 64 and manifest["shards"] == 4
+    assert manifest["inputs"]["count"] == 210 and manifest["shard_size"] == 64 and manifest["shards"] == 4
 
     # the same command again: the manifest matches, every part is there, nothing is rewritten
     before = {k: s3.head_object(Bucket=BUCKET, Key=k)["ETag"] for k in keys}
@@ -194,6 +194,7 @@ def test_other_job_in_the_output_folder_is_refused(run_cli, small_set, tiny_onnx
     (["--ray", "--format", "jsonl"], "--ray writes parquet part files"),
     (["--format", "parquet", "--output", "{tmp}/o", "--ray", "127.0.0.1:{port}"], "cannot reach the Ray cluster"),
     (["--format", "parquet", "--output", "{tmp}/o", "--ray", "nohost.invalid:6379"], "cannot reach the Ray cluster"),
+    (["--format", "parquet", "--output", "{tmp}/o", "--engine", "torch", "--ray"], "onnxruntime"),
 ])
 def test_usage_errors_exit_2_in_one_sentence(run_cli, small_set, tiny_onnx, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, port=free_port()) for a in args]

@@ -109,8 +109,9 @@ def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int
     engine = _open_engine(opts, for_ray=opts.ray is not None)
     ray = None
     if opts.ray is not None:
-        from cnncli.scale.ray_runner import connect
+        from cnncli.scale.ray_runner import connect, onnx_files
 
+        onnx_files(engine)  # a model that cannot run on the actors is refused before Ray starts
         ray = connect(address)
     try:
         if not known:

@@ -90,6 +90,8 @@ def list_uri(spec: str, recursive: bool = True) -> list[str]:
         raise
     except Exception as exc:  # noqa: BLE001 - botocore, aiohttp and fsspec raise many types
         raise UsageError(describe_failure(spec, exc)) from None
+    finally:
+        fs.invalidate_cache()  # s3fs keeps every listed key's details; the driver keeps only the names
     return [fs.unstrip_protocol(p) for p in found]
 
 
