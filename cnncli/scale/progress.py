@@ -33,6 +33,10 @@ class JobProgress:
         if self._bar is not None:
             self._bar.stop()
 
+    def restart(self) -> None:
+        """Start the clock again (after workers have loaded the model)."""
+        self.started = time.perf_counter()
+
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.started

@@ -131,6 +131,9 @@ class ShardActor:
         self.output = OutputFolder(output)
         self.job = Job(**job)
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, index: int, paths: list[str]) -> tuple[int, int, int, bool]:
         from cnncli.scale.shards import run_shard
 
@@ -181,6 +184,15 @@ def run_on_ray(ray, engine, opts, job, folder, paths: list[str], bounds: list[tu
 
     written = 0
     try:
+        # the model loads in every actor first; like the single-process run (which opens its engine before the
+        # clock starts), the img/s of the summary counts from there
+        try:
+            ray.get([actor.ready.remote() for actor in actors])
+        except Exception as exc:  # noqa: BLE001 - RayActorError: the model did not load on a node
+            first = " ".join(str(exc).split())[:240]
+            raise CnncliError(f"the Ray actors could not load the model ({type(exc).__name__}: {first}); check that "
+                              "every node has cnncli installed (and onnxruntime-gpu for --device cuda).") from None
+        progress.restart()
         for _ in range(IN_FLIGHT_PER_ACTOR):
             for actor in actors:
                 submit(actor)
