@@ -222,14 +222,23 @@ TABLE_ERRORS = 12  # misclassified images listed in the terminal unless --errors
 GALLERY_ERRORS = 24  # at most this many images in errors.png
 
 
-def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TABLE_ERRORS) -> None:
+def _matrix_fits(names: list[str], matrix, width: int) -> bool:
+    """Whether the numbered confusion matrix (the narrower of its two forms) fits ``width`` columns."""
+    digits = len(str(matrix.max(initial=0)))
+    label = min(24, max(len(f"{len(names) - 1} {name}") for name in names))
+    return label + sum(max(digits, len(str(n))) + 1 for n in range(len(names))) <= width
+
+
+def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TABLE_ERRORS,
+                      root: str | None = None) -> None:
     """Rich tables: which images were scored, summary, per-class scores, confusion matrix, the first
-    ``errors_shown`` most confidently wrong images (None: all)."""
+    ``errors_shown`` most confidently wrong images (None: all; paths relative to the dataset folder ``root``),
+    all within the terminal's width."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=stream, highlight=False, soft_wrap=False, width=max(100, Console(file=stream).width))
+    console = Console(file=stream, highlight=False, soft_wrap=False)
     if result.split:
         console.print(f"scored {result.n_images} images: {result.split['description']}")
     top5 = "n/a (5 classes or fewer)" if result.top5 is None else f"{result.top5:.4f}"
@@ -247,7 +256,10 @@ def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TAB
     if len(names) < len(result.classes):
         console.print(f"({len(result.classes) - len(names)} classes with no images and no predictions are not shown; "
                       "--format json lists all)")
-    if len(names) <= 30:
+    if len(names) <= 30 and not _matrix_fits(names, matrix, console.width):
+        console.print(f"(the {len(names)}x{len(names)} confusion matrix is wider than the terminal; --plots DIR draws "
+                      "it, --format json lists it)")
+    elif len(names) <= 30:
         # Class names head the columns when they fit the terminal; otherwise the columns are numbered as the rows.
         digits = len(str(matrix.max(initial=0)))
         named = max(map(len, names)) + sum(max(len(name), digits) + 1 for name in names) < console.width
@@ -265,8 +277,10 @@ def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TAB
         errs = Table(title="most confidently wrong", title_justify="left")
         for col in ("image", "true", "predicted", "prob"):
             errs.add_column(col, overflow="fold")
+        from cnncli.report import shown_path
+
         for e in shown:
-            errs.add_row(e["path"], e["true"], e["predicted"], f"{e['prob']:.4f}")
+            errs.add_row(shown_path(e["path"], root), e["true"], e["predicted"], f"{e['prob']:.4f}")
         console.print(errs)
         if len(shown) < len(result.errors):
             console.print(f"({len(result.errors) - len(shown)} more misclassified images: --errors all, "

@@ -315,7 +315,10 @@ def export_onnx(
     sweep_stale_temporaries(path.parent, target=path.name)  # what a killed earlier export left
     sweep_stale_work_folders(path.parent)
     if image_size is not None:
+        from cnncli.models.limits import check_image_size
+
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        check_image_size(card.arch, size, card.preprocessing.channels)
         card = ModelCard.from_dict({**card.to_dict(), "preprocessing": card.preprocessing.replace(input_size=size).to_dict()})
     model = model.cpu().eval().float()
     notes: list[str] = []

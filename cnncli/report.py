@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from typing import IO, Iterable
 
@@ -15,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 FORMATS = ("table", "json", "jsonl", "csv")
+CSV_COLUMNS = ["path", "rank", "label", "index", "prob", "error"]  # error: set (and the rest empty) for a failed image
+NEXT_SHOWN = 2  # classes after the first shown in a several-image table
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -30,13 +33,13 @@ def info(message: str) -> None:
 class PredictionWriter:
     """Streams predictions in one of FORMATS to ``stream``."""
 
-    def __init__(self, fmt: str, stream: IO[str], top_k: int) -> None:
-        self.fmt, self.stream, self.top_k = fmt, stream, top_k
+    def __init__(self, fmt: str, stream: IO[str], top_k: int, root: str | None = None) -> None:
+        self.fmt, self.stream, self.top_k, self.root = fmt, stream, top_k, root
         self.rows: list = []
         self.first = True
         self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
         if self.csv:
-            self.csv.writerow(["path", "rank", "label", "index", "prob"])
+            self.csv.writerow(CSV_COLUMNS)
 
     def write(self, pred) -> None:
         if self.fmt == "jsonl":
@@ -46,9 +49,9 @@ class PredictionWriter:
             self.stream.write(("[\n" if self.first else ",\n") + "  " + json.dumps(pred.to_dict(), ensure_ascii=False))
         elif self.fmt == "csv":
             if pred.error is not None:
-                self.csv.writerow([pred.path, "", "", "", ""])
+                self.csv.writerow([pred.path, "", "", "", "", pred.error])
             for rank, t in enumerate(pred.top, 1):
-                self.csv.writerow([pred.path, rank, t["label"], t["index"], f"{t['prob']:.6f}"])
+                self.csv.writerow([pred.path, rank, t["label"], t["index"], f"{t['prob']:.6f}", ""])
             self.stream.flush()
         else:
             self.rows.append(pred)
@@ -58,40 +61,78 @@ class PredictionWriter:
         if self.fmt == "json":
             self.stream.write("[]\n" if self.first else "\n]\n")
         elif self.fmt == "table":
-            render_prediction_table(self.rows, self.top_k, self.stream)
+            render_prediction_table(self.rows, self.top_k, self.stream, root=self.root)
         self.stream.flush()
 
 
-def render_prediction_table(preds: list, top_k: int, stream: IO[str]) -> None:
-    console = Console(file=stream, highlight=False, soft_wrap=False, width=max(100, Console(file=stream).width))
+def terminal_console(stream: IO[str]) -> Console:
+    """A console for tables on ``stream``: the terminal's width (COLUMNS), 80 when it is not a terminal."""
+    return Console(file=stream, highlight=False, soft_wrap=False)
+
+
+def shown_path(path: str, root: str | None) -> str:
+    """``path`` relative to the input folder ``root`` when it lies inside it."""
+    if root:
+        rel = os.path.relpath(path, root)
+        if not rel.startswith(".."):
+            return rel
+    return path
+
+
+def common_folder(paths: list[str]) -> str | None:
+    """The deepest folder holding all ``paths`` (None when that is the file-system root or the current folder)."""
+    try:
+        folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    except ValueError:
+        return None
+    if folder in ("", os.sep) or folder == os.getcwd():
+        return None
+    return folder
+
+
+def render_prediction_table(preds: list, top_k: int, stream: IO[str], root: str | None = None) -> None:
+    """One image: its top-k as rows. Several: one row per image, paths relative to the input folder (or the
+    folder they share), within the terminal's width."""
+    console = terminal_console(stream)
     good = [p for p in preds if p.error is None]
     if len(preds) == 1 and good:
         pred = good[0]
         table = Table(title=pred.path, title_justify="left")
         table.add_column("#", justify="right")
-        table.add_column("label")
+        table.add_column("label", overflow="fold")
         table.add_column("index", justify="right")
         table.add_column("prob", justify="right")
         for rank, t in enumerate(pred.top, 1):
             table.add_row(str(rank), t["label"], str(t["index"]), f"{t['prob']:.4f}")
         console.print(table)
         return
+    if root is None and len(preds) > 1:
+        root = common_folder([p.path for p in preds])
+    elif root is not None and os.path.abspath(root) == os.getcwd():
+        root = None
     table = Table()
-    table.add_column("image", overflow="fold")
-    table.add_column("top-1")
-    table.add_column("prob", justify="right")
+    table.add_column("image", overflow="fold", ratio=3)
+    table.add_column("top-1", overflow="fold", ratio=2)
+    table.add_column("prob", justify="right", no_wrap=True)
     if top_k > 1:
-        table.add_column("next")
+        table.add_column("next", overflow="fold", ratio=3)
     for pred in preds:
+        name = shown_path(pred.path, root)
         if pred.error is not None:
-            table.add_row(pred.path, "[red]error[/]", "", *([pred.error] if top_k > 1 else []))
+            table.add_row(name, "[red]error[/]", "", *([pred.error] if top_k > 1 else []))
             continue
         first = pred.top[0]
-        cells = [pred.path, first["label"], f"{first['prob']:.4f}"]
+        cells = [name, first["label"], f"{first['prob']:.4f}"]
         if top_k > 1:
-            cells.append(", ".join(f"{t['label']} {t['prob']:.3f}" for t in pred.top[1:3]))
+            cells.append(", ".join(f"{t['label']} {t['prob']:.3f}" for t in pred.top[1 : 1 + NEXT_SHOWN]))
         table.add_row(*cells)
+    if root:
+        table.title, table.title_justify = f"images in {root}", "left"
     console.print(table)
+    most = max((len(p.top) for p in good), default=0)
+    if most > 1 + NEXT_SHOWN:
+        console.print(f"{1 + NEXT_SHOWN} of the top {most} classes shown per image; --format json, jsonl or csv "
+                      "lists all of them.")
 
 
 def rich_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable], stream: IO[str] | None = None) -> None:

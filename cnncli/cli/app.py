@@ -1,22 +1,29 @@
-"""The ``cnncli`` Typer app: registers the subcommands and turns cnncli errors into one line and an exit code.
+"""The ``cnncli`` Typer app: registers the subcommands and turns cnncli errors and usage errors (a bad option
+value, a missing argument) into one line and an exit code.
 
-``--debug`` (anywhere on the command line, or CNNCLI_DEBUG=1) shows the traceback instead.
+``--debug`` (anywhere on the command line, or CNNCLI_DEBUG=1) shows the traceback instead. Old option spellings
+kept as hidden aliases (``--out``, ``--input-size``) are rewritten to today's names before parsing.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
+from typer.core import TyperArgument
 
 from cnncli import __version__
+
+# An argument's help line shows its metavar (DATA, IMAGES...) and no Python type placeholder (<str>, <list[str]>).
+TyperArgument.display_type_rich = lambda self, ctx: None
 
 app = typer.Typer(
     name="cnncli",
     help="Image classification with convolutional networks: predict, train, finetune, evaluate, export, inspect, serve.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -31,12 +38,47 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Show the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback when something fails (allowed anywhere on "
+                                                      "the command line; or set CNNCLI_DEBUG=1)."),
 ) -> None:
     """Image classification with convolutional networks.
 
     Add --debug anywhere to see a traceback when something fails.
     """
+
+
+# Hidden aliases: the spelling a command used before the shared vocabulary -> today's option.
+OPTION_ALIASES = {"--out": "--output", "--input-size": "--image-size"}
+
+
+def rewrite_aliases(argv: list[str]) -> list[str]:
+    """``--out X`` / ``--out=X`` -> ``--output``, and so on, up to a ``--`` that ends the options."""
+    result = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return result + argv[i:]
+        name, eq, value = arg.partition("=")
+        result.append(OPTION_ALIASES[name] + eq + value if name in OPTION_ALIASES else arg)
+    return result
+
+
+def usage_line(exc) -> str:
+    """One sentence for a click usage error: which option or argument, what is wrong, where the help is."""
+    from typer._click.exceptions import BadParameter, MissingParameter
+
+    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "cnncli"
+    message = exc.format_message()
+    if isinstance(exc, BadParameter) and not isinstance(exc, MissingParameter) and exc.param is not None:
+        opts = [o for o in getattr(exc.param, "opts", []) if o.startswith("--")] or [exc.param.human_readable_name]
+        name, detail = max(opts, key=len), exc.message.replace("Value error, ", "").strip()
+        choice = re.fullmatch(r"'(.*)' is not one of (.*?)\.?", detail)
+        if choice:
+            allowed = ", ".join(c.strip().strip("'") for c in choice.group(2).split(","))
+            message = f"unknown {name} {choice.group(1)!r}; choose one of: {allowed}"
+        else:
+            message = f"invalid {name}: {detail}"
+    return f"error: {message.rstrip('.')}. See `{command} --help`."
 
 
 def _register() -> None:
@@ -55,17 +97,32 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in argv:
         argv.remove("--debug")
         debug = True
+    argv = rewrite_aliases(argv)
     if "--ray" in argv:  # an option with an optional value (Typer has none)
         from cnncli.scale import with_ray_address
 
         argv = with_ray_address(argv)
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
     from cnncli.errors import CnncliError
 
     try:
         from cnncli.limits import check_environment
 
         check_environment()
-        app(args=argv, prog_name="cnncli", standalone_mode=True)
+        code = app(args=argv, prog_name="cnncli", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode: always by SystemExit
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted.", err=True)
+        sys.exit(1)
+    except ClickException as exc:
+        if debug:
+            raise
+        typer.echo(usage_line(exc), err=True)
+        sys.exit(exc.exit_code)
     except CnncliError as exc:
         if debug:
             raise

@@ -7,9 +7,12 @@ from typing import Optional
 
 import typer
 
+from cnncli.cli.common import (PRECISIONS, TableOrJson, batch_size_option, choices, device_option, engine_option,
+                               workers_option)
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("evaluate")
+    @app.command("evaluate", short_help="Accuracy, per-class metrics and confusion matrix on a dataset.")
     def command(
         model: str = typer.Argument(..., metavar="MODEL", help="A cnncli model file (.safetensors, or .onnx where supported) or a registry name."),
         data: str = typer.Argument(..., metavar="DATA", help="A dataset folder or CSV manifest."),
@@ -20,21 +23,18 @@ def register(app: typer.Typer) -> None:
         errors: str = typer.Option("default", "--errors", metavar="N|all",
                                    help="How many misclassified images to list, most confident first (default: all "
                                         "in JSON, 12 in the table)."),
-        fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
-        batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        plots: Optional[str] = typer.Option(None, "--plots", help="Write confusion_matrix.png, reliability.png and errors.png here."),
-        workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Worker processes (default: one per core; 0: everything in this process)."),
-        engine: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch, onnx or openvino."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32; int8 or bf16 to score that precision and judge it against fp32 on the same images (accuracy, agreement where fp32 is decisive, speed)."),
-        calib: Optional[str] = typer.Option(None, "--calib", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
+        fmt: TableOrJson = typer.Option("table", "--format", "-f", metavar=choices("table", "json"), help="Output format."),
+        batch_size: int = batch_size_option(),
+        device: str = device_option(),
+        plots: Optional[str] = typer.Option(None, "--plots", metavar="DIR", help="Write confusion_matrix.png, reliability.png and errors.png here."),
+        workers: Optional[int] = workers_option("Worker processes (default: one per core; 0: everything in this process)."),
+        engine: str = engine_option(),
+        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="int8 or bf16: score that precision and judge it against fp32 on the same images (accuracy, agreement where fp32 is decisive, speed)."),
+        calib: Optional[str] = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
         allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
     ) -> None:
         """Accuracy, per-class metrics and the confusion matrix of a model on a dataset."""
         from cnncli.errors import UsageError
-
-        if fmt not in ("table", "json"):
-            raise UsageError(f"unknown --format {fmt!r}; choose table or json.")
         from cnncli.evaluate import TABLE_ERRORS, evaluate_model, render_evaluation, save_plots
         from cnncli.report import info, to_text, warn
 
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
                 report["precision"] = figures.to_dict()
             sys.stdout.write(to_text(report) + "\n")
         else:
-            render_evaluation(result, sys.stdout, errors_shown=n_errors)
+            render_evaluation(result, sys.stdout, errors_shown=n_errors, root=data)
             if figures is not None:
                 print(f"{precision} against fp32 on the same {figures.images} images:")
                 for line in figures.lines("them"):

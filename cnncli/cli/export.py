@@ -7,26 +7,33 @@ from typing import Optional
 
 import typer
 
+from cnncli.cli import validate as v
+from cnncli.cli.common import choices, image_size_option, output_option
+
+
+OPSET = v.number(int, ge=7, le=30)
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("export")
+    @app.command("export", short_help="Export a model to a verified ONNX file.")
     def export(
         model: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="A cnncli .safetensors file or a registry name (default: efficientnet_lite0)."),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx file to write (default: next to a model file, runs/x/best.safetensors -> runs/x/best[.fp16|.int8].onnx; <name>.onnx here for a registry name)."),
+        output: Optional[Path] = output_option("The .onnx file to write (default: next to a model file, runs/x/best.safetensors -> runs/x/best[.fp16|.int8].onnx; NAME.onnx here for a registry name)."),
         force: bool = typer.Option(False, "--force", help="Replace the output file if it exists (otherwise refused)."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name: default, an enum name or a file."),
-        opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
+        weights: Optional[str] = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name or a file."),
+        opset: int = typer.Option(17, "--opset", parser=OPSET, metavar="N", help="ONNX opset version."),
         dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Batch axis dynamic (default) or fixed at 1."),
         fp16: bool = typer.Option(False, "--fp16", help="fp16 weights and compute (for CUDA); input and output stay float32."),
-        int8: Optional[str] = typer.Option(None, "--int8", metavar="static|dynamic", help="int8 quantization: static (QDQ, calibrated on --calib or the set a trained model file records; fast on CPU) or dynamic (weights only; slow for CNNs)."),
-        calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for --int8 static (also used to verify; default: the set the model file records)."),
-        verify_images: Optional[Path] = typer.Option(None, "--verify-images", help="Folder of real images to verify on, besides random inputs."),
+        int8: Optional[str] = typer.Option(None, "--int8", metavar=choices("static", "dynamic"), help="int8 quantization: static (QDQ, calibrated on --calib or the set a trained model file records; fast on CPU) or dynamic (weights only; slow for CNNs)."),
+        calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --int8 static (also used to verify; default: the set the model file records)."),
+        verify_images: Optional[Path] = typer.Option(None, "--verify-images", metavar="DIR", help="Folder of real images to verify on, besides random inputs."),
         simplify: bool = typer.Option(False, "--simplify", help="Simplify the graph with onnxslim (verified the same way)."),
         verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare onnxruntime with PyTorch and refuse a file that differs."),
-        image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Input size (square) to export at, instead of the model's own."),
+        image_size: Optional[int] = image_size_option("Input size (square) to export at, instead of the model's own."),
     ) -> None:
-        """Export a model to ONNX for onnxruntime, verified against PyTorch. Exit 1 if it cannot be exported or
-        does not match."""
+        """Export a model to ONNX for onnxruntime, verified against PyTorch.
+
+        Exit 1 if it cannot be exported or does not match."""
         from cnncli.errors import UsageError
 
         if fp16 and int8:

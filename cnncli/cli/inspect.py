@@ -9,7 +9,10 @@ from typing import Optional
 
 import typer
 
-WHAT_HELP = "Comma-separated: summary, filters, features, saliency, gradcam (pictures go to --out as PNG)."
+from cnncli.cli import validate as v
+from cnncli.cli.common import TableOrJson, choices, image_size_option, output_option, seed_option
+
+WHAT_HELP = "Comma-separated: summary, filters, features, saliency, gradcam (pictures go to --output as PNG)."
 
 
 def register(app: typer.Typer) -> None:
@@ -18,47 +21,41 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Argument(..., metavar="MODEL_OR_DATA",
                                      help="A registry name, a cnncli .safetensors file, an .onnx file, "
                                           "or a dataset folder / CSV manifest."),
-        input_size: Optional[int] = typer.Option(None, "--input-size", min=1,
-                                                 help="Input height and width (default: the model's own)."),
-        depth: int = typer.Option(3, "--depth", min=1, help="How many levels of nested layers to list."),
-        fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
-        what: str = typer.Option("summary", "--what", help=WHAT_HELP),
-        image: Optional[Path] = typer.Option(None, "--image", help="The image for features, saliency and gradcam."),
-        layer: Optional[str] = typer.Option(None, "--layer", help="Layer for features (default: one in the middle)."),
-        out: Path = typer.Option(Path("."), "--out", help="Folder for the pictures."),
+        input_size: Optional[int] = image_size_option("Input height and width (default: the model's own)."),
+        depth: int = typer.Option(3, "--depth", parser=v.POSITIVE_INT, metavar="N", help="How many levels of nested layers to list."),
+        fmt: TableOrJson = typer.Option("table", "--format", "-f", metavar=choices("table", "json"), help="Output format."),
+        what: str = typer.Option("summary", "--what", metavar="KINDS", help=WHAT_HELP),
+        image: Optional[Path] = typer.Option(None, "--image", metavar="IMAGE", help="The image for features, saliency and gradcam."),
+        layer: Optional[str] = typer.Option(None, "--layer", metavar="NAME", help="Layer for features (default: one in the middle)."),
+        out: Path = output_option("Folder for the pictures.", default=Path(".")),
         weights: Optional[str] = typer.Option(
-            None, "--weights",
+            None, "--weights", metavar="WEIGHTS",
             help="Weights for a registry name. Default: the default model's shipped ImageNet weights; for other "
                  "names none for a summary (no download needed) and the hub's default for pictures."),
-        val_split: float = typer.Option(0.2, "--val-split", help="Dataset: share of each class held out as val (class-folder layout)."),
-        seed: int = typer.Option(0, "--seed", help="Dataset: seed of the val split."),
-        val_csv: Optional[str] = typer.Option(None, "--val-csv", help="Dataset: CSV manifest of the val images."),
+        val_split: float = typer.Option(0.2, "--val-split", parser=v.FRACTION_OPEN, metavar="FRACTION", help="Dataset: share of each class held out as val (class-folder layout)."),
+        seed: int = seed_option("Dataset: seed of the val split."),
+        val_csv: Optional[str] = typer.Option(None, "--val-csv", metavar="CSV", help="Dataset: CSV manifest of the val images."),
         allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
     ) -> None:
-        """Look inside a model or a dataset. For a model: layers, output shapes, parameters (trainable / frozen),
-        MACs, receptive field, and pictures (filters, feature maps, saliency, Grad-CAM). For a dataset: layout,
-        classes and counts per split, sizes, modes, unreadable files, duplicates and train/val leaks. Exit 0 when
-        clean, 1 when problems were found."""
+        """Look inside a model or a dataset.
+
+        For a model: layers, output shapes, parameters (trainable / frozen), MACs, receptive field, and pictures
+        (filters, feature maps, saliency, Grad-CAM). For a dataset: layout, classes and counts per split, sizes,
+        modes, unreadable files, duplicates and train/val leaks. Exit 0 when clean, 1 when problems were found."""
         from cnncli.data.layout import looks_like_dataset
 
         if looks_like_dataset(target):
             from cnncli.data.check import check_dataset
-            from cnncli.data.report import DATASET_FORMATS, render_dataset_report
-            from cnncli.errors import UsageError
+            from cnncli.data.report import render_dataset_report
 
-            if fmt not in DATASET_FORMATS:
-                raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(DATASET_FORMATS)}.")
             report = check_dataset(target, val_split=val_split, seed=seed, val_csv=val_csv, allow_outside=allow_outside)
             render_dataset_report(report, fmt, sys.stdout)
             if report.problems:
                 typer.echo(f"{len(report.problems)} problems found in {target}.", err=True)
                 raise typer.Exit(1)
             return
-        from cnncli.errors import UsageError
         from cnncli.inspect import inspect_model
 
-        if fmt not in ("table", "json"):
-            raise UsageError(f"unknown --format {fmt!r}; choose table or json.")
         kinds = [k.strip() for k in what.split(",") if k.strip()]
         result = inspect_model(target, kinds, input_size=input_size, depth=depth, weights=weights, image=image,
                                layer=layer, out_dir=out)

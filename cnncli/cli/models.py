@@ -6,13 +6,15 @@ from typing import Optional
 
 import typer
 
+from cnncli.cli.common import ModelsFormat, Source, choices
+
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(short_help="List the architectures cnncli can build.")
     def models(
-        source: Optional[str] = typer.Option(None, "--source", "-s", help="torchvision, timm or builtin."),
-        pattern: Optional[str] = typer.Argument(None, help="Only names containing this text."),
-        fmt: str = typer.Option("table", "--format", "-f", help="table, json or names (one per line)."),
+        source: Optional[Source] = typer.Option(None, "--source", "-s", metavar=choices("torchvision", "timm", "builtin"), help="Only this source."),
+        pattern: Optional[str] = typer.Argument(None, metavar="[PATTERN]", help="Only names containing this text."),
+        fmt: ModelsFormat = typer.Option("table", "--format", "-f", metavar=choices("table", "json", "names"), help="names: one per line."),
     ) -> None:
         """List every architecture cnncli can build: torchvision's, timm's (timm:NAME) and the built-ins."""
         import json

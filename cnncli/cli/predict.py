@@ -1,5 +1,7 @@
-"""``cnncli predict``: classify images (files, folders, globs) with the default model, a registry model or a
-cnncli model file (PyTorch) or an exported .onnx file (onnxruntime); ensembles and flip TTA."""
+"""``cnncli predict``: classify images (files, folders, globs, ``-`` for paths on stdin, ``@list.txt``) with the
+default model, a registry model or a cnncli model file (PyTorch) or an exported .onnx file (onnxruntime);
+ensembles and flip TTA. Object-store URIs, parquet parts and Ray go to :mod:`cnncli.scale`. Several images end
+with a summary on stderr."""
 
 from __future__ import annotations
 
@@ -9,63 +11,77 @@ from typing import List, Optional
 
 import typer
 
+from cnncli.cli import validate as v
+from cnncli.cli.common import (PRECISIONS, PREDICT_FORMATS, PredictFormat, batch_size_option, choices, device_option,
+                               engine_option, output_option, threads_option, workers_option)
+
+PREFETCH_BATCHES = 2
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def predict(
-        inputs: List[str] = typer.Argument(..., metavar="IMAGE_OR_DIR_OR_GLOB...", help="Image files, folders or glob patterns."),
-        model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="A cnncli .safetensors file, an exported .onnx file (onnxruntime, no PyTorch) or a registry name (default: efficientnet_lite0, ImageNet). Repeat it for an ensemble that averages the models' probabilities."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
-        top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to report per image."),
-        batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv, or parquet (numbered part files in the --output folder)."),
-        output: Optional[str] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout (a file appears complete, missing folders are created): a file, or a folder for --format parquet; a URI (s3://bucket/preds/) works too."),
+        inputs: List[str] = typer.Argument(..., metavar="IMAGES", help="Image files, folders, glob patterns, - (paths on stdin, one per line), @LIST (paths in a file) or URIs (s3://bucket/prefix/)."),
+        model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="MODEL", help="A cnncli .safetensors file, an exported .onnx file (onnxruntime, no PyTorch) or a registry name (default: efficientnet_lite0, ImageNet). Repeat it for an ensemble that averages the models' probabilities."),
+        weights: Optional[str] = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
+        top_k: int = typer.Option(5, "--top-k", "-k", parser=v.POSITIVE_INT, metavar="K", help="How many classes to report per image."),
+        batch_size: int = batch_size_option(),
+        device: str = device_option(),
+        fmt: PredictFormat = typer.Option("table", "--format", "-f", metavar=choices(*PREDICT_FORMATS), help="Output format; parquet: numbered part files in the --output folder."),
+        output: Optional[str] = output_option("Write results here instead of stdout (a file appears complete, missing folders are created): a file, or a folder for --format parquet; a URI (s3://bucket/preds/) works too."),
+        summary_only: bool = typer.Option(False, "--summary-only", help="Print only the summary (images, failed, speed, count per class), not each image."),
         recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Look into sub-folders."),
-        workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Worker processes (default: one per engine thread; 0: everything in this process)."),
+        workers: Optional[int] = workers_option("Worker processes (default: one per engine thread; 0: everything in this process)."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
-        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for the engine in total, shared among its worker processes (default: one per core)."),
-        engine_name: str = typer.Option("auto", "--engine", help="auto (onnxruntime on CPU from a cached export, PyTorch on CUDA), torch, onnx or openvino (the same cached export compiled by OpenVINO for the CPU)."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32; int8 (static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records); bf16 (OpenVINO on CPUs with AVX-512 BF16 or AMX)."),
-        calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
+        threads: Optional[int] = threads_option("Threads for the engine in total, shared among its worker processes (default: one per core)."),
+        engine_name: str = engine_option(),
+        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="int8: static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records; bf16: OpenVINO on CPUs with AVX-512 BF16 or AMX."),
+        calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
         ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray: alone, a local Ray on this machine's cores (or RAY_ADDRESS); with HOST:PORT, join that cluster. Writes --format parquet."),
-        shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per parquet part file (the unit of resuming)."),
+        shard_size: int = typer.Option(1000, "--shard-size", parser=v.POSITIVE_INT, metavar="N", help="Images per parquet part file (the unit of resuming)."),
         resume: bool = typer.Option(False, "--resume", help="Continue a --format parquet job in --output, skipping its finished parts (also automatic when the folder's manifest matches)."),
     ) -> None:
         """Classify images. Exit code 0 if every image was classified, 1 if any failed, 2 for usage errors."""
         from cnncli.errors import UsageError
+        from cnncli.input_lists import expand_input_lists, refuse_web_urls
         from cnncli.scale import wants_scale
 
-        if wants_scale(inputs, output, fmt, ray):  # URIs, parquet parts, Ray: cnncli/scale/
+        if summary_only and output is not None:
+            raise UsageError("--summary-only writes no per-image results, so --output has nothing to write; drop one.")
+        refuse_web_urls(inputs)
+        specs = expand_input_lists(inputs)
+        refuse_web_urls(specs)
+        if wants_scale(specs, output, fmt, ray):  # URIs, parquet parts, Ray: cnncli/scale/
             from cnncli.scale.job import ScaleOptions, run
 
             code = run(ScaleOptions(
-                inputs=list(inputs), models=list(model or [None]), weights=weights, top_k=top_k, batch_size=batch_size,
+                inputs=specs, models=list(model or [None]), weights=weights, top_k=top_k, batch_size=batch_size,
                 device=device, fmt=fmt, output=output, recursive=recursive, workers=workers, tta=tta, threads=threads,
                 engine=engine_name, precision=precision, calib=str(calib) if calib else None, shard_size=shard_size,
                 resume=resume, ray=ray))
             if code:
                 raise typer.Exit(code)
             return
-        from cnncli.report import FORMATS, PredictionWriter, err_console, warn
-
-        if fmt not in FORMATS:
-            raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
-        from cnncli.engines import open_engines
-        from cnncli.pipeline import collect_inputs
-        from cnncli.predict import predict_items
-
-        items = collect_inputs(inputs, recursive=recursive)
-        engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,
-                              engine=engine_name, precision=precision, calib=str(calib) if calib else None)
         from contextlib import nullcontext
 
         from cnncli.atomic import atomic_open
+        from cnncli.engines import open_engines
+        from cnncli.pipeline import collect_inputs, default_workers
+        from cnncli.predict import predict_items
+        from cnncli.report import PredictionWriter, err_console, info, warn
+        from cnncli.summary import PredictionSummary
 
-        failed = 0
+        items = collect_inputs(specs, recursive=recursive)
+        engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,
+                              engine=engine_name, precision=precision, calib=str(calib) if calib else None)
+        pre = engine.card.preprocessing
+        n_workers = default_workers() if workers is None else workers
+        v.check_batch_memory(batch_size, pre.input_size, pre.channels, in_flight=n_workers + PREFETCH_BATCHES + 2)
+        summary = PredictionSummary()
         # a file is written beside the target and renamed at the end: a kill or a full disk leaves the previous one
-        with atomic_open(output) if output else nullcontext(sys.stdout) as stream:
-            writer = PredictionWriter(fmt, stream, top_k)
+        target = nullcontext(None) if summary_only else atomic_open(output) if output else nullcontext(sys.stdout)
+        with target as stream:
+            writer = PredictionWriter(fmt, stream, top_k, root=common_root(specs)) if stream is not None else None
             progress = None
             if len(items) > 8 and err_console.is_terminal:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -78,13 +94,26 @@ def register(app: typer.Typer) -> None:
                 for pred in predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers,
                                           on_batch=(lambda n: progress.advance(task, n)) if progress else None):
                     if pred.error is not None:
-                        failed += 1
                         warn(pred.error)
-                    writer.write(pred)
+                    summary.add(pred)
+                    if writer is not None:
+                        writer.write(pred)
             finally:
                 if progress is not None:
                     progress.stop()
-            writer.close()
-        if failed:
-            err_console.print(f"{failed} of {len(items)} images failed.", highlight=False)
+            if writer is not None:
+                writer.close()
+        if output:
+            info(f"wrote {summary.images} predictions ({fmt}) to {output}.")
+        if len(items) > 1 or summary_only:
+            for line in summary.lines():
+                info(line)
+        if summary.failed:
+            err_console.print(f"{summary.failed} of {len(items)} images failed.", highlight=False)
             raise typer.Exit(1)
+
+
+def common_root(specs: list[str]) -> str | None:
+    """The folder that image paths are shown relative to in tables: the input folder when there is one."""
+    folders = [s for s in specs if Path(s).is_dir()]
+    return folders[0] if len(folders) == 1 and len(specs) == 1 else None

@@ -1,13 +1,41 @@
 """``cnncli train`` (random initialisation) and ``cnncli finetune`` (pretrained backbone, new head): options ->
-:class:`cnncli.train.config.TrainConfig` -> :func:`cnncli.train.loop.run_training` -> a one-line summary."""
+:class:`cnncli.train.config.TrainConfig` -> :func:`cnncli.train.loop.run_training` -> a one-line summary.
+
+``--config runs/x/args.json`` starts from a run's saved settings; options given on the command line override them
+(click's parameter source tells which were given)."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
+from cnncli.cli import validate as v
+from cnncli.cli.common import (batch_size_option, choices, device_option, image_size_option, output_option,
+                               seed_option, workers_option)
+from cnncli.train.config import (AMP_MODES, AUGMENTS, BALANCES, BN_MODES, INITS, LOSSES, MONITORS, OPTIMIZERS,
+                                 SCHEDULES)
+
 DATA_HELP = "A folder of class sub-folders, a folder with train/ and val/ (valid/, validation/), or a CSV manifest path,label."
+
+Optimizer = Literal[OPTIMIZERS]
+Schedule = Literal[SCHEDULES]
+Augment = Literal[AUGMENTS]
+Loss = Literal[LOSSES]
+Balance = Literal[BALANCES]
+BnMode = Literal[BN_MODES]
+Init = Literal[INITS]
+Monitor = Literal[MONITORS]
+Amp = Literal[AMP_MODES]
+
+SHORT_HELP = {
+    "train": "Train a CNN from scratch on a labelled image dataset.",
+    "finetune": "Fine-tune a pretrained backbone with a new head.",
+}
+LONG_HELP = {
+    "train": "Train a CNN from scratch (random initialisation) on a labelled image dataset.",
+    "finetune": "Transfer learning: a pretrained backbone, a new head, and a trainable-part policy.",
+}
 
 
 def _options(command: str):
@@ -16,70 +44,65 @@ def _options(command: str):
 
     def run(
         ctx: typer.Context,
-        data: Optional[str] = typer.Argument(None, metavar="DATA", help=DATA_HELP + " Optional with --resume (the run records it)."),
-        arch: Optional[str] = typer.Option(None if finetune else "simplecnn", "--arch", "-a", help="Registry architecture (`cnncli models`)" + ("; default: the --weights model file's, else efficientnet_lite0." if finetune else ".")),
-        weights: str = typer.Option("default" if finetune else "none", "--weights", help="Pretrained weights: default, an enum name, or a weights / cnncli model file." if finetune else "none (train from scratch); use finetune for pretrained weights."),
-        init: str = typer.Option("default", "--init", help="Initialisation for train: default, kaiming or xavier."),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help=f"Run folder (default runs/{command}-N)."),
-        exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace a previous run in --out (its files are removed first); without it an existing run folder is refused."),
-        resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this folder from its last saved epoch, with its saved settings and data; a larger --epochs extends it (the schedule is re-planned), other differing options are refused."),
-        epochs: int = typer.Option(10, "--epochs", "-e"),
-        batch_size: int = typer.Option(32, "--batch-size", "-b"),
-        optimizer: str = typer.Option("adamw", "--optimizer", help="sgd, adam, adamw, rmsprop or adagrad."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 0.01 for sgd and adagrad, 1e-3 otherwise)."),
-        momentum: float = typer.Option(0.9, "--momentum"),
-        nesterov: bool = typer.Option(False, "--nesterov"),
-        weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-        schedule: str = typer.Option("cosine", "--schedule", help="cosine, step, exponential, onecycle or constant."),
-        warmup_epochs: float = typer.Option(0.0, "--warmup-epochs"),
-        step_epochs: int = typer.Option(10, "--step-epochs", help="step schedule: decay every N epochs."),
-        gamma: float = typer.Option(0.1, "--gamma", help="step/exponential schedule: decay factor (per step / per epoch)."),
-        label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
-        dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout on the head's input while training."),
-        clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this value."),
-        accumulate: int = typer.Option(1, "--accumulate", help="Accumulate gradients over N batches."),
-        loss: str = typer.Option("ce", "--loss", help="ce (cross-entropy) or hinge (multi-class hinge)."),
-        balance: str = typer.Option("none", "--balance", help="Imbalanced classes: none, sampler or weights."),
-        augment: str = typer.Option("light", "--augment", metavar="[light|standard|strong|none]", help="light (default, safe for any task: small shifts, scaling and rotation scaled to the input size); standard (random-resized crops, colour jitter: natural photos); strong (+ TrivialAugment, random erasing: large photo datasets, long runs); none."),
+        data: Optional[str] = typer.Argument(None, metavar="DATA", help=DATA_HELP + " Optional with --resume or --config (the run records it)."),
+        config: Optional[str] = typer.Option(None, "--config", metavar="ARGS_JSON", help="Start a new run from a run's settings (runs/NAME/args.json); options given here override them."),
+        arch: Optional[str] = typer.Option(None if finetune else "simplecnn", "--arch", "-a", "--model", "-m", metavar="ARCH", help="Registry architecture (`cnncli models`)" + ("; default: the --weights model file's, else efficientnet_lite0." if finetune else ".")),
+        weights: str = typer.Option("default" if finetune else "none", "--weights", metavar="WEIGHTS", help="Pretrained weights: default, an enum name, or a weights / cnncli model file." if finetune else "none (train from scratch); use finetune for pretrained weights."),
+        init: Init = typer.Option("default", "--init", metavar=choices(*INITS), help="Initialisation for train."),
+        out: Optional[str] = output_option(f"Run folder (default runs/{command}-N)."),
+        exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace a previous run in --output (its files are removed first); without it an existing run folder is refused."),
+        resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN", help="Continue the run in this folder from its last saved epoch, with its saved settings and data; a larger --epochs extends it (the schedule is re-planned), other differing options are refused."),
+        epochs: int = typer.Option(10, "--epochs", "-e", parser=v.POSITIVE_INT, metavar="N", help="Epochs to train."),
+        batch_size: int = batch_size_option(),
+        optimizer: Optimizer = typer.Option("adamw", "--optimizer", metavar=choices(*OPTIMIZERS), help="The optimizer."),
+        lr: Optional[float] = typer.Option(None, "--lr", parser=v.POSITIVE_FLOAT, metavar="LR", help="Learning rate (default: 0.01 for sgd and adagrad, 1e-3 otherwise)."),
+        momentum: float = typer.Option(0.9, "--momentum", parser=v.UNIT_INTERVAL, metavar="M", help="Momentum (sgd, rmsprop), in [0, 1]."),
+        nesterov: bool = typer.Option(False, "--nesterov", help="Nesterov momentum (sgd)."),
+        weight_decay: float = typer.Option(1e-4, "--weight-decay", parser=v.NON_NEGATIVE_FLOAT, metavar="WD", help="Weight decay, >= 0."),
+        schedule: Schedule = typer.Option("cosine", "--schedule", metavar=choices(*SCHEDULES), help="Learning-rate schedule."),
+        warmup_epochs: float = typer.Option(0.0, "--warmup-epochs", parser=v.NON_NEGATIVE_FLOAT, metavar="N", help="Linear warm-up epochs, >= 0."),
+        step_epochs: int = typer.Option(10, "--step-epochs", parser=v.POSITIVE_INT, metavar="N", help="step schedule: decay every N epochs."),
+        gamma: float = typer.Option(0.1, "--gamma", parser=v.POSITIVE_FLOAT, metavar="G", help="step/exponential schedule: decay factor (per step / per epoch)."),
+        label_smoothing: float = typer.Option(0.0, "--label-smoothing", parser=v.PROBABILITY_HALF_OPEN, metavar="E", help="Label smoothing, in [0, 1)."),
+        dropout: Optional[float] = typer.Option(None, "--dropout", parser=v.PROBABILITY_HALF_OPEN, metavar="P", help="Dropout on the head's input while training, in [0, 1)."),
+        clip_grad: Optional[float] = typer.Option(None, "--clip-grad", parser=v.POSITIVE_FLOAT, metavar="NORM", help="Clip the gradient norm to this value (> 0)."),
+        accumulate: int = typer.Option(1, "--accumulate", parser=v.POSITIVE_INT, metavar="N", help="Accumulate gradients over N batches."),
+        loss: Loss = typer.Option("ce", "--loss", metavar=choices(*LOSSES), help="ce: cross-entropy; hinge: multi-class hinge."),
+        balance: Balance = typer.Option("none", "--balance", metavar=choices(*BALANCES), help="Imbalanced classes."),
+        augment: Augment = typer.Option("light", "--augment", metavar=choices(*AUGMENTS), help="light (default, safe for any task: small shifts, scaling and rotation scaled to the input size); standard (random-resized crops, colour jitter: natural photos); strong (+ TrivialAugment, random erasing: large photo datasets, long runs); none."),
         flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip (default: only when fine-tuning ImageNet weights on colour images; mirrored digits and text change meaning)."),
-        mixup: float = typer.Option(0.0, "--mixup", help="MixUp alpha (0: off)."),
-        cutmix: float = typer.Option(0.0, "--cutmix", help="CutMix alpha (0: off)."),
-        trainable: str = typer.Option("head" if finetune else "all", "--trainable", help="head, last:N (last N backbone stages + head) or all."),
-        freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Train the head only for K epochs, then everything."),
-        backbone_lr_mult: float = typer.Option(0.1 if finetune else 1.0, "--backbone-lr-mult", help="Learning-rate factor for the unfrozen backbone."),
-        bn: str = typer.Option("frozen", "--bn", help="BatchNorm in frozen parts: frozen (eval mode) or train."),
+        mixup: float = typer.Option(0.0, "--mixup", parser=v.NON_NEGATIVE_FLOAT, metavar="ALPHA", help="MixUp alpha (0: off)."),
+        cutmix: float = typer.Option(0.0, "--cutmix", parser=v.NON_NEGATIVE_FLOAT, metavar="ALPHA", help="CutMix alpha (0: off)."),
+        trainable: str = typer.Option("head" if finetune else "all", "--trainable", metavar="head|last:N|all", help="last:N: the last N backbone stages and the head."),
+        freeze_epochs: int = typer.Option(0, "--freeze-epochs", parser=v.NON_NEGATIVE_INT, metavar="K", help="Train the head only for K epochs, then everything."),
+        backbone_lr_mult: float = typer.Option(0.1 if finetune else 1.0, "--backbone-lr-mult", parser=v.NON_NEGATIVE_FLOAT, metavar="X", help="Learning-rate factor for the unfrozen backbone."),
+        bn: BnMode = typer.Option("frozen", "--bn", metavar=choices(*BN_MODES), help="BatchNorm in frozen parts: eval mode or training mode."),
         cache_features: bool = typer.Option(False, "--cache-features", help="Compute the frozen backbone's features once (needs --trainable head --augment none)."),
-        val_split: float = typer.Option(0.2, "--val-split", help="Held-out fraction for a class-folder dataset."),
-        val_csv: Optional[str] = typer.Option(None, "--val-csv", help="Validation manifest for a CSV dataset."),
+        val_split: float = typer.Option(0.2, "--val-split", parser=v.FRACTION_OPEN, metavar="FRACTION", help="Held-out fraction for a class-folder dataset."),
+        val_csv: Optional[str] = typer.Option(None, "--val-csv", metavar="CSV", help="Validation manifest for a CSV dataset."),
         allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
         grayscale: bool = typer.Option(False, "--grayscale", help="1-channel input."),
-        image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in pixels (square)."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: 0 for small datasets)."),
-        patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping after P epochs without improvement."),
-        monitor: str = typer.Option("val_loss", "--monitor", help="val_loss or val_acc (best checkpoint and early stopping)."),
-        seed: int = typer.Option(0, "--seed"),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        amp: str = typer.Option("auto", "--amp", help="CUDA mixed precision: auto, bf16, fp16 or off."),
-        channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last"),
+        image_size: Optional[int] = image_size_option(),
+        workers: Optional[int] = workers_option("DataLoader worker processes (default: 0 for small datasets)."),
+        patience: Optional[int] = typer.Option(None, "--patience", parser=v.POSITIVE_INT, metavar="P", help="Early stopping after P epochs without improvement."),
+        monitor: Monitor = typer.Option("val_loss", "--monitor", metavar=choices(*MONITORS), help="What picks the best checkpoint and stops early."),
+        seed: int = seed_option("Random seed (same seed, same results.csv on CPU)."),
+        device: str = device_option(),
+        amp: Amp = typer.Option("auto", "--amp", metavar=choices(*AMP_MODES), help="CUDA mixed precision."),
+        channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory format on CUDA."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
         log: List[str] = typer.Option([], "--log", metavar="[tensorboard|mlflow]", help="Track the run: tensorboard (event files in RUN/tensorboard) or mlflow ($MLFLOW_TRACKING_URI, else ./mlruns); repeat for both."),
     ) -> None:
-        from cnncli.errors import UsageError
         from cnncli.report import info
         from cnncli.train.config import TrainConfig
+
+        fields = TrainConfig.__dataclass_fields__
+        values = {k: v for k, v in dict(locals()).items() if k in fields and k not in ("command", "explicit")}
+        cfg = config_from(command, values, config, given=given_on_command_line(ctx))
+        check_machine_limits(cfg)
         from cnncli.train.loop import run_training
 
-        values = dict(locals())
-        if data is None and resume is None:
-            raise UsageError(f"{command} needs DATA (a dataset folder or CSV manifest), or --resume RUN to continue a run.")
-        values["data"] = data or ""
-        # the options typed on the command line (or set through the environment), not defaults: --resume checks them
-        given = frozenset(name for name in ctx.params
-                          if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT"))
-        fields = TrainConfig.__dataclass_fields__
-        cfg = TrainConfig(command=command, explicit=given,
-                          **{k: v for k, v in values.items() if k in fields and k not in ("command", "explicit")})
         result = run_training(cfg)
         if result.history:
             info(f"best epoch {result.best_epoch}: val acc {result.best_val_acc:.4f}, val loss {result.best_val_loss:.4f} "
@@ -87,9 +110,63 @@ def _options(command: str):
         if result.skipped_images:
             info(f"{result.skipped_images} unreadable image(s) skipped (listed in {result.out_dir / 'metrics.json'}).")
 
+    run.__doc__ = LONG_HELP[command]
     return run
 
 
+def given_on_command_line(ctx: typer.Context) -> frozenset[str]:
+    """The parameters the user gave (on the command line or through an environment variable), not defaults:
+    --config lets them override the saved settings and --resume checks them against the run's."""
+    sources = {"COMMANDLINE", "ENVIRONMENT", "PROMPT"}
+    return frozenset(name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") in sources)
+
+
+def config_from(command: str, values: dict, config: str | None, given: frozenset[str]):
+    """The run's TrainConfig: the options, or with --config the saved settings overridden by the given options.
+
+    A re-run gets a new run folder unless --output names one; --resume is never taken from a saved run."""
+    from cnncli.errors import UsageError
+    from cnncli.train.config import TrainConfig
+
+    if config is None:
+        if values.get("data") is None and not values.get("resume"):
+            raise UsageError(f"{command} needs DATA (a dataset folder or CSV manifest), --resume RUN to continue a "
+                             "run, or --config runs/NAME/args.json to repeat one.")
+        return TrainConfig(command=command, explicit=given, **{**values, "data": values.get("data") or ""})
+    saved = TrainConfig.load(config)
+    if saved.command != command:
+        raise UsageError(f"{config} holds the settings of a `{saved.command}` run; repeat it with "
+                         f"`cnncli {saved.command} --config {config}`.")
+    settings = saved.to_dict()
+    settings.update(out=None, resume=None)
+    settings.update({k: values[k] for k in given if k in values})
+    if not settings.get("data"):
+        raise UsageError(f"{config} names no dataset; pass DATA.")
+    cfg = TrainConfig.from_dict(settings)
+    cfg.explicit = given
+    return cfg
+
+
+def check_machine_limits(cfg) -> None:
+    """Refuse, before any work, an --image-size the architecture cannot take and a batch that cannot fit."""
+    from cnncli.models.limits import check_image_size
+    from cnncli.pipeline import default_workers
+
+    channels = 1 if cfg.grayscale else 3
+    arch = cfg.arch or ("efficientnet_lite0" if not str(cfg.weights).endswith(".safetensors") else None)
+    if cfg.image_size is not None:
+        check_image_size(arch, cfg.image_size, channels)
+    size = cfg.image_size
+    if size is None and arch is not None:
+        from cnncli.registry import check_arch, default_preprocessing
+
+        check_arch(arch)
+        size = default_preprocessing(arch).input_size
+    if size is not None:
+        workers = default_workers() if cfg.workers is None else cfg.workers
+        v.check_batch_memory(cfg.batch_size, size, channels, in_flight=2 * workers + 2)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train", help="Train a CNN from scratch (random initialisation) on a labelled image dataset.")(_options("train"))
-    app.command("finetune", help="Transfer learning: a pretrained backbone, a new head, and a trainable-part policy.")(_options("finetune"))
+    for command in ("train", "finetune"):
+        app.command(command, help=LONG_HELP[command], short_help=SHORT_HELP[command])(_options(command))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import IO
 
 from rich.console import Console
@@ -24,22 +25,22 @@ def render_dataset_report(report: DatasetReport, fmt: str, stream: IO[str]) -> N
         stream.write("\n")
         stream.flush()
         return
-    console = Console(file=stream, highlight=False, soft_wrap=False, width=max(100, Console(file=stream).width))
+    console = Console(file=stream, highlight=False, soft_wrap=False)
     _print_summary(console, report)
     _print_lists(console, report)
     for note in report.notes:
-        console.print(f"note: {note}", markup=False, soft_wrap=True)
+        console.print(f"note: {note}", markup=False, overflow="fold")
     if report.problems:
         console.print(f"\n[bold red]{len(report.problems)} problem{'s' if len(report.problems) > 1 else ''} found:[/]")
         for problem in report.problems:
-            console.print(f"  - {problem}", markup=False, soft_wrap=True)
+            console.print(f"  - {problem}", markup=False, overflow="fold")
     else:
         console.print("\n[green]no problems found.[/]")
     stream.flush()
 
 
 def _print_summary(console: Console, report: DatasetReport) -> None:
-    console.print(f"dataset {report.root}", markup=False, soft_wrap=True)
+    console.print(f"dataset {report.root}", markup=False, overflow="fold")
     console.print(f"layout: {report.layout}; {len(report.classes)} classes; {report.n_images} images", markup=False)
     splits = list(report.counts)
     table = Table(title="classes (index order)", title_justify="left")
@@ -60,17 +61,29 @@ def _print_summary(console: Console, report: DatasetReport) -> None:
 
 
 def _print_lists(console: Console, report: DatasetReport) -> None:
-    """Paths are printed whole, one per line (never folded into table cells), so they can be copied."""
-    _print_lines(console, "unreadable images", [f"{item['path']}: {item['error']}" for item in report.unreadable])
-    _print_lines(console, "empty class folders", report.empty_classes)
+    """Paths are printed relative to the dataset folder, one per line (never inside table cells), so they can be
+    copied; a path longer than the terminal is folded onto the next line."""
+    from cnncli.report import shown_path
+
+    root = str(report.root)
+    if Path(root).is_file():  # a CSV manifest: paths relative to its folder
+        root = str(Path(root).parent)
+
+    def rel(p) -> str:
+        return shown_path(str(p), root)
+
+    _print_lines(console, "unreadable images",
+                 [f"{rel(item['path'])}: {item['error'].replace(str(item['path']), rel(item['path']))}"
+                  for item in report.unreadable])
+    _print_lines(console, "empty class folders", [rel(p) for p in report.empty_classes])
     _print_lines(console, "groups of identical files within a split",
-                 ["group " + str(n) + ":\n" + "\n".join(f"    {p}" for p in group)
+                 ["group " + str(n) + ":\n" + "\n".join(f"    {rel(p)}" for p in group)
                   for n, group in enumerate(report.duplicates, 1)])
     _print_lines(console, "same image in more than one split",
-                 [f"sha256 {leak['hash'][:16]}:\n" + "\n".join(f"    {split}: {p}" for split, paths in leak.items()
+                 [f"sha256 {leak['hash'][:16]}:\n" + "\n".join(f"    {split}: {rel(p)}" for split, paths in leak.items()
                                                         if split != "hash" for p in paths)
                   for leak in report.leaks])
-    _print_lines(console, "hidden files and folders (ignored)", report.hidden_ignored)
+    _print_lines(console, "hidden files and folders (ignored)", [rel(p) for p in report.hidden_ignored])
 
 
 def _print_lines(console: Console, title: str, lines: list[str]) -> None:
@@ -78,7 +91,7 @@ def _print_lines(console: Console, title: str, lines: list[str]) -> None:
         return
     console.print(f"{title} ({len(lines)}):", markup=False)
     for line in lines[:LIST_LIMIT]:
-        console.print(f"  {line}", markup=False, soft_wrap=True)
+        console.print(f"  {line}", markup=False, overflow="fold")
     _more(console, len(lines))
 
 

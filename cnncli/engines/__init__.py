@@ -47,8 +47,10 @@ def choose_engine(engine: str, device: str, precision: str = "fp32") -> str:
     OpenVINO for ``--precision bf16``. auto does not pick OpenVINO for fp32: importing it costs 0.3-0.6 s, which
     would break the one-image cold start (< 0.5 s), and its fp32 gain over onnxruntime was not measured reliably
     on a quiet machine in this version (benchmarks/README.md, bench_engines.py)."""
+    from cnncli.devices import parse_device
     from cnncli.errors import UsageError
 
+    device = parse_device(device)
     if engine not in ENGINES:
         raise UsageError(f"unknown --engine {engine!r}; choose one of: {', '.join(ENGINES)}.")
     if engine != "auto":
@@ -129,7 +131,9 @@ def _openvino(path, device: str, threads: int | None, precision: str) -> Engine:
     from cnncli.engines.openvino_engine import OpenVinoEngine
     from cnncli.errors import UsageError
 
-    if device not in ("auto", "cpu"):
+    from cnncli.devices import parse_device
+
+    if parse_device(device) not in ("auto", "cpu"):
         raise UsageError(f"--engine openvino runs on the CPU here, not --device {device}; use --device cpu.")
     return OpenVinoEngine(path, threads=threads, precision=precision)
 

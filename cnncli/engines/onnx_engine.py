@@ -16,15 +16,14 @@ from cnncli.numeric import softmax
 
 from cnncli.onnx_io import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, run_onnx, session_options  # noqa: F401 - re-exported
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 def providers_for(device: str) -> list[str]:
     """Execution providers for ``device``; UsageError when CUDA is asked for and onnxruntime has none."""
     import onnxruntime as ort
 
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda.")
+    from cnncli.devices import cuda_index, parse_device
+
+    device = parse_device(device)
     available = ort.get_available_providers()
     if device == "cpu":
         return [CPU]
@@ -35,7 +34,7 @@ def providers_for(device: str) -> list[str]:
             "--device cuda was asked for, but this onnxruntime has no CUDA provider; install cnncli[gpu] "
             "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --device cpu."
         )
-    return [CUDA]
+    return [(CUDA, {"device_id": cuda_index(device)})]
 
 
 def _card_without_metadata(session, path: Path) -> ModelCard:
@@ -148,7 +147,10 @@ class OnnxEngine:
                  allow_spinning: bool | None = None, verbose: bool = True) -> None:
         from cnncli.report import info, warn
 
+        from cnncli.devices import parse_device
+
         self.path = Path(path)
+        device = parse_device(device)
         providers = providers_for(device)
         self.session = _open_session(self.path, providers, session_options(threads, allow_spinning))
         check_io(self.session, self.path)

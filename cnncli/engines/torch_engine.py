@@ -14,12 +14,17 @@ from cnncli.numeric import softmax
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    from cnncli.devices import cuda_index, parse_device
+
+    device = parse_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu.")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda.")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU here; use --device cpu.")
+        if cuda_index(device) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device} was asked for, but PyTorch sees {torch.cuda.device_count()} GPU(s) "
+                             f"here (cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
     return torch.device(device)
 
 

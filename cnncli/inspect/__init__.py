@@ -73,6 +73,10 @@ def inspect_model(
 
         return {"summary": summarize_onnx(spec), "pictures": []}
     model, card, record = open_for_inspection(spec, weights, pictures=bool(pictures))
+    if input_size:
+        from cnncli.models.limits import check_image_size
+
+        check_image_size(card.arch, input_size, card.preprocessing.channels)
     summary = summary_of(model, card, record, spec, input_size, depth) if "summary" in what else None
     drawn = []
     if pictures:

@@ -36,7 +36,7 @@ def _pair_text(v) -> str:
 
 def _console(stream: IO[str] | None) -> Console:
     stream = stream or sys.stdout
-    return Console(file=stream, highlight=False, soft_wrap=False, width=max(120, Console(file=stream).width))
+    return Console(file=stream, highlight=False, soft_wrap=False)
 
 
 def render_model_summary(summary, stream: IO[str] | None = None) -> None:
