@@ -11,7 +11,9 @@ test's own interpreter and its venv's scripts (`uv run` semantics without the sy
 the block. Placeholders made real: `photo.jpg` is written (scikit-image's cat) before the first block.
 
 On the old main the first README command (`uv run cnncli predict photo.jpg`) failed on a fresh clone.
-The whole README takes minutes (it trains digits, fine-tunes, exports): marked slow only if the lead says so.
+The whole README takes minutes (it trains digits, fine-tunes, exports; about 350 s of CPU time), so that test is
+marked slow (`pytest -m slow`); the default suite runs a quick version: every runnable block is valid bash and
+every option a README `cnncli` command uses is one that command takes.
 """
 
 from __future__ import annotations
@@ -94,6 +96,41 @@ def test_first_command_is_self_contained():
     assert image in lines[0]
 
 
+def readme_cnncli_commands(text: str) -> list[tuple[int, str, list[str]]]:
+    """(README line, subcommand, options) for every `cnncli SUBCOMMAND ...` in the runnable bash blocks."""
+    found = []
+    for block in readme_blocks(text):
+        if block["lang"] != "bash" or block["skip"]:
+            continue
+        for offset, line in enumerate(block["code"].splitlines()):
+            code = line.split(" #")[0]
+            for m in re.finditer(r"\bcnncli\s+([a-z]+)((?:\s+(?:'[^']*'|\"[^\"]*\"|[^\s|;&>]+))*)", code):
+                options = [tok.split("=")[0] for tok in m.group(2).split() if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", tok)]
+                found.append((block["line"] + 1 + offset, m.group(1), options))
+    return found
+
+
+def test_readme_blocks_are_bash_and_use_real_options(run_cli):
+    """The quick version of the next test: valid bash, existing subcommands, and options each command takes."""
+    text = (ROOT / "README.md").read_text()
+    for block in readme_blocks(text):
+        if block["lang"] == "bash" and not block["skip"]:
+            done = subprocess.run(["bash", "-n", "-c", block["code"]], capture_output=True, text=True)
+            assert done.returncode == 0, f"README.md line {block['line']}: {done.stderr}"
+    helps: dict[str, str] = {}
+    commands = readme_cnncli_commands(text)
+    assert len(commands) > 10
+    for line, command, options in commands:
+        if command not in helps:
+            code, out, err = run_cli(command, "--help")
+            assert code == 0, f"README.md line {line}: `cnncli {command}` is not a command ({err.strip()})"
+            helps[command] = out
+        for option in options:
+            assert re.search(rf"(^|[\s,/]){re.escape(option)}([\s,/]|$)", helps[command], re.M), \
+                f"README.md line {line}: `cnncli {command}` has no option {option}"
+
+
+@pytest.mark.slow
 def test_readme_runs_top_to_bottom(tmp_path):
     text = (ROOT / "README.md").read_text()
     work = fresh_clone(tmp_path / "clone")
