@@ -242,9 +242,11 @@ def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TAB
     if result.split:
         console.print(f"scored {result.n_images} images: {result.split['description']}")
     top5 = "n/a (5 classes or fewer)" if result.top5 is None else f"{result.top5:.4f}"
-    console.print(f"{result.n_images} images, {len(result.classes)} classes ({result.engine}): top-1 {result.top1:.4f}, "
+    # the scores on a line of their own (under 80 columns), the engine on the next
+    console.print(f"{result.n_images} images, {len(result.classes)} classes: top-1 {result.top1:.4f}, "
                   f"top-5 {top5}, ECE {result.ece:.4f}"
                   + (f", {len(result.unreadable)} unreadable skipped" if result.unreadable else ""))
+    console.print(f"engine: {result.engine}")
     table = Table(title="per class", title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
