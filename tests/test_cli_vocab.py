@@ -41,7 +41,7 @@ def test_help_fits_80_columns_lists_choices_and_has_no_type_placeholders(helps):
     assert "--debug" in root and "-V, --version" in root and "--install-completion" in root
     commands = root.split("Commands:")[1]
     assert "..." not in commands  # no description cut short
-    assert "[table|json|jsonl|csv]" in helps["predict"]
+    assert "[table|json|jsonl|csv|parquet]" in helps["predict"]
     assert "[sgd|adam|adamw|rmsprop|adagrad]" in helps["train"]
     assert "[table|json]" in helps["evaluate"] and "[table|json]" in helps["inspect"]
 
