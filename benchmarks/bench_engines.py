@@ -1,10 +1,10 @@
-"""PyTorch eager vs onnxruntime fp32 vs onnxruntime static int8 vs OpenVINO f32 and bf16 on the default model, in
-one run, same threads.
+"""PyTorch eager vs onnxruntime fp32 and static int8 vs OpenVINO f32, bf16 and int8 (the same QDQ file) on the
+default model, in one run, same threads.
 
 Prints: p50/p95 latency at batch 1, throughput at batch 32, the ratio to PyTorch eager; for int8 and bf16 the
 figures as the field judges them (cnncli.precision_judge): (a) top-1 accuracy on the labelled ImageNet validation
 images against fp32's, (b) agreement where fp32's top-1 leads by >= 0.10, (c) batch-32 throughput over fp32's
-(int8 over onnxruntime fp32, bf16 over OpenVINO f32); int8 top-1 agreement with fp32 on two sets of real images
+(int8 over the same runtime's fp32, bf16 over OpenVINO f32); int8 top-1 agreement with fp32 on two sets of real images
 (labelled ImageNet validation images and photo crops, see common.py) with fp32's top-1/top-2 probabilities on
 every image where int8 differs; and the cold start of `cnncli predict one.jpg` with the .onnx file versus the
 default (PyTorch) path (subprocess wall time, median of a few runs). On a CPU without AVX-512 BF16 / AMX the bf16
@@ -98,6 +98,7 @@ def main() -> None:
         import openvino
 
         engines["OpenVINO f32 (latency hint)"] = OpenVinoEngine(fp32.path, threads=opts.threads)
+        engines["OpenVINO int8 (same QDQ file)"] = OpenVinoEngine(int8.path, threads=opts.threads, precision="int8")
         if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             engines["OpenVINO bf16"] = OpenVinoEngine(fp32.path, threads=opts.threads, precision="bf16")
     x = load_images(images, card)
@@ -135,6 +136,9 @@ def main() -> None:
     speed = {name: ips for name, _, _, ips in rows}
     imagenet = image_sets["ImageNet validation"]
     judged = [("int8 static (onnxruntime)", int8_engine, fp32_engine, "onnxruntime fp32", "onnxruntime int8 static (QDQ)")]
+    if "OpenVINO int8 (same QDQ file)" in engines:
+        judged.append(("int8 static (OpenVINO)", engines["OpenVINO int8 (same QDQ file)"],
+                       engines["OpenVINO f32 (latency hint)"], "OpenVINO f32 (latency hint)", "OpenVINO int8 (same QDQ file)"))
     if "OpenVINO bf16" in engines:
         judged.append(("bf16 (OpenVINO)", engines["OpenVINO bf16"], engines["OpenVINO f32 (latency hint)"],
                        "OpenVINO f32 (latency hint)", "OpenVINO bf16"))

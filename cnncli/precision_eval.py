@@ -107,10 +107,11 @@ def judge_int8_export(model, card, int8_path: str | Path) -> tuple[PrecisionFigu
 
 
 def evaluate_precision(model: str, data: str | Path, precision: str, split: str = "auto", batch_size: int = 32,
-                       device: str = "auto", workers: int | None = None, calib: str | None = None):
+                       device: str = "auto", workers: int | None = None, calib: str | None = None,
+                       engine: str = "auto"):
     """``evaluate --precision int8|bf16``: the usual evaluation of the lower-precision engine on the images
     ``evaluate`` would score (:func:`cnncli.data.eval_split.choose_eval_split`), and its figures against the fp32
-    engine of the same model on the same images. Returns (EvalResult, PrecisionFigures)."""
+    engine of the same model and runtime on the same images. Returns (EvalResult, PrecisionFigures)."""
     from cnncli.data.eval_split import choose_eval_split
     from cnncli.engines import is_onnx_spec, open_engine
     from cnncli.errors import UsageError
@@ -119,8 +120,9 @@ def evaluate_precision(model: str, data: str | Path, precision: str, split: str 
     if is_onnx_spec(model):
         raise UsageError(f"--precision {precision} applies to a cnncli model file or a registry name; {model} runs at "
                          "the precision it was exported with.")
-    low = open_engine(model, device=device, precision=precision, calib=calib)
-    fp32 = open_engine(model, device=device, engine="openvino" if precision == "bf16" else "onnx")
+    low = open_engine(model, device=device, precision=precision, calib=calib, engine=engine)
+    runtime = "openvino" if low.name.startswith("openvino") else "onnx"  # fp32 on the same runtime
+    fp32 = open_engine(model, device=device, engine=runtime)
     card = low.card
     chosen = choose_eval_split(data, split=split, classes=list(card.classes), record=(card.training or {}).get("split"))
     result = evaluate_engine(low, chosen.samples, chosen.classes, batch_size=batch_size, workers=workers)

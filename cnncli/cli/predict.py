@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
         threads: Optional[int] = threads_option("Threads for the engine in total, shared among its worker processes (default: one per core)."),
         engine_name: str = engine_option(),
-        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="int8: static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records; bf16: OpenVINO on CPUs with AVX-512 BF16 or AMX."),
+        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="int8: static int8 on onnxruntime or OpenVINO, calibrated on --calib or on the set a trained model file records; bf16: OpenVINO on CPUs with AVX-512 BF16 or AMX."),
         calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
         ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray: alone, a local Ray on this machine's cores (or RAY_ADDRESS); with HOST:PORT, join that cluster. Writes --format parquet."),
         shard_size: int = typer.Option(1000, "--shard-size", parser=v.POSITIVE_INT, metavar="N", help="Images per parquet part file (the unit of resuming)."),

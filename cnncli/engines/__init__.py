@@ -71,7 +71,7 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
     (:mod:`cnncli.engines.cache`); once the cache holds it, torch is not imported. ``precision`` int8 uses a
     static-int8 export calibrated on ``calib`` (a folder of images) or, without it, on the calibration set that
     train/finetune recorded in the model file. ``engine`` openvino compiles the same cached export with OpenVINO
-    (:mod:`cnncli.engines.openvino_engine`): f32, or bf16 with ``precision`` bf16. ``threads`` sets intra-op threads.
+    (:mod:`cnncli.engines.openvino_engine`): f32, bf16 with ``precision`` bf16, or the static-int8 export. ``threads`` sets intra-op threads.
     """
     from cnncli.errors import ModelFileError, UsageError
 
@@ -81,29 +81,30 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
         if engine == "torch":
             raise UsageError(f"{model} is an ONNX file: it runs on onnxruntime or OpenVINO, not --engine torch.")
         if choose_engine(engine, device, precision) == "openvino":
-            return _openvino(model, device, threads, precision)
+            return _openvino(model, device, threads, "bf16" if precision == "bf16" else "fp32")
         from cnncli.engines.onnx_engine import OnnxEngine
 
         return OnnxEngine(model, device=device, threads=threads)
     if precision not in PRECISIONS:
         raise UsageError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
     chosen = choose_engine(engine, device, precision)
-    if precision == "int8" and chosen != "onnx":
-        raise UsageError("--precision int8 runs on onnxruntime; use --engine onnx (or auto on CPU).")
+    if precision == "int8" and chosen not in ("onnx", "openvino"):
+        raise UsageError("--precision int8 runs on onnxruntime or OpenVINO; use --engine onnx, openvino (or auto on CPU).")
     if precision == "bf16" and chosen != "openvino":
         raise UsageError("--precision bf16 runs on OpenVINO; use --engine openvino (or auto).")
-    if chosen == "openvino":
-        from cnncli.engines.cache import prepare_cached_onnx
-
-        path = prepare_cached_onnx(model, weights, precision="fp32")
-        if path is None:
-            raise UsageError("a model with random weights (--weights none) is not exported; use --engine torch.")
-        return _openvino(path, device, threads, precision)
     calib_images = None
     if precision == "int8":
         from cnncli.calibration import calibration_images
 
         calib_images = calibration_images(model, calib)
+    if chosen == "openvino":
+        from cnncli.engines.cache import prepare_cached_onnx
+
+        path = prepare_cached_onnx(model, weights, precision="int8" if precision == "int8" else "fp32",
+                                   calib_images=calib_images)
+        if path is None:
+            raise UsageError("a model with random weights (--weights none) is not exported; use --engine torch.")
+        return _openvino(path, device, threads, precision)
     if chosen == "onnx":
         from cnncli.engines.cache import prepare_cached_onnx
         from cnncli.engines.onnx_engine import OnnxEngine
