@@ -108,7 +108,7 @@ def judge_int8_export(model, card, int8_path: str | Path) -> tuple[PrecisionFigu
 
 def evaluate_precision(model: str, data: str | Path, precision: str, split: str = "auto", batch_size: int = 32,
                        device: str = "auto", workers: int | None = None, calib: str | None = None,
-                       engine: str = "auto"):
+                       engine: str = "auto", allow_outside: bool = False):
     """``evaluate --precision int8|bf16``: the usual evaluation of the lower-precision engine on the images
     ``evaluate`` would score (:func:`cnncli.data.eval_split.choose_eval_split`), and its figures against the fp32
     engine of the same model and runtime on the same images. Returns (EvalResult, PrecisionFigures)."""
@@ -124,7 +124,8 @@ def evaluate_precision(model: str, data: str | Path, precision: str, split: str 
     runtime = "openvino" if low.name.startswith("openvino") else "onnx"  # fp32 on the same runtime
     fp32 = open_engine(model, device=device, engine=runtime)
     card = low.card
-    chosen = choose_eval_split(data, split=split, classes=list(card.classes), record=(card.training or {}).get("split"))
+    chosen = choose_eval_split(data, split=split, classes=list(card.classes), record=(card.training or {}).get("split"),
+                               allow_outside=allow_outside)
     result = evaluate_engine(low, chosen.samples, chosen.classes, batch_size=batch_size, workers=workers)
     result.model = str(model)
     result.split = chosen.to_dict()

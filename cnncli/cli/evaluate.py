@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
             from cnncli.precision_eval import evaluate_precision
 
             result, figures = evaluate_precision(model, data, precision, split=split, batch_size=batch_size,
-                                                 device=device, workers=workers, calib=calib, engine=engine)
+                                                 device=device, workers=workers, calib=calib, engine=engine,
+                                                 allow_outside=allow_outside)
         for bad in result.unreadable[:5]:
             warn(f"skipped: {bad['error']}")
         if fmt == "json":
