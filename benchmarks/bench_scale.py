@@ -104,6 +104,7 @@ def main() -> None:
     if args.listing_child:
         return listing_child(args.keys, args.shard_size, args.listing_child)
 
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # measure like an installed tool: bytecode cached
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)

@@ -92,8 +92,9 @@ def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int
     from cnncli.scale.parts import Job, OutputFolder, check_output, inputs_fingerprint, shard_bounds
     from cnncli.scale.progress import JobProgress, print_summary
 
-    import pyarrow.parquet  # noqa: F401 - imported before the clock starts (a second on a cold start)
+    from cnncli.scale.shards import warm_up_writer
 
+    warm_up_writer()  # pyarrow's imports before the clock starts (seconds on a cold start)
     settings = {"top_k": opts.top_k, "tta": opts.tta, "precision": opts.precision,
                 "weights": opts.weights, "recursive": opts.recursive}
     job = Job(inputs_sha256=inputs_fingerprint(paths), inputs=len(paths),

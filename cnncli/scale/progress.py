@@ -14,6 +14,7 @@ class JobProgress:
     def __init__(self, total: int, label: str = "predict") -> None:
         self.total, self.images, self.failed = total, 0, 0
         self.started = time.perf_counter()
+        self.finished: float | None = None
         self._bar = None
         if total and err_console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -30,6 +31,7 @@ class JobProgress:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.finished = time.perf_counter()  # the summary's seconds end here, not after Ray has shut down
         if self._bar is not None:
             self._bar.stop()
 
@@ -39,7 +41,7 @@ class JobProgress:
 
     @property
     def seconds(self) -> float:
-        return time.perf_counter() - self.started
+        return (self.finished or time.perf_counter()) - self.started
 
     @property
     def rate(self) -> float:

@@ -117,7 +117,7 @@ class ShardActor:
         from cnncli.engines.ensemble import EnsembleEngine, FlipTTAEngine
         from cnncli.engines.onnx_engine import OnnxEngine
         from cnncli.scale.parts import Job, OutputFolder
-        from cnncli.scale.shards import ShardPredictor
+        from cnncli.scale.shards import ShardPredictor, warm_up_writer
 
         folder = Path(tempfile.mkdtemp(prefix="cnncli-model-"))
         engines = []
@@ -128,6 +128,7 @@ class ShardActor:
         engine = engines[0] if len(engines) == 1 else EnsembleEngine(engines)
         engine = FlipTTAEngine(engine) if tta else engine
         self.predictor = ShardPredictor(engine, top_k, batch_size, decode_threads=0)
+        warm_up_writer()
         self.output = OutputFolder(output)
         self.job = Job(**job)
 

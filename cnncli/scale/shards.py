@@ -116,6 +116,12 @@ def part_bytes(preds: list[Prediction], metadata: dict[str, str]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def warm_up_writer() -> None:
+    """Encode one tiny part in memory: pyarrow's first conversion imports pandas when it is installed (seconds on
+    a cold start), which belongs with loading the model, not inside the first shard."""
+    part_bytes([Prediction(path="warm-up", top=[{"label": "x", "index": 0, "prob": 1.0}])], {})
+
+
 def run_shard(predictor: ShardPredictor, output, job, index: int, paths: list[str],
               on_batch: Callable[[int, int], None] | None = None) -> ShardResult:
     """Predict one shard and write its part (atomically, once)."""
