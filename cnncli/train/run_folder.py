@@ -1,7 +1,7 @@
 """A run folder belongs to one run: a lock held while it trains, no silent reuse, clean replacement.
 
 * :class:`RunLock` is an exclusive ``flock`` on ``<run>/.cnncli.lock`` (the file records the owner's process
-  id): a second ``train --out SAME`` is refused while the first runs, and the lock disappears with its owner even
+  id): a second ``train -o SAME`` is refused while the first runs, and the lock disappears with its owner even
   after ``kill -9``.
 * :func:`claim_run_folder` refuses a folder that already holds a run unless ``--exist-ok``, and then removes
   the previous run's files before anything new is written, so old and new outputs never mix.
@@ -43,7 +43,7 @@ class RunLock:
                 owner = _read_owner(fd)
                 os.close(fd)
                 raise UsageError(f"{self.folder} is in use by another cnncli run{owner}; wait for it to finish or "
-                                 "choose another --out.") from None
+                                 "choose another -o/--output.") from None
             try:  # the file may have been removed by its previous owner between our open and our lock
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     break
@@ -106,7 +106,7 @@ def claim_run_folder(folder: Path, exist_ok: bool, created: bool | None = None) 
     run's files), and sweep temporaries of dead writers. Returns (the lock, whether the folder was created)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder} is a file, not a run folder; choose another --out.")
+        raise UsageError(f"{folder} is a file, not a run folder; choose another -o/--output.")
     if created is None:
         created = not folder.exists()
     lock = RunLock(folder).acquire()
@@ -128,9 +128,9 @@ def _refuse_or_clear(folder: Path, contents: list[Path], exist_ok: bool) -> None
     if is_run_folder(folder):
         if not exist_ok:
             if (folder / STATE_FILE).is_file():
-                hint = f"continue it with --resume {folder}, choose a new --out, or pass --exist-ok to replace it"
+                hint = f"continue it with --resume {folder}, choose a new -o/--output, or pass --exist-ok to replace it"
             else:
-                hint = "it has no finished epoch to resume; choose a new --out, or pass --exist-ok to replace it"
+                hint = "it has no finished epoch to resume; choose a new -o/--output, or pass --exist-ok to replace it"
             raise UsageError(f"{folder} already holds a training run; {hint}.")
         for path in contents:  # the previous run goes entirely before the new one writes anything
             if path.is_dir() and not path.is_symlink():
@@ -139,7 +139,7 @@ def _refuse_or_clear(folder: Path, contents: list[Path], exist_ok: bool) -> None
                 path.unlink()
     elif not exist_ok:
         raise UsageError(f"{folder} exists and is not empty (it holds {contents[0].name}); choose a new or empty "
-                         "--out, or pass --exist-ok to write the run there.")
+                         "-o/--output, or pass --exist-ok to write the run there.")
 
 
 def lock_for_resume(folder: Path) -> RunLock:
