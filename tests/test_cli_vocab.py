@@ -71,7 +71,7 @@ def test_version_short_and_long(run_cli):
 
 def test_shell_completion_is_offered(run_cli):
     code, out, err = run_cli("--show-completion", "bash")
-    assert code == 0 and "cnncli" in out and "complete" in out
+    assert code == 0 and "cnncli" in out and "complete" in out, err
 
 
 @pytest.mark.parametrize("spec, expected", [("auto", "auto"), ("cpu", "cpu"), ("CPU", "cpu"), ("cuda", "cuda"),

@@ -35,13 +35,12 @@ def not_built(command: str) -> None:
 
 
 def _device(value):
-    from cnncli.devices import parse_device
-    from cnncli.errors import UsageError
+    from cnncli.devices import device_problem
 
-    try:
-        return parse_device(value)
-    except UsageError as exc:
-        raise typer.BadParameter(str(exc).replace(f"--device {value} ", "").replace("unknown --device ", "unknown device ")) from None
+    device, problem = device_problem(value)
+    if problem:
+        raise typer.BadParameter(problem)
+    return device
 
 
 def output_option(help: str, default=None):
