@@ -69,9 +69,16 @@ def test_version_short_and_long(run_cli):
         assert code == 0 and out.strip() == f"cnncli {__version__}"
 
 
-def test_shell_completion_is_offered(run_cli):
-    code, out, err = run_cli("--show-completion", "bash")
-    assert code == 0 and "cnncli" in out and "complete" in out, err
+def test_shell_completion_is_offered():
+    """What bash's completion hook runs (`--install-completion` installs it): subcommands and choices complete."""
+    def complete(words: str, index: int) -> list[str]:
+        env = {**os.environ, "_CNNCLI_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(index)}
+        done = subprocess.run([sys.executable, "-m", "cnncli"], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("cnncli pre", 1) == ["predict"]
+    assert complete("cnncli predict --format ", 3) == ["table", "json", "jsonl", "csv", "parquet"]
 
 
 @pytest.mark.parametrize("spec, expected", [("auto", "auto"), ("cpu", "cpu"), ("CPU", "cpu"), ("cuda", "cuda"),
