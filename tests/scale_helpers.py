@@ -46,7 +46,7 @@ def moto_s3(**server_env):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **server_env})
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # first start compiles moto and flask; slow on a loaded 2-core machine
         while True:
             try:
                 urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).close()
