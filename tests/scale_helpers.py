@@ -45,11 +45,14 @@ def moto_s3(**server_env):
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **server_env})
     endpoint = f"http://127.0.0.1:{port}"
+    # a loopback server is asked directly: urllib's module-wide opener keeps the proxies of the first urlopen() in
+    # this process (a test that sets a dead proxy would otherwise make every later wait here time out)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         deadline = time.monotonic() + 180  # first start compiles moto and flask; slow on a loaded 2-core machine
         while True:
             try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).close()
+                direct.open(endpoint + "/moto-api/", timeout=2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:

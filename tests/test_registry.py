@@ -163,7 +163,12 @@ def test_unknown_architecture_suggests_close_names():
 
 def test_pretrained_download_failure_is_one_sentence(monkeypatch, tmp_path):
     """Offline, torchvision's download fails; the message names the file and where to put it."""
+    import urllib.request
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    # urllib caches its module-wide opener, with the proxies of the moment, at the first urlopen(): drop it after
+    # this test so the dead proxy does not outlive it (it made later loopback requests in the suite time out)
+    monkeypatch.setattr(urllib.request, "_opener", None)
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: the download fails at once
     from cnncli.errors import WeightsError
