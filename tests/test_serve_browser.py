@@ -55,6 +55,10 @@ def test_page_classifies_a_chosen_image_and_renders_its_top_class(browser, tiny_
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 30)
         wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "simplecnn"))
+        # the drop zone is a box of its own: it overlapped the model line and the top-k field as an inline label
+        boxes = [browser.find_element(By.ID, name).rect for name in ("model", "drop", "topk")]
+        assert boxes[0]["y"] + boxes[0]["height"] <= boxes[1]["y"], boxes
+        assert boxes[1]["y"] + boxes[1]["height"] <= boxes[2]["y"], boxes
         topk = browser.find_element(By.ID, "topk")
         topk.clear()
         topk.send_keys("3")
