@@ -159,6 +159,24 @@ def crash_train(root: Path, kills: int, rng: random.Random) -> dict:
     return {"kills": done}
 
 
+def kill_output_writer(cmd: list[str], out: Path, kills: int, duration: float, rng: random.Random,
+                       check_complete, what: str) -> int:
+    """SIGKILL ``cmd`` at random points until ``kills`` kills landed before it finished (at most 3x attempts).
+    After each, ``out`` is the previous bytes or a complete new output (``check_complete`` asserts that)."""
+    previous = out.read_bytes()
+    done = attempts = 0
+    while done < kills and attempts < 3 * kills:
+        attempts += 1
+        killed, left = kill_at_random(cmd, rng.uniform(0, 0.7 * duration))
+        assert not left, f"{what} left processes running: {left}"
+        done += killed
+        now = out.read_bytes()
+        if now != previous:  # it finished before the kill: the new output is complete
+            check_complete(out)
+            previous = now
+    return done
+
+
 def crash_predict(root: Path, model: Path, photo: Path, kills: int, rng: random.Random) -> dict:
     folder = root / "images"
     folder.mkdir(parents=True)
@@ -171,18 +189,11 @@ def crash_predict(root: Path, model: Path, photo: Path, kills: int, rng: random.
     complete = out.read_bytes()
     assert len(json.loads(complete)) == 120
     out.write_text('{"previous": "result"}\n')
-    previous = out.read_bytes()
-    done = 0
-    attempts = 0
-    while done < kills and attempts < 3 * kills:  # until `kills` kills landed before the command finished
-        attempts += 1
-        killed, left = kill_at_random(cmd, rng.uniform(0, 0.7 * duration))
-        assert not left, f"predict left processes running: {left}"
-        done += killed
-        now = out.read_bytes()
-        if now != previous:  # it finished before the kill: the new output is complete
-            assert len(json.loads(now)) == 120
-            previous = now
+
+    def complete(path: Path) -> None:
+        assert len(json.loads(path.read_bytes())) == 120
+
+    done = kill_output_writer(cmd, out, kills, duration, rng, complete, "predict")
     run_ok(cmd)
     assert len(json.loads(out.read_bytes())) == 120
     assert not temporaries(root), temporaries(root)
@@ -204,18 +215,7 @@ def crash_export(root: Path, model: Path, kills: int, rng: random.Random) -> dic
         assert card_from_onnx_metadata({p.key: p.value for p in graph.metadata_props}) is not None
 
     complete(out)
-    previous = out.read_bytes()
-    done = 0
-    attempts = 0
-    while done < kills and attempts < 3 * kills:  # until `kills` kills landed before the command finished
-        attempts += 1
-        killed, left = kill_at_random(cmd, rng.uniform(0, 0.7 * duration))
-        assert not left, f"export left processes running: {left}"
-        done += killed
-        now = out.read_bytes()
-        if now != previous:
-            complete(out)
-            previous = now
+    done = kill_output_writer(cmd, out, kills, duration, rng, complete, "export")
     run_ok(cmd)
     complete(out)
     assert not temporaries(out.parent), temporaries(out.parent)
