@@ -67,6 +67,18 @@ def photos(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture
+def calib_crops(photos, tmp_path) -> Path:
+    """A folder of 8 calibration images for int8: four offset 200x200 crops of each photo."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, path in enumerate(photos.values()):
+        img = Image.open(path)
+        for j in range(4):
+            img.crop((j * 20, j * 10, j * 20 + 200, j * 10 + 200)).save(calib / f"{i}_{j}.jpg")
+    return calib
+
+
 @pytest.fixture(scope="session")
 def imagenet_samples() -> list[tuple[Path, int]]:
     """The 20 ImageNet validation images that the foolbox package ships (224x224 JPEGs named

@@ -127,15 +127,8 @@ def test_engine_option_errors(run_cli, photos, tiny_model_file):
     assert result.code == 2 and "random weights" in result.err
 
 
-def test_int8_precision_uses_a_calibrated_cached_export(run_cli, tiny_model_file, photos, tmp_path):
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    from PIL import Image
-
-    for i, p in enumerate(photos.values()):
-        img = Image.open(p)
-        for j in range(4):
-            img.crop((j * 20, j * 10, j * 20 + 200, j * 10 + 200)).save(calib / f"{i}_{j}.jpg")
+def test_int8_precision_uses_a_calibrated_cached_export(run_cli, tiny_model_file, photos, calib_crops):
+    calib = calib_crops
     result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--precision", "int8",
                      "--calib", calib, "--format", "json", "--device", "cpu")
     assert result.code == 0, result.err

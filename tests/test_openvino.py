@@ -71,17 +71,10 @@ def test_predict_engine_openvino_on_the_command_line(run_cli, tiny_model_file, p
     assert wrong.code == 2 and "--device cpu" in wrong.err
 
 
-def test_openvino_runs_the_cached_static_int8_export(run_cli, tiny_model_file, photos, tmp_path):
+def test_openvino_runs_the_cached_static_int8_export(run_cli, tiny_model_file, photos, calib_crops):
     """--engine openvino --precision int8 compiles the same calibrated QDQ export onnxruntime runs (VNNI kernels
     where the CPU has them): its probabilities stay within 0.02 of onnxruntime int8's."""
-    from PIL import Image
-
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i, path in enumerate(photos.values()):
-        img = Image.open(path)
-        for j in range(4):
-            img.crop((j * 20, j * 10, j * 20 + 200, j * 10 + 200)).save(calib / f"{i}_{j}.jpg")
+    calib = calib_crops
     args = ["predict", *photos.values(), "--model", tiny_model_file, "-f", "json", "--device", "cpu", "-k", "3",
             "--precision", "int8", "--calib", calib]
     runs = {name: run_cli(*args, "--engine", name) for name in ("onnx", "openvino")}
