@@ -2,7 +2,7 @@
 default model, in one run, same threads.
 
 Prints: p50/p95 latency at batch 1, throughput at batch 32, the ratio to PyTorch eager; for int8 and bf16 the
-figures as the field judges them (cnncli.precision_judge): (a) top-1 accuracy on the labelled ImageNet validation
+figures as the field judges them (cnncli.export.judge): (a) top-1 accuracy on the labelled ImageNet validation
 images against fp32's, (b) agreement where fp32's top-1 leads by >= 0.10, (c) batch-32 throughput over fp32's
 (int8 over the same runtime's fp32, bf16 over OpenVINO f32); int8 top-1 agreement with fp32 on two sets of real images
 (labelled ImageNet validation images and photo crops, see common.py) with fp32's top-1/top-2 probabilities on
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import write_imagenet_samples, write_photo_crops
 
 
@@ -72,8 +71,8 @@ def main() -> None:
     from cnncli.engines import softmax
     from cnncli.engines.onnx_engine import OnnxEngine
     from cnncli.engines.torch_engine import TorchEngine
-    from cnncli.export import export_onnx, load_images
-    from cnncli.registry import create_model
+    from cnncli.export.to_onnx import export_onnx, load_images
+    from cnncli.models.registry import create_model
 
     torch.set_num_threads(opts.threads)
     work = Path(tempfile.mkdtemp(prefix="cnncli-bench-"))
@@ -131,7 +130,7 @@ def main() -> None:
     reference, quantized = np.concatenate(all_fp32), np.concatenate(all_int8)
     sqnr = 10 * np.log10((reference**2).sum() / ((reference - quantized) ** 2).sum())
 
-    from cnncli.precision_judge import judge_precision
+    from cnncli.export.judge import judge_precision
 
     speed = {name: ips for name, _, _, ips in rows}
     imagenet = image_sets["ImageNet validation"]

@@ -65,7 +65,7 @@ def timm_epoch(data: Path, batch: int, amp_dtype) -> float:
     import timm.data
     import torch
 
-    from cnncli.registry import create_model
+    from cnncli.models.registry import create_model
 
     model = create_model("efficientnet_lite0", weights="default").model.cuda().train().to(memory_format=torch.channels_last)
     dataset = timm.data.create_dataset("", root=str(data))
@@ -97,7 +97,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA GPU here (torch.cuda.is_available() is False); nothing measured.")
         return 0
-    from cnncli.registry import create_model
+    from cnncli.models.registry import create_model
 
     amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     amp_name = "bf16" if amp == torch.bfloat16 else "fp16"

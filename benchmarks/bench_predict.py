@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import cnncli_cmd, machine_line, median_wall_time, print_table, write_jpeg_folder
 
 
@@ -47,7 +46,7 @@ def forward_throughput(engine, batch: np.ndarray, seconds: float = 8.0) -> float
 
 def decode_core_seconds(paths: list[Path], pre) -> float:
     """CPU seconds of one core per image for everything predict does to an image before the engine."""
-    from cnncli.images import load_pixels, normalize
+    from cnncli.data.images import load_pixels, normalize
 
     start = time.process_time()
     for path in paths:
@@ -58,20 +57,20 @@ def decode_core_seconds(paths: list[Path], pre) -> float:
 def folder_run(engine, folder: Path, batch_size: int, replicas: bool) -> tuple[float, float, int]:
     """(img/s, CPU ms per image, images done) for predict over ``folder``; ``replicas`` False forces the decoder
     pipeline of before issue 15."""
-    import cnncli.replicas
-    from cnncli.pipeline import collect_inputs
-    from cnncli.predict import predict_items
+    import cnncli.predict.replicas
+    from cnncli.data.inputs import collect_inputs
+    from cnncli.predict.run import predict_items
 
     items = collect_inputs([str(folder)])
-    saved = cnncli.replicas.replicable
+    saved = cnncli.predict.replicas.replicable
     if not replicas:
-        cnncli.replicas.replicable = lambda engine: False
+        cnncli.predict.replicas.replicable = lambda engine: False
     try:
         cpu, start = cpu_seconds(), time.perf_counter()
         done = sum(1 for p in predict_items(engine, items, k=5, batch_size=batch_size) if p.ok)
         wall = time.perf_counter() - start
     finally:
-        cnncli.replicas.replicable = saved
+        cnncli.predict.replicas.replicable = saved
     return done / wall, (cpu_seconds() - cpu) / done * 1e3, done
 
 
@@ -100,7 +99,7 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="cnncli-bench-cache-")
     os.environ["CNNCLI_CACHE"] = cache
     from cnncli.engines import open_engine
-    from cnncli.replicas import usable_cores
+    from cnncli.predict.replicas import usable_cores
 
     all_cores = sorted(os.sched_getaffinity(0))
     counts = [int(c) for c in args.cores.split(",")] if args.cores else [len(all_cores)]
@@ -122,7 +121,7 @@ def main() -> None:
 
         pre = onnx_engine.card.preprocessing
         decode = decode_core_seconds(paths[: min(64, len(paths))], pre)
-        from cnncli.images import load_and_preprocess
+        from cnncli.data.images import load_and_preprocess
 
         batch = np.stack([load_and_preprocess(p, pre) for p in paths[: args.batch_size]])
         rows = []

@@ -40,8 +40,8 @@ def per_core_rates(folder: Path, model: str | None, seconds: float = 5.0) -> tup
     """(decode img/s, forward img/s) of one core: load_pixels on the JPEGs, and the engine with one thread."""
     import numpy as np
 
+    from cnncli.data.images import load_pixels, normalize
     from cnncli.engines import open_engine
-    from cnncli.images import load_pixels, normalize
 
     engine = open_engine(model, device="cpu", threads=1)
     pre = engine.card.preprocessing
@@ -67,7 +67,7 @@ def listing_child(keys: int, shard_size: int, out: str) -> None:
     with a path and a three-class prediction); prints JSON with the timings and the peak RSS."""
     import resource
 
-    from cnncli.predict import Prediction
+    from cnncli.predict.run import Prediction
     from cnncli.scale.parts import Job, OutputFolder, check_output, inputs_fingerprint, shard_bounds
     from cnncli.scale.shards import part_bytes
 

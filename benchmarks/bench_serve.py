@@ -150,9 +150,9 @@ def percentile(values: list[float], q: float) -> float:
 def offline_predict(spec: list[str], folder: Path, threads: int | None, min_items: int = 1024) -> float:
     """img/s of `predict`'s pipeline (decoder processes + engine) over ``folder`` (cycled to ``min_items``), warm,
     in this process: what `cnncli predict FOLDER` does after its start-up."""
+    from cnncli.data.inputs import collect_inputs
     from cnncli.engines import open_engines
-    from cnncli.pipeline import collect_inputs
-    from cnncli.predict import predict_items
+    from cnncli.predict.run import predict_items
 
     engine = open_engines(spec or [None], device="cpu", threads=threads)
     items = collect_inputs([str(folder)])
@@ -165,10 +165,9 @@ def offline_predict(spec: list[str], folder: Path, threads: int | None, min_item
 
 def single_image_reference(spec: list[str], paths: list[Path], threads: int | None) -> tuple[float, float]:
     """Median ms of one decode (file -> pixels) and of the engine's batch-1 forward."""
-    import numpy as np
 
+    from cnncli.data.images import load_pixels, normalize
     from cnncli.engines import open_engines
-    from cnncli.images import load_pixels, normalize
 
     engine = open_engines(spec or [None], device="cpu", threads=threads)
     pre = engine.card.preprocessing

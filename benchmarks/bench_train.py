@@ -94,7 +94,7 @@ def pure_step_rate(trainable: str, batch: int = 32, size: int = 224, reps: int =
     """Images/s of forward + backward + AdamW step on random tensors, same model, trainable set, BN policy."""
     import torch
 
-    from cnncli.registry import create_model
+    from cnncli.models.registry import create_model
     from cnncli.train.policy import apply_trainable, set_train_mode, trainable_names
 
     model = create_model("efficientnet_lite0", weights="default", num_classes=3).model

@@ -30,9 +30,9 @@ marks = {"start": time.process_time()}
 import cnncli.cli.app as app
 marks["cli imported"] = time.process_time()
 import typer.core
-import cnncli.engines, cnncli.images, cnncli.predict
+import cnncli.engines, cnncli.data.images, cnncli.predict.run
 parse = typer.core.TyperCommand.invoke if hasattr(typer.core, "TyperCommand") else None
-original_open, original_load, original_top = cnncli.engines.open_engines, cnncli.images.load_pixels, cnncli.predict.top_k
+original_open, original_load, original_top = cnncli.engines.open_engines, cnncli.data.images.load_pixels, cnncli.predict.run.top_k
 def open_engines(*a, **k):
     marks.setdefault("arguments parsed", time.process_time())
     engine = original_open(*a, **k)
@@ -45,9 +45,9 @@ def load_pixels(*a, **k):
 def top_k(*a, **k):
     marks.setdefault("forward done", time.process_time())
     return original_top(*a, **k)
-cnncli.engines.open_engines, cnncli.images.load_pixels, cnncli.predict.top_k = open_engines, load_pixels, top_k
-import cnncli.pipeline
-cnncli.pipeline.load_pixels = load_pixels
+cnncli.engines.open_engines, cnncli.data.images.load_pixels, cnncli.predict.run.top_k = open_engines, load_pixels, top_k
+import cnncli.predict.decode
+cnncli.predict.decode.load_pixels = load_pixels
 try:
     app.main(["predict", sys.argv[1]])
 except SystemExit:

@@ -24,8 +24,8 @@ def export_arch(arch: str, folder: Path, size: int = 128) -> dict:
     arch, ok, exporter, relative_diff, seconds, message (the ExportError sentence when it failed)."""
     import torch
 
-    from cnncli.export import ExportError, export_onnx
-    from cnncli.registry import create_model
+    from cnncli.export.to_onnx import ExportError, export_onnx
+    from cnncli.models.registry import create_model
 
     torch.manual_seed(0)
     built = create_model(arch, weights="none", num_classes=10)
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("archs", nargs="*", help="default: every torchvision classification architecture")
     parser.add_argument("--size", type=int, default=128)
     opts = parser.parse_args()
-    from cnncli.registry import torchvision_archs
+    from cnncli.models.registry import torchvision_archs
 
     archs = opts.archs or list(torchvision_archs())
     passed = 0

@@ -94,8 +94,8 @@ def tiny_model_file(tmp_path_factory) -> Path:
     """A small simplecnn model file with three named classes (random weights, fixed seed)."""
     import torch
 
-    from cnncli.checkpoint import save_model
-    from cnncli.registry import create_model
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import create_model
 
     torch.manual_seed(0)
     built = create_model("simplecnn", classes=["brick", "grass", "gravel"])

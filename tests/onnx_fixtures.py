@@ -35,9 +35,9 @@ def train_texture_model(folder: Path, arch: str = "simplecnn", steps: int = 12, 
     import torch
     from PIL import Image
 
-    from cnncli.checkpoint import save_model
-    from cnncli.images import preprocess
-    from cnncli.registry import create_model
+    from cnncli.data.images import preprocess
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import create_model
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -26,9 +26,9 @@ def tiny_onnx(tmp_path_factory) -> Path:
     (with its cnncli metadata): thousands of 32x32 images per second, so 2,000-image jobs stay quick."""
     import torch
 
-    from cnncli.checkpoint import save_model
     from cnncli.engines.cache import prepare_cached_onnx
-    from cnncli.registry import create_model
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import create_model
 
     torch.manual_seed(0)
     built = create_model("lenet5", classes=["brick", "grass", "gravel"])

@@ -8,10 +8,10 @@ import pickle
 import pytest
 import torch
 
-from cnncli.card import ModelCard, Preprocessing
-from cnncli.checkpoint import load_model, read_card, save_model
-from cnncli.errors import ModelFileError
-from cnncli.registry import create_model
+from cnncli.core.errors import ModelFileError
+from cnncli.models.card import ModelCard, Preprocessing
+from cnncli.models.checkpoint import load_model, read_card, save_model
+from cnncli.models.registry import create_model
 
 
 class WritesMarker:

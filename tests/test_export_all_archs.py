@@ -13,7 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "export_all_torchv
 
 @pytest.mark.slow
 def test_every_torchvision_arch_exports_or_fails_clearly(tmp_path):
-    from cnncli.registry import torchvision_archs
+    from cnncli.models.registry import torchvision_archs
 
     spec = importlib.util.spec_from_file_location("export_all_torchvision", SCRIPT)
     script = importlib.util.module_from_spec(spec)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnncli.data.images import load_and_preprocess
 from cnncli.engines import open_engine
 from cnncli.engines.cache import cached_path, calibration_images, files_fingerprint, prepare_cached_onnx
 from cnncli.engines.onnx_engine import OnnxEngine
 from cnncli.engines.torch_engine import TorchEngine
-from cnncli.images import load_and_preprocess
 
 
 def test_auto_engine_on_cpu_is_onnxruntime_from_the_cache(tiny_model_file, photos):
@@ -37,7 +37,7 @@ def test_cache_key_follows_the_model_content(tiny_model_file, tmp_path):
     assert cached_path(str(copy), None) == cached_path(str(tiny_model_file), None)  # same bytes, same entry
     import torch
 
-    from cnncli.checkpoint import load_model, save_model
+    from cnncli.models.checkpoint import load_model, save_model
 
     model, card = load_model(copy)
     with torch.no_grad():
@@ -144,10 +144,11 @@ def test_int8_calibrates_on_the_set_a_trained_model_file_records(run_cli, photos
     needs no --calib, and says so clearly once those images are gone."""
     import shutil
 
-    from cnncli.checkpoint import read_card
+    from train_data import write_textures
+
+    from cnncli.models.checkpoint import read_card
     from cnncli.train.config import TrainConfig
     from cnncli.train.loop import run_training
-    from train_data import write_textures
 
     data = write_textures(tmp_path / "textures", per_class=6)
     result = run_training(TrainConfig(data=str(data), arch="simplecnn", epochs=1, batch_size=8, image_size=64,

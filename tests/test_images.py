@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import skimage_photo
 from PIL import Image
 
-from cnncli.card import Preprocessing
-from cnncli.errors import ImageError
-from cnncli.images import load_image, preprocess
-
-from conftest import skimage_photo
+from cnncli.core.errors import ImageError
+from cnncli.data.images import load_image, preprocess
+from cnncli.models.card import Preprocessing
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnncli.card import METADATA_KEY, ModelCard, Preprocessing
-from cnncli.checkpoint import save_model
 from cnncli.inspect import inspect_model
 from cnncli.inspect.render import shape_text
 from cnncli.inspect.summary import summarize_model
-from cnncli.registry import create_model
-
+from cnncli.models.card import METADATA_KEY, ModelCard, Preprocessing
+from cnncli.models.checkpoint import save_model
+from cnncli.models.registry import create_model
 
 # ---------------------------------------------------------------- counts and shapes
 
@@ -207,7 +206,7 @@ def test_pictures_are_png_files_of_the_stated_size(default_model, chelsea, tmp_p
 
 
 def test_features_of_a_named_layer_and_unknown_layer(default_model, chelsea, tmp_path):
-    from cnncli.errors import UsageError
+    from cnncli.core.errors import UsageError
     from cnncli.inspect.pictures import render_pictures
 
     model, card = default_model

@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
 from onnx_fixtures import TEXTURES, train_texture_model, write_images
+
 from cnncli.cli.app import main
+from cnncli.core.errors import ModelFileError, UsageError
 from cnncli.engines import open_engines
 from cnncli.engines.ensemble import EnsembleEngine, FlipTTAEngine
 from cnncli.engines.onnx_engine import CUDA, OnnxEngine
 from cnncli.engines.torch_engine import TorchEngine
-from cnncli.errors import ModelFileError, UsageError
-from cnncli.export import export_onnx, load_images
+from cnncli.export.to_onnx import export_onnx, load_images
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_ensemble_renormalises_members_with_other_mean_and_std(setup):
 def test_tta_is_the_mean_of_image_and_its_mirror(setup):
     from PIL import Image
 
-    from cnncli.images import load_image, preprocess
+    from cnncli.data.images import load_image, preprocess
 
     engine = OnnxEngine(setup["onnx_a"], device="cpu", verbose=False)
     tta = FlipTTAEngine(engine)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from cnncli.engines import open_engine
-from cnncli.export import FP32_RELATIVE_TOLERANCE, load_images
-from cnncli.precision_judge import judge_precision
+from cnncli.export.judge import judge_precision
+from cnncli.export.to_onnx import FP32_RELATIVE_TOLERANCE, load_images
 
 ov = pytest.importorskip("openvino", reason="the openvino extra is not installed")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.precision_judge import DECISIVE_LEAD, judge_precision
+from cnncli.export.judge import DECISIVE_LEAD, judge_precision
 
 
 def probs_with_lead(top: int, lead: float, classes: int = 4) -> np.ndarray:

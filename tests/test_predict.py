@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import skimage_photo
+from PIL import Image
 
 GOOD = ["chelsea.jpg", "cmyk.jpg", "gray16.png", "rgba.png", "exif_rotated.jpg", "sub/coffee.png"]
 BAD = ["empty.jpg", "truncated.jpg", "text.png"]
@@ -58,9 +57,9 @@ def test_mixed_folder_predicts_good_reports_bad_exit_1(run_cli, mixed_folder, ti
 
 
 def test_workers_do_not_change_results_or_order(mixed_folder, tiny_model_file):
+    from cnncli.data.inputs import collect_inputs
     from cnncli.engines import open_engine
-    from cnncli.pipeline import collect_inputs
-    from cnncli.predict import predict_items
+    from cnncli.predict.run import predict_items
 
     engine = open_engine(str(tiny_model_file), device="cpu")
     items = collect_inputs([str(mixed_folder)])
@@ -76,9 +75,10 @@ def test_workers_do_not_change_results_or_order(mixed_folder, tiny_model_file):
 def test_pooled_batches_hold_the_same_pixels_as_single_image_preprocessing(photos):
     """Workers send uint8 pixels and the engine's process normalises whole batches: the numbers must be identical
     to preprocessing each image alone (the path every other command uses)."""
-    from cnncli.card import Preprocessing
-    from cnncli.images import load_and_preprocess
-    from cnncli.pipeline import InputItem, decoded_batches
+    from cnncli.data.images import load_and_preprocess
+    from cnncli.data.inputs import InputItem
+    from cnncli.models.card import Preprocessing
+    from cnncli.predict.decode import decoded_batches
 
     pre = Preprocessing(input_size=(96, 80), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     paths = [str(p) for p in photos.values()] * 3
@@ -148,8 +148,8 @@ def test_prediction_table_has_one_column_per_field_with_failed_images():
     """A failed image in the table must not add a column: top-1 only -> image, top-1, prob; with -k 3 -> + next."""
     import io
 
-    from cnncli.predict import Prediction
-    from cnncli.report import render_prediction_table
+    from cnncli.predict.run import Prediction
+    from cnncli.predict.writers import render_prediction_table
 
     preds = [Prediction(path="bad.jpg", error="not an image file."),
              Prediction(path="cat.jpg", top=[{"label": "tabby", "index": 281, "prob": 0.9},

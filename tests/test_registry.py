@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnncli.errors import UsageError
-from cnncli.registry import (
+from cnncli.core.errors import UsageError
+from cnncli.models.registry import (
     backbone_stages,
     build_architecture,
     check_arch,
@@ -171,7 +171,7 @@ def test_pretrained_download_failure_is_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setattr(urllib.request, "_opener", None)
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: the download fails at once
-    from cnncli.errors import WeightsError
+    from cnncli.core.errors import WeightsError
 
     with pytest.raises(WeightsError) as info:
         create_model("resnet18", weights="IMAGENET1K_V1")

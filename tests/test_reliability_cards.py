@@ -27,8 +27,8 @@ def base(tmp_path_factory, tiny_model_file):
     import onnx
     from safetensors.torch import load_file
 
-    from cnncli.checkpoint import load_model, read_card
-    from cnncli.export import export_onnx
+    from cnncli.export.to_onnx import export_onnx
+    from cnncli.models.checkpoint import load_model
 
     root = tmp_path_factory.mktemp("cards")
     model, card = load_model(tiny_model_file)
@@ -156,7 +156,7 @@ def test_onnx_card_with_more_classes_than_the_graph_is_refused(run_cli, base, tm
 def onnx_graph(path: Path, inputs: list[tuple[str, int, list]], output_shape: list) -> Path:
     """A one-node graph (Identity or Add) with the given inputs (name, elem type, shape) and output shape."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     in_values = [helper.make_tensor_value_info(name, kind, shape) for name, kind, shape in inputs]
     out = helper.make_tensor_value_info("out", inputs[0][1], output_shape)

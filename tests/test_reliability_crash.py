@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from train_data import write_digits
 
 CLI = [sys.executable, "-m", "cnncli"]
@@ -115,7 +114,7 @@ def check_run_folder(run: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from cnncli.checkpoint import read_card
+    from cnncli.models.checkpoint import read_card
 
     for name in ("best.safetensors", "last.safetensors"):
         if (run / name).exists():
@@ -203,7 +202,7 @@ def crash_predict(root: Path, model: Path, photo: Path, kills: int, rng: random.
 def crash_export(root: Path, model: Path, kills: int, rng: random.Random) -> dict:
     import onnx
 
-    from cnncli.export import card_from_onnx_metadata
+    from cnncli.export.to_onnx import card_from_onnx_metadata
 
     out = root / "exports" / "tiny.onnx"
     cmd = [*CLI, "export", str(model), "-o", str(out), "--force"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 from cnncli.train.config import TrainConfig
 from cnncli.train.loop import run_training
 

@@ -33,8 +33,8 @@ def test_written_files_respect_the_umask(run_cli, photos, tiny_model_file, tmp_p
     """Issue 13 "files cnncli writes get normal permissions": the atomic writer left them 0600 (mkstemp).
     Covers predict's output, the ONNX cache (made by the exporter's writer) and a model file; fails on the old
     main."""
-    from cnncli.checkpoint import save_model
-    from cnncli.registry import create_model
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import create_model
 
     monkeypatch.setenv("CNNCLI_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "preds.json"
@@ -57,7 +57,7 @@ def test_predict_output_creates_missing_folders_and_replaces_atomically(run_cli,
     assert result.code == 0, result.err
     assert out.read_text().count("\n") == 1
     # a run that stops with an error half-way leaves the previous file as it was, and no temporary file
-    from cnncli import predict as predict_module
+    from cnncli.predict import run as predict_module
 
     previous = out.read_bytes()
     original = predict_module.top_k
@@ -222,8 +222,8 @@ def test_max_pixels_really_raises_the_limit_and_a_malformed_value_is_one_usage_e
     one usage error". A header claiming 196 million pixels (over PIL's own 179 million) with
     CNNCLI_MAX_PIXELS=500000000 must get past the size check (it then fails as truncated); the old main still
     called it a decompression bomb, and took 'abc' as an error per image."""
-    from cnncli.errors import ImageError
-    from cnncli.images import load_image
+    from cnncli.core.errors import ImageError
+    from cnncli.data.images import load_image
 
     big = png_claiming(tmp_path / "big.png", 14000, 14000)
     monkeypatch.setenv("CNNCLI_MAX_PIXELS", "500000000")
@@ -250,7 +250,7 @@ def test_export_on_a_full_disk_says_so(run_cli, tiny_model_file, tmp_path, monke
         if not mounted:
             import errno
 
-            import cnncli.export as export_module
+            import cnncli.export.to_onnx as export_module
 
             def full(*args, **kwargs):
                 raise OSError(errno.ENOSPC, "No space left on device")

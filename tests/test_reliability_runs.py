@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_data import write_digits
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 from cnncli.train.config import TrainConfig
 from cnncli.train.loop import TrainingDiverged, TrainingInterrupted, run_training
 from cnncli.train.outputs import read_results_csv
-from train_data import write_digits
 
 
 @pytest.fixture(scope="module")

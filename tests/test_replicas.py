@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnncli.data.inputs import collect_inputs
 from cnncli.engines import open_engine
-from cnncli.pipeline import collect_inputs
-from cnncli.predict import predict_items
-from cnncli.replicas import replica_plan, replicable
+from cnncli.predict.replicas import replica_plan, replicable
+from cnncli.predict.run import predict_items
 
 
 @pytest.fixture(scope="module")

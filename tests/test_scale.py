@@ -11,9 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from scale_helpers import (assert_rows_match, free_port, jsonl_rows, kill_after_parts, moto_s3, read_parts,
-                           run_cnncli, tiny_onnx, write_images)
+from scale_helpers import (
+    assert_rows_match,
+    free_port,
+    jsonl_rows,
+    kill_after_parts,
+    moto_s3,
+    read_parts,
+    run_cnncli,
+    write_images,
+)
 
 BUCKET = "photos"
 
@@ -71,8 +78,9 @@ def test_s3_prefix_to_s3_parquet_equals_local_predict(run_cli, s3_env, small_set
     err = " ".join(result.err.split())
     assert "210 images, 6 failed" in err and f"4 parts in s3://{BUCKET}/preds/" in err and "Traceback" not in err
 
-    import pyarrow.parquet as pq
     import io
+
+    import pyarrow.parquet as pq
 
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="preds/")["Contents"])
     assert keys == ["preds/_cnncli_manifest.json"] + [f"preds/part-{i:06d}.parquet" for i in range(4)]
@@ -87,7 +95,7 @@ def test_s3_prefix_to_s3_parquet_equals_local_predict(run_cli, s3_env, small_set
     assert all(p.startswith(prefix) for p in rows)
     assert_rows_match(rows, local_rows, key=lambda p: p[len(prefix):])
     from cnncli import __version__
-    from cnncli.weights import sha256_of
+    from cnncli.models.weights import sha256_of
 
     assert json.loads(metadata[b"cnncli.model"]) == ["sha256:" + sha256_of(tiny_onnx)]
     assert metadata[b"cnncli.version"].decode() == __version__ and metadata[b"cnncli.top_k"] == b"3"
@@ -207,9 +215,9 @@ def test_usage_errors_exit_2_in_one_sentence(run_cli, small_set, tiny_onnx, tmp_
 
 def test_bytes_decoding_gives_the_file_pixels(small_set):
     """Objects are decoded from memory with the same code as files: identical pixels, identical errors."""
-    from cnncli.card import Preprocessing
-    from cnncli.errors import ImageError
-    from cnncli.images import load_pixels, load_pixels_from_bytes
+    from cnncli.core.errors import ImageError
+    from cnncli.data.images import load_pixels, load_pixels_from_bytes
+    from cnncli.models.card import Preprocessing
 
     pre = Preprocessing(input_size=(32, 32))
     for path in sorted(small_set.rglob("img*"))[:40]:

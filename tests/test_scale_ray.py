@@ -13,9 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from scale_helpers import (free_port, kill_after_parts, moto_s3, read_parts, run_cnncli, tiny_onnx,  # noqa: F401
-                           upload_folder, write_images)
+from scale_helpers import (  # noqa: F401
+    free_port,
+    kill_after_parts,
+    moto_s3,
+    read_parts,
+    run_cnncli,
+    tiny_onnx,
+    upload_folder,
+    write_images,
+)
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
            "RAY_USAGE_STATS_ENABLED": "0"}

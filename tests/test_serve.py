@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-
 from serve_helpers import ServeProcess, children_of
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from serve_helpers import ServeProcess
 
 CHROMIUM = "/usr/bin/chromium"

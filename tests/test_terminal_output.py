@@ -30,8 +30,8 @@ def long_named(tmp_path_factory):
     import torch
     from skimage import data
 
-    from cnncli.checkpoint import save_model
-    from cnncli.registry import create_model
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import create_model
 
     root = tmp_path_factory.mktemp("wide") / "a_folder_with_a_long_name" / "and_another_one_below_it"
     torch.manual_seed(0)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_data import write_digits, write_textures
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 from cnncli.train.config import TrainConfig
 from cnncli.train.loop import TrainingDiverged, TrainingInterrupted, run_training
 from cnncli.train.outputs import read_results_csv
-from train_data import write_digits, write_textures
 
 QUIET = dict(quiet=True, workers=0)
 
@@ -70,7 +70,7 @@ def test_trainable_policy_trains_exactly_the_named_parameters(textures, tmp_path
                       image_size=32, augment="none", epochs=1, batch_size=8, out=str(tmp_path / "run"), **QUIET)
     snaps, result = run_with_snapshots(cfg)
     before, after = snaps
-    from cnncli.registry import build_architecture
+    from cnncli.models.registry import build_architecture
 
     model = build_architecture("resnet18", 3)
     names = [n for n, _ in model.named_parameters()]
@@ -87,7 +87,7 @@ def test_trainable_policy_trains_exactly_the_named_parameters(textures, tmp_path
 
 
 def _card(path: Path) -> dict:
-    from cnncli.checkpoint import read_card
+    from cnncli.models.checkpoint import read_card
 
     return read_card(path).to_dict()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_data import write_digits
 
 from cnncli.train.outputs import read_results_csv
-from train_data import write_digits
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_one_epoch_run_logs_its_learning_rate_no_top5_and_its_augmentation(digit
     assert not [line for line in said if line.startswith("epoch 1/1") and "top5" in line]
     opening = next(line for line in said if line.startswith("train lenet5"))
     assert "augment light: shift up to 3 px (10% of 32 px)" in opening and "no horizontal flip" in opening
-    card = json.loads(__import__("cnncli.checkpoint", fromlist=["read_metadata"]).read_metadata(
+    card = json.loads(__import__("cnncli.models.checkpoint", fromlist=["read_metadata"]).read_metadata(
         tmp_path / "run" / "best.safetensors")["cnncli"])
     assert card["training"]["split"]["seed"] == 0 and card["training"]["split"]["val_split"] == 0.2
     assert Path(card["training"]["dataset"]).is_absolute()
@@ -60,8 +60,8 @@ def test_default_augmentation_keeps_digits_recognisable_and_never_flips_them(dig
     import torch
     from sklearn.neighbors import KNeighborsClassifier
 
-    from cnncli.images import load_and_preprocess, load_image
-    from cnncli.registry import default_preprocessing
+    from cnncli.data.images import load_and_preprocess, load_image
+    from cnncli.models.registry import default_preprocessing
     from cnncli.train.augment import plan_augmentation, train_transform
     from cnncli.train.config import TrainConfig
 

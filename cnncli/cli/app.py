@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         argv = with_ray_address(argv)
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-    from cnncli.errors import CnncliError
+    from cnncli.core.errors import CnncliError
 
     try:
-        from cnncli.limits import check_environment
+        from cnncli.core.limits import check_environment
 
         check_environment()
         code = app(args=argv, prog_name="cnncli", standalone_mode=False)

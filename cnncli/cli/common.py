@@ -35,7 +35,7 @@ def not_built(command: str) -> None:
 
 
 def _device(value):
-    from cnncli.devices import device_problem
+    from cnncli.core.devices import device_problem
 
     device, problem = device_problem(value)
     if problem:
@@ -53,7 +53,7 @@ def image_size_option(help: str = "Input size in pixels (square).", default=None
 
 
 def device_option(default: str = "auto"):
-    from cnncli.devices import DEVICE_HELP
+    from cnncli.core.devices import DEVICE_HELP
 
     return typer.Option(default, "--device", parser=_device, metavar="DEVICE", help=DEVICE_HELP)
 

@@ -7,8 +7,15 @@ from typing import Optional
 
 import typer
 
-from cnncli.cli.common import (PRECISIONS, TableOrJson, batch_size_option, choices, device_option, engine_option,
-                               workers_option)
+from cnncli.cli.common import (
+    PRECISIONS,
+    TableOrJson,
+    batch_size_option,
+    choices,
+    device_option,
+    engine_option,
+    workers_option,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,9 +41,9 @@ def register(app: typer.Typer) -> None:
         allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
     ) -> None:
         """Accuracy, per-class metrics and the confusion matrix of a model on a dataset."""
-        from cnncli.errors import UsageError
-        from cnncli.evaluate import TABLE_ERRORS, evaluate_model, render_evaluation, save_plots
-        from cnncli.report import info, to_text, warn
+        from cnncli.core.console import info, to_text, warn
+        from cnncli.core.errors import UsageError
+        from cnncli.evaluate.run import TABLE_ERRORS, evaluate_model, render_evaluation, save_plots
 
         if errors == "default":
             n_errors = None if fmt == "json" else TABLE_ERRORS
@@ -51,7 +58,7 @@ def register(app: typer.Typer) -> None:
             result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers,
                                     engine=engine, allow_outside=allow_outside)
         else:
-            from cnncli.precision_eval import evaluate_precision
+            from cnncli.evaluate.precision import evaluate_precision
 
             result, figures = evaluate_precision(model, data, precision, split=split, batch_size=batch_size,
                                                  device=device, workers=workers, calib=calib, engine=engine,

@@ -10,7 +10,6 @@ import typer
 from cnncli.cli import validate as v
 from cnncli.cli.common import choices, image_size_option, output_option
 
-
 OPSET = v.number(int, ge=7, le=30)
 
 
@@ -34,7 +33,7 @@ def register(app: typer.Typer) -> None:
         """Export a model to ONNX for onnxruntime, verified against PyTorch.
 
         Exit 1 if it cannot be exported or does not match."""
-        from cnncli.errors import UsageError
+        from cnncli.core.errors import UsageError
 
         if fp16 and int8:
             raise UsageError("--fp16 and --int8 exclude each other; pick one.")
@@ -43,8 +42,8 @@ def register(app: typer.Typer) -> None:
         if output is not None and output.suffix.lower() != ".onnx":
             raise UsageError(f"{output}: the output file must end in .onnx.")
         precision = "fp16" if fp16 else f"int8-{int8}" if int8 else "fp32"
-        from cnncli.export import export_model
-        from cnncli.report import warn
+        from cnncli.core.console import warn
+        from cnncli.export.to_onnx import export_model
 
         if int8 == "dynamic":
             warn("dynamic int8 runs CNN convolutions 5-25x slower than fp32 on CPU; prefer --int8 static --calib DIR.")
@@ -55,7 +54,7 @@ def register(app: typer.Typer) -> None:
 
 
 def render_export_report(report) -> None:
-    from cnncli.report import info, warn
+    from cnncli.core.console import info, warn
 
     h, w = report.input_size
     size = f"{report.size_bytes / 1e6:.1f} MB"

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
 
         if looks_like_dataset(target):
             from cnncli.data.check import check_dataset
-            from cnncli.data.report import render_dataset_report
+            from cnncli.inspect.dataset_report import render_dataset_report
 
             report = check_dataset(target, val_split=val_split, seed=seed, val_csv=val_csv, allow_outside=allow_outside)
             render_dataset_report(report, fmt, sys.stdout)
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
 def _render(result: dict, fmt: str) -> None:
     summary, drawn = result["summary"], result["pictures"]
     if fmt == "json":
-        from cnncli.report import to_text
+        from cnncli.core.console import to_text
 
         data = summary.to_dict() if summary is not None else {}
         if drawn:

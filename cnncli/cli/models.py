@@ -19,9 +19,9 @@ def register(app: typer.Typer) -> None:
         """List every architecture cnncli can build: torchvision's, timm's (timm:NAME) and the built-ins."""
         import json
 
-        from cnncli.errors import UsageError
-        from cnncli.registry import list_architectures
-        from cnncli.report import rich_table
+        from cnncli.core.console import rich_table
+        from cnncli.core.errors import UsageError
+        from cnncli.models.registry import list_architectures
 
         entries = list_architectures(source, pattern)
         if fmt == "json":

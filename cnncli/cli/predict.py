@@ -12,8 +12,18 @@ from typing import List, Optional
 import typer
 
 from cnncli.cli import validate as v
-from cnncli.cli.common import (PRECISIONS, PREDICT_FORMATS, PredictFormat, batch_size_option, choices, device_option,
-                               engine_option, output_option, threads_option, workers_option)
+from cnncli.cli.common import (
+    PRECISIONS,
+    PREDICT_FORMATS,
+    PredictFormat,
+    batch_size_option,
+    choices,
+    device_option,
+    engine_option,
+    output_option,
+    threads_option,
+    workers_option,
+)
 
 PREFETCH_BATCHES = 2
 
@@ -42,8 +52,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue a --format parquet job in --output, skipping its finished parts (also automatic when the folder's manifest matches)."),
     ) -> None:
         """Classify images. Exit code 0 if every image was classified, 1 if any failed, 2 for usage errors."""
-        from cnncli.errors import UsageError
-        from cnncli.input_lists import expand_input_lists, refuse_web_urls
+        from cnncli.core.errors import UsageError
+        from cnncli.data.inputs import expand_input_lists, refuse_web_urls
         from cnncli.scale import wants_scale
 
         if summary_only and output is not None:
@@ -64,12 +74,14 @@ def register(app: typer.Typer) -> None:
             return
         from contextlib import nullcontext
 
-        from cnncli.atomic import atomic_open
+        from cnncli.core.atomic import atomic_open
+        from cnncli.core.console import err_console, info, warn
+        from cnncli.data.inputs import collect_inputs
         from cnncli.engines import open_engines
-        from cnncli.pipeline import collect_inputs, default_workers
-        from cnncli.predict import predict_items
-        from cnncli.report import PredictionWriter, err_console, info, warn
-        from cnncli.summary import PredictionSummary
+        from cnncli.predict.decode import default_workers
+        from cnncli.predict.run import predict_items
+        from cnncli.predict.summary import PredictionSummary
+        from cnncli.predict.writers import PredictionWriter
 
         items = collect_inputs(specs, recursive=recursive)
         engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
-        from cnncli.errors import CnncliError
+        from cnncli.core.errors import CnncliError
 
         try:
             import fastapi  # noqa: F401

@@ -11,10 +11,16 @@ from typing import List, Literal, Optional
 import typer
 
 from cnncli.cli import validate as v
-from cnncli.cli.common import (batch_size_option, choices, device_option, image_size_option, output_option,
-                               seed_option, workers_option)
-from cnncli.train.config import (AMP_MODES, AUGMENTS, BALANCES, BN_MODES, INITS, LOSSES, MONITORS, OPTIMIZERS,
-                                 SCHEDULES)
+from cnncli.cli.common import (
+    batch_size_option,
+    choices,
+    device_option,
+    image_size_option,
+    output_option,
+    seed_option,
+    workers_option,
+)
+from cnncli.train.config import AMP_MODES, AUGMENTS, BALANCES, BN_MODES, INITS, LOSSES, MONITORS, OPTIMIZERS, SCHEDULES
 
 DATA_HELP = "A folder of class sub-folders, a folder with train/ and val/ (valid/, validation/), or a CSV manifest path,label."
 
@@ -94,7 +100,7 @@ def _options(command: str):
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
         log: List[str] = typer.Option([], "--log", metavar="[tensorboard|mlflow]", help="Track the run: tensorboard (event files in RUN/tensorboard) or mlflow ($MLFLOW_TRACKING_URI, else ./mlruns); repeat for both."),
     ) -> None:
-        from cnncli.report import info
+        from cnncli.core.console import info
         from cnncli.train.config import TrainConfig
 
         fields = TrainConfig.__dataclass_fields__
@@ -125,7 +131,7 @@ def config_from(command: str, values: dict, config: str | None, given: frozenset
     """The run's TrainConfig: the options, or with --config the saved settings overridden by the given options.
 
     A re-run gets a new run folder unless --output names one; --resume is never taken from a saved run."""
-    from cnncli.errors import UsageError
+    from cnncli.core.errors import UsageError
     from cnncli.train.config import TrainConfig
 
     if config is None:
@@ -149,8 +155,8 @@ def config_from(command: str, values: dict, config: str | None, given: frozenset
 
 def check_machine_limits(cfg) -> None:
     """Refuse, before any work, an --image-size the architecture cannot take and a batch that cannot fit."""
-    from cnncli.models.limits import check_image_size
-    from cnncli.pipeline import default_workers
+    from cnncli.models.min_input import check_image_size
+    from cnncli.predict.decode import default_workers
 
     channels = 1 if cfg.grayscale else 3
     arch = cfg.arch or ("efficientnet_lite0" if not str(cfg.weights).endswith(".safetensors") else None)
@@ -158,7 +164,7 @@ def check_machine_limits(cfg) -> None:
         check_image_size(arch, cfg.image_size, channels)
     size = cfg.image_size
     if size is None and arch is not None:
-        from cnncli.registry import check_arch, default_preprocessing
+        from cnncli.models.registry import check_arch, default_preprocessing
 
         check_arch(arch)
         size = default_preprocessing(arch).input_size

@@ -2,7 +2,7 @@
 
 Numbers refuse nan, inf, text and values outside their meaningful range; sizes and counts also refuse what this
 machine cannot do (threads and workers beyond a multiple of its CPUs, images over CNNCLI_MAX_INPUT_SIZE pixels a
-side as model cards (:mod:`cnncli.limits`), a batch of input images larger than half its memory). Each refusal is
+side as model cards (:mod:`cnncli.core.limits`), a batch of input images larger than half its memory). Each refusal is
 one sentence that the entry point prints as one error line with exit code 2. Nothing here imports torch.
 """
 
@@ -14,9 +14,9 @@ from typing import Callable
 
 import typer
 
-from cnncli.limits import DEFAULT_MAX_INPUT_SIZE as DEFAULT_MAX_IMAGE_SIZE
-from cnncli.limits import MAX_INPUT_SIZE_ENV as MAX_IMAGE_SIZE_ENV
-from cnncli.limits import max_input_size as max_image_size
+from cnncli.core.limits import DEFAULT_MAX_INPUT_SIZE as DEFAULT_MAX_IMAGE_SIZE  # noqa: F401 -- re-exported for cli.common
+from cnncli.core.limits import MAX_INPUT_SIZE_ENV as MAX_IMAGE_SIZE_ENV
+from cnncli.core.limits import max_input_size as max_image_size
 
 CPU_FACTOR = 4  # --threads / --workers: at most this many per CPU
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
@@ -134,7 +134,7 @@ def check_batch_memory(batch_size: int, image_size: int | tuple[int, int], chann
                        in_flight: int = 4) -> None:
     """Refuse a --batch-size whose float32 input batches alone (``in_flight`` of them) would take more than half
     of this machine's memory; one sentence with the size and the limit."""
-    from cnncli.errors import UsageError
+    from cnncli.core.errors import UsageError
 
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     need = batch_size * channels * h * w * 4 * in_flight

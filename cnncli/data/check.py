@@ -21,9 +21,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from cnncli.core.paths import special_file_problem
+from cnncli.data.images import max_image_pixels
 from cnncli.data.layout import DatasetSplits, Sample, assemble_splits, scan_dataset
-from cnncli.images import max_image_pixels
-from cnncli.paths import special_file_problem
 
 TOP_SIZES = 10
 IMBALANCE_NOTE_RATIO = 5.0  # from this max/min ratio on, the report suggests class balancing

@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnncli.core.errors import UsageError
 from cnncli.data.layout import (
     DatasetScan,
     Sample,
@@ -25,7 +26,6 @@ from cnncli.data.layout import (
     refusal_error,
     scan_dataset,
 )
-from cnncli.errors import UsageError
 
 EVAL_SPLITS = ("auto", "test", "val", "train", "all")
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import UsageError
-from cnncli.images import is_image_file
-from cnncli.pipeline import _natural_key as natural_key  # "2" before "10", case ignored
+from cnncli.core.errors import UsageError
+from cnncli.data.images import is_image_file
+from cnncli.data.inputs import natural_key  # "2" before "10", case ignored
 
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
 TRAIN_FOLDER_NAME = "train"

@@ -1,6 +1,6 @@
 """Inference engines behind one interface: ``engine.predict_proba(batch) -> probabilities``.
 
-An engine takes a float32 array (N, C, H, W) made by :func:`cnncli.images.preprocess` and returns float32
+An engine takes a float32 array (N, C, H, W) made by :func:`cnncli.data.images.preprocess` and returns float32
 probabilities (N, classes). :func:`open_engine` picks the engine for a model spec; this module does not
 import torch, and a ``.onnx`` spec opens the onnxruntime engine without it.
 """
@@ -12,8 +12,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from cnncli.card import ModelCard
-from cnncli.numeric import softmax  # noqa: F401 - re-exported
+from cnncli.core.numeric import softmax  # noqa: F401 - re-exported
+from cnncli.models.card import ModelCard
 
 
 class Engine(Protocol):
@@ -47,8 +47,8 @@ def choose_engine(engine: str, device: str, precision: str = "fp32") -> str:
     OpenVINO for ``--precision bf16``. auto does not pick OpenVINO for fp32: importing it costs 0.3-0.6 s, which
     would break the one-image cold start (< 0.5 s), and its fp32 gain over onnxruntime was not measured reliably
     on a quiet machine in this version (benchmarks/README.md, bench_engines.py)."""
-    from cnncli.devices import parse_device
-    from cnncli.errors import UsageError
+    from cnncli.core.devices import parse_device
+    from cnncli.core.errors import UsageError
 
     device = parse_device(device)
     if engine not in ENGINES:
@@ -73,7 +73,7 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
     train/finetune recorded in the model file. ``engine`` openvino compiles the same cached export with OpenVINO
     (:mod:`cnncli.engines.openvino_engine`): f32, bf16 with ``precision`` bf16, or the static-int8 export. ``threads`` sets intra-op threads.
     """
-    from cnncli.errors import ModelFileError, UsageError
+    from cnncli.core.errors import ModelFileError, UsageError
 
     if is_onnx_spec(model):
         if weights is not None:
@@ -94,7 +94,7 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
         raise UsageError("--precision bf16 runs on OpenVINO; use --engine openvino (or auto).")
     calib_images = None
     if precision == "int8":
-        from cnncli.calibration import calibration_images
+        from cnncli.export.calibration import calibration_images
 
         calib_images = calibration_images(model, calib)
     if chosen == "openvino":
@@ -129,10 +129,9 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
 
 
 def _openvino(path, device: str, threads: int | None, precision: str) -> Engine:
+    from cnncli.core.devices import parse_device
+    from cnncli.core.errors import UsageError
     from cnncli.engines.openvino_engine import OpenVinoEngine
-    from cnncli.errors import UsageError
-
-    from cnncli.devices import parse_device
 
     if parse_device(device) not in ("auto", "cpu"):
         raise UsageError(f"--engine openvino runs on the CPU here, not --device {device}; use --device cpu.")

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Iterator
 
 from cnncli import __version__
-from cnncli.calibration import calibration_images, files_fingerprint  # noqa: F401 - re-exported
-from cnncli.registry_names import DEFAULT_ARCH, TIMM_PREFIX
-from cnncli.weights import NO_WEIGHTS, PRETRAINED_ALIASES, is_weights_path, read_descriptor, sha256_of
+from cnncli.export.calibration import calibration_images, files_fingerprint  # noqa: F401 - re-exported
+from cnncli.models.names import DEFAULT_ARCH, TIMM_PREFIX
+from cnncli.models.weights import NO_WEIGHTS, PRETRAINED_ALIASES, is_weights_path, read_descriptor, sha256_of
 
 CACHE_FORMAT = 2  # 2: simplified with onnxslim
 PRECISIONS = ("fp32", "int8")
@@ -37,7 +37,7 @@ def cache_dir() -> Path:
 
 def model_identity(spec: str | None, weights: str | None) -> tuple[str, str]:
     """(a readable name, a content fingerprint) for a model spec, without importing torch."""
-    from cnncli.paths import require_regular_file
+    from cnncli.core.paths import require_regular_file
 
     if spec is not None and (spec.endswith(".safetensors") or Path(spec).exists()):
         path = require_regular_file(spec, "model file")
@@ -104,7 +104,7 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
 
     Returns None for models that cannot be cached (random weights). The first export says so on stderr.
     """
-    from cnncli.report import info
+    from cnncli.core.console import info
 
     if precision not in PRECISIONS:
         raise ValueError(precision)
@@ -119,14 +119,14 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
             return path
         start = time.perf_counter()
         if model_identity(spec, weights)[1].startswith(f"{spec}|"):  # a registry name: check it before announcing
-            from cnncli.registry import check_arch
+            from cnncli.models.registry import check_arch
 
             check_arch(spec)
         if not quiet:
             info(f"preparing the fast path for {spec or DEFAULT_ARCH}: exporting to ONNX and verifying it "
                  f"({precision}); this happens once.")
-        from cnncli.export import export_onnx
-        from cnncli.model_spec import load_for_inference
+        from cnncli.export.to_onnx import export_onnx
+        from cnncli.models.spec import load_for_inference
 
         model, card = load_for_inference(spec, weights=weights, device="cpu")
         options = {"simplify": True}  # onnxslim folds TF-"same" padding arithmetic: ~35% faster on onnxruntime

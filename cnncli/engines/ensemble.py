@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 
 
 def _describe(classes: list[str]) -> str:

@@ -10,18 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.card import METADATA_KEY, ModelCard, Preprocessing
-from cnncli.errors import ModelFileError, UsageError
-from cnncli.numeric import softmax
-
-from cnncli.onnx_io import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, run_onnx, session_options  # noqa: F401 - re-exported
+from cnncli.core.errors import ModelFileError, UsageError
+from cnncli.core.numeric import softmax
+from cnncli.export.onnx_io import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, run_onnx, session_options  # noqa: F401 - re-exported
+from cnncli.models.card import METADATA_KEY, ModelCard, Preprocessing
 
 
 def providers_for(device: str) -> list[str]:
     """Execution providers for ``device``; UsageError when CUDA is asked for and onnxruntime has none."""
     import onnxruntime as ort
 
-    from cnncli.devices import cuda_index, parse_device
+    from cnncli.core.devices import cuda_index, parse_device
 
     device = parse_device(device)
     available = ort.get_available_providers()
@@ -75,7 +74,7 @@ FLOAT_INPUTS = ("tensor(float)", "tensor(float16)")
 def check_io(session, path: Path) -> None:
     """Refuse, before running anything, a graph that is not an image classifier: one float input (N, C, H, W) with
     C 1 or 3, and a first output (N, classes)."""
-    from cnncli.limits import MAX_INPUT_SIZE_ENV, max_input_size
+    from cnncli.core.limits import MAX_INPUT_SIZE_ENV, max_input_size
 
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1:
@@ -125,7 +124,7 @@ def check_card_matches_graph(card: ModelCard, session, path: Path) -> None:
 def _open_session(path: Path, providers: list[str], options):
     import onnxruntime as ort
 
-    from cnncli.paths import require_regular_file
+    from cnncli.core.paths import require_regular_file
 
     require_regular_file(path, "model file")
     if path.stat().st_size == 0:
@@ -145,9 +144,8 @@ class OnnxEngine:
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
                  allow_spinning: bool | None = None, verbose: bool = True) -> None:
-        from cnncli.report import info, warn
-
-        from cnncli.devices import parse_device
+        from cnncli.core.console import info, warn
+        from cnncli.core.devices import parse_device
 
         self.path = Path(path)
         device = parse_device(device)
@@ -178,7 +176,7 @@ class OnnxEngine:
         self.threads = threads
 
     def replica_recipe(self) -> tuple | None:
-        """How a worker process re-opens this engine (:mod:`cnncli.replicas`); None on CUDA."""
+        """How a worker process re-opens this engine (:mod:`cnncli.predict.replicas`); None on CUDA."""
         return ("onnx", str(self.path), "fp32") if self.provider == CPU else None
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ cached export) for the CPU, and keeps OpenVINO's compiled model in the cnncli ca
 
 f32 by default (latency hint, ``INFERENCE_PRECISION_HINT`` f32), so its logits stay within the export tolerance
 of onnxruntime's; ``bf16`` is an explicit lower precision (OpenVINO's own default on CPUs with AVX-512 BF16 or
-AMX), judged like int8 (:mod:`cnncli.precision_judge`); ``int8`` compiles the static-int8 (QDQ) export, which
+AMX), judged like int8 (:mod:`cnncli.export.judge`); ``int8`` compiles the static-int8 (QDQ) export, which
 OpenVINO runs with its int8 kernels (VNNI where the CPU has it), the rest in f32. Torch-free; OpenVINO is imported only when this engine
 is opened (it costs a few tenths of a second at start).
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.card import ModelCard
-from cnncli.errors import ModelFileError, UsageError
-from cnncli.numeric import softmax
+from cnncli.core.errors import ModelFileError, UsageError
+from cnncli.core.numeric import softmax
+from cnncli.models.card import ModelCard
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # --precision -> OpenVINO's inference precision
 
@@ -77,7 +77,7 @@ class OpenVinoEngine:
         self.threads = threads
 
     def replica_recipe(self) -> tuple:
-        """How a worker process re-opens this engine (:mod:`cnncli.replicas`)."""
+        """How a worker process re-opens this engine (:mod:`cnncli.predict.replicas`)."""
         return ("openvino", str(self.path), self.precision)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
@@ -99,7 +99,7 @@ class OpenVinoEngine:
 
 def _card_from_model(model, path: Path) -> ModelCard:
     """The cnncli card that export stored in the ONNX metadata (OpenVINO keeps it in the model's rt_info)."""
-    from cnncli.card import METADATA_KEY
+    from cnncli.models.card import METADATA_KEY
 
     try:
         text = model.get_rt_info(["framework", METADATA_KEY]).astype(str)

@@ -7,14 +7,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnncli.card import ModelCard
-from cnncli.errors import UsageError
-from cnncli.model_spec import load_for_inference  # noqa: F401 - re-exported
-from cnncli.numeric import softmax
+from cnncli.core.errors import UsageError
+from cnncli.core.numeric import softmax
+from cnncli.models.card import ModelCard
+from cnncli.models.spec import load_for_inference  # noqa: F401 - re-exported
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    from cnncli.devices import cuda_index, parse_device
+    from cnncli.core.devices import cuda_index, parse_device
 
     device = parse_device(device)
     if device == "auto":

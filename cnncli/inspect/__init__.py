@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnncli.registry_names import BUILTIN_ARCHS, DEFAULT_ARCH
+from cnncli.models.names import BUILTIN_ARCHS, DEFAULT_ARCH
 
 ONNX_SUFFIX = ".onnx"
 PICTURES = ("filters", "features", "saliency", "gradcam")
@@ -35,8 +35,8 @@ def default_weights(spec: str, pictures: bool) -> str:
 
 def open_for_inspection(spec: str, weights: str | None = None, pictures: bool = False):
     """(model in eval mode, card, trainable record or None) for a registry name or a cnncli model file."""
-    from cnncli.model_spec import load_for_inference
     from cnncli.inspect.summary import apply_trainable_record
+    from cnncli.models.spec import load_for_inference
 
     if not Path(spec).exists() and not spec.endswith(".safetensors"):
         weights = weights or default_weights(spec, pictures)
@@ -59,7 +59,7 @@ def inspect_model(
 ) -> dict:
     """Everything ``cnncli inspect MODEL`` shows: {"summary": ModelSummary | OnnxSummary | None,
     "pictures": [Picture]} for a registry name, a cnncli model file or an ONNX file (summary only)."""
-    from cnncli.errors import UsageError
+    from cnncli.core.errors import UsageError
 
     unknown = [k for k in what if k != "summary" and k not in PICTURES]
     if unknown or not what:
@@ -74,7 +74,7 @@ def inspect_model(
         return {"summary": summarize_onnx(spec), "pictures": []}
     model, card, record = open_for_inspection(spec, weights, pictures=bool(pictures))
     if input_size:
-        from cnncli.models.limits import check_image_size
+        from cnncli.models.min_input import check_image_size
 
         check_image_size(card.arch, input_size, card.preprocessing.channels)
     summary = summary_of(model, card, record, spec, input_size, depth) if "summary" in what else None
@@ -83,7 +83,7 @@ def inspect_model(
         from cnncli.inspect.pictures import render_pictures
 
         if not card.weights and not Path(spec).is_file():  # a registry name built without weights
-            from cnncli.report import warn
+            from cnncli.core.console import warn
 
             warn(f"{spec} has random weights: its pictures show an untrained network (pass --weights).")
         if input_size:
@@ -99,7 +99,7 @@ def summary_of(model, card, record, spec: str, input_size: int | None, depth: in
     try:
         summary = summarize_model(model, size, card.preprocessing.channels, depth, card=card, name=spec)
     except RuntimeError as exc:  # e.g. the maps shrink below a kernel, or a fixed-size model
-        from cnncli.errors import UsageError
+        from cnncli.core.errors import UsageError
 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{spec} cannot run on a {size[0]}x{size[1]} input ({first}); choose another "

@@ -9,8 +9,8 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from cnncli.card import METADATA_KEY, ModelCard
-from cnncli.errors import ModelFileError
+from cnncli.core.errors import ModelFileError
+from cnncli.models.card import METADATA_KEY, ModelCard
 
 
 @dataclass

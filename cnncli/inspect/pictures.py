@@ -7,8 +7,8 @@
 - ``gradcam``: Grad-CAM (Selvaraju et al. 2017) of the top class on the last convolutional stage: the stage's
   maps weighted by their average gradient, ReLU, upsampled and overlaid on the image.
 
-The model input comes from :func:`cnncli.images.load_and_preprocess` (the one preprocessing every engine uses);
-the image shown is :func:`cnncli.images.load_image` cropped and resized by the same geometry, unnormalised.
+The model input comes from :func:`cnncli.data.images.load_and_preprocess` (the one preprocessing every engine uses);
+the image shown is :func:`cnncli.data.images.load_image` cropped and resized by the same geometry, unnormalised.
 Sizes: filters and features 800x800 pixels, saliency and gradcam 1000x500 (image on the left).
 """
 
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnncli.card import ModelCard
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 from cnncli.inspect import PICTURES
+from cnncli.models.card import ModelCard
 
 SQUARE_SIZE = (8, 8)  # inches at DPI: 800 x 800 pixels
 WIDE_SIZE = (10, 5)  # 1000 x 500 pixels
@@ -52,7 +52,7 @@ class ImageInput:
 
 
 def prepare_image(path: str | Path, card: ModelCard) -> ImageInput:
-    from cnncli.images import load_and_preprocess, load_image, preprocess
+    from cnncli.data.images import load_and_preprocess, load_image, preprocess
 
     pre = card.preprocessing
     x = load_and_preprocess(path, pre)
@@ -169,7 +169,7 @@ def _figure(size):
 
 
 def _save(fig, path: Path) -> Path:
-    from cnncli.checkpoint import atomic_path
+    from cnncli.models.checkpoint import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -207,7 +207,7 @@ def _label(card: ModelCard, index: int, logits: torch.Tensor) -> str:
 
 
 def draw_filters(model: nn.Module, model_label: str, path: Path) -> Picture:
-    from cnncli.registry import first_conv_name
+    from cnncli.models.registry import first_conv_name
 
     layer = first_conv_name(model)
     if layer is None:

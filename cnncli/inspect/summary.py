@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnncli.card import ModelCard
 from cnncli.inspect.receptive_field import (
     ReceptiveField,
     ReceptiveFieldTracer,
     last_spatial_field,
 )
+from cnncli.models.card import ModelCard
 
 NOT_COUNTED = ("BatchNorm/LayerNorm/GroupNorm", "activations", "pooling", "residual additions", "softmax", "dropout")
 SPATIAL_ATTRS = ("kernel_size", "stride", "padding", "dilation")

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 from cnncli.scale import is_uri
 
 STREAM_FORMATS = ("table", "json", "jsonl", "csv")
@@ -40,7 +40,7 @@ def model_identity_of(spec: str | None, weights: str | None) -> str:
     """A model's identity for the manifest and part metadata: the file's sha256, or the registry name + weights."""
     from cnncli.engines import is_onnx_spec
     from cnncli.engines.cache import model_identity
-    from cnncli.weights import sha256_of
+    from cnncli.models.weights import sha256_of
 
     if is_onnx_spec(spec):
         return "sha256:" + sha256_of(Path(spec))
@@ -88,10 +88,9 @@ def _open_engine(opts: ScaleOptions, for_ray: bool):
 
 
 def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int:
-    from cnncli.report import info
+    from cnncli.core.console import info
     from cnncli.scale.parts import Job, OutputFolder, check_output, inputs_fingerprint, shard_bounds
     from cnncli.scale.progress import JobProgress, print_summary
-
     from cnncli.scale.shards import warm_up_writer
 
     warm_up_writer()  # pyarrow's imports before the clock starts (seconds on a cold start)
@@ -158,7 +157,8 @@ def _run_stream(opts: ScaleOptions, paths: list[str]) -> int:
     import sys
     import tempfile
 
-    from cnncli.report import PredictionWriter, warn
+    from cnncli.core.console import warn
+    from cnncli.predict.writers import PredictionWriter
     from cnncli.scale.progress import JobProgress, print_summary
     from cnncli.scale.shards import ShardPredictor
 

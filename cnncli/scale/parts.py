@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnncli import __version__
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 from cnncli.scale import is_uri
 
 MANIFEST = "_cnncli_manifest.json"
@@ -221,7 +221,7 @@ def check_output(folder: OutputFolder, job: Job, resume: bool) -> tuple[set[int]
             raise UsageError(f"--output {folder} already holds part files but no cnncli manifest; "
                              "give an empty or new folder.")
         if resume:
-            from cnncli.report import info
+            from cnncli.core.console import info
 
             info(f"nothing to resume in {folder}: starting the job.")
         return set(), False

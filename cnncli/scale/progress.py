@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from cnncli.report import err_console, info
+from cnncli.core.console import err_console, info
 
 
 class JobProgress:

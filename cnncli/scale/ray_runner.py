@@ -16,7 +16,7 @@ import socket
 from collections import deque
 from pathlib import Path
 
-from cnncli.errors import CnncliError, UsageError
+from cnncli.core.errors import CnncliError, UsageError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # where the driver found its object store, passed on to the actors (never credentials: nodes use their own)

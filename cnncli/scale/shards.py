@@ -10,9 +10,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from cnncli.errors import ImageError
-from cnncli.images import load_pixels, load_pixels_from_bytes, normalize
-from cnncli.predict import Prediction, top_k
+from cnncli.core.errors import ImageError
+from cnncli.data.images import load_pixels, load_pixels_from_bytes, normalize
+from cnncli.predict.run import Prediction, top_k
 from cnncli.scale import is_uri
 
 

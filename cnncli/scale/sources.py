@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import PurePosixPath
 
-from cnncli.errors import UsageError
-from cnncli.images import is_image_file
+from cnncli.core.errors import UsageError
+from cnncli.data.images import is_image_file
 from cnncli.scale import is_uri
 
 GLOB_CHARS = set("*?[")
@@ -107,7 +107,7 @@ def list_inputs(specs: list[str], recursive: bool = True) -> list[str]:
     """Every input (local files, folders, globs and URIs), sorted and without duplicates: the deterministic
     list that shards are cut from. Local paths are made absolute, so a job means the same files from any
     working directory (and on every Ray worker). UsageError when nothing at all was found."""
-    from cnncli.pipeline import collect_inputs
+    from cnncli.data.inputs import collect_inputs
 
     found: set[str] = set()
     local = [s for s in specs if not is_uri(s)]

@@ -3,7 +3,7 @@
 ``{"error": "one sentence"}`` for everything that goes wrong, with one log line per request on stderr.
 
 Uploads are read as a stream and refused (413) as soon as they pass ``--max-upload-mb``; images are decoded in a
-thread pool with :mod:`cnncli.images` (the same pixels as ``predict``) while the batcher runs the engine.
+thread pool with :mod:`cnncli.data.images` (the same pixels as ``predict``) while the batcher runs the engine.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from cnncli.errors import ImageError, ImageTooLargeError
-from cnncli.images import load_pixels_from_bytes, max_image_pixels
-from cnncli.predict import Prediction, top_k as top_k_of
+from cnncli.core.errors import ImageError, ImageTooLargeError
+from cnncli.data.images import load_pixels_from_bytes, max_image_pixels
+from cnncli.predict.run import Prediction
+from cnncli.predict.run import top_k as top_k_of
 from cnncli.serve.batcher import DynamicBatcher
 
 MB = 1024 * 1024
@@ -104,7 +105,7 @@ def _lower_thread_priority() -> None:
     import os
     import threading
 
-    from cnncli.pipeline import DECODER_NICENESS
+    from cnncli.predict.decode import DECODER_NICENESS
 
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)

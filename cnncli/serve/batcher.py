@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnncli.images import normalize
+from cnncli.data.images import normalize
 
 
 @dataclass

@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 
 GRACEFUL_TIMEOUT_S = 30
 

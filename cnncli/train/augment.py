@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cnncli.card import Preprocessing
+from cnncli.models.card import Preprocessing
 
 PRESETS = ("none", "light", "standard", "strong")
 SHIFT = 0.10  # of the input size
@@ -79,7 +79,7 @@ class EvalFraming:
     def __call__(self, img):
         from PIL import Image
 
-        from cnncli.images import preprocess_pixels
+        from cnncli.data.images import preprocess_pixels
 
         arr = preprocess_pixels(img, self.pre)
         return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("cosine", "step", "exponential", "onecycle", "constant")
@@ -125,7 +125,7 @@ class TrainConfig:
         return d
 
     def save(self, path: str | Path) -> None:
-        from cnncli.checkpoint import write_bytes_atomic
+        from cnncli.models.checkpoint import write_bytes_atomic
 
         write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 

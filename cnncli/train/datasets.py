@@ -1,7 +1,7 @@
 """Torch datasets over :class:`cnncli.data.layout.Sample` lists.
 
 Training images get the torchvision.transforms.v2 augmentation of :mod:`cnncli.train.augment`; evaluation images get exactly
-:func:`cnncli.images.load_and_preprocess`, the preprocessing every engine uses. An image that cannot be read is
+:func:`cnncli.data.images.load_and_preprocess`, the preprocessing every engine uses. An image that cannot be read is
 skipped (the batch is one shorter), counted, and its path reported: never a crash hours into training.
 """
 
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from cnncli.card import Preprocessing
-from cnncli.errors import ImageError
-from cnncli.images import draft_size_for, load_and_preprocess, load_image
+from cnncli.core.errors import ImageError
+from cnncli.data.images import draft_size_for, load_and_preprocess, load_image
+from cnncli.models.card import Preprocessing
 from cnncli.train.augment import AugmentPlan, train_transform
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnncli.errors import UsageError
-from cnncli.registry import head_name
+from cnncli.core.errors import UsageError
+from cnncli.models.registry import head_name
 
 
 @torch.no_grad()

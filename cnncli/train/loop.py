@@ -27,16 +27,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cnncli.card import ModelCard
-from cnncli.checkpoint import atomic_path, save_model
-from cnncli.errors import CnncliError, UsageError
-from cnncli.evaluate import TOP5_MIN_CLASSES
-from cnncli.registry_names import DEFAULT_ARCH
-from cnncli.report import info, warn
+from cnncli.core.console import info, warn
+from cnncli.core.errors import CnncliError, UsageError
+from cnncli.evaluate.run import TOP5_MIN_CLASSES
+from cnncli.models.card import ModelCard
+from cnncli.models.checkpoint import atomic_path, save_model
+from cnncli.models.names import DEFAULT_ARCH
+from cnncli.train import run_folder
 from cnncli.train.config import TrainConfig, next_run_dir
 from cnncli.train.datasets import SampleDataset, SkippedImages, collate
 from cnncli.train.outputs import plot_confusion_matrix, plot_curves, write_json, write_results_csv
-from cnncli.train import run_folder
 from cnncli.train.policy import apply_trainable, set_train_mode, trainable_names
 
 STATE_FILE = run_folder.STATE_FILE
@@ -129,7 +129,7 @@ def initialise(model: nn.Module, init: str) -> None:
 
 def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[nn.Module, ModelCard, list[str]]:
     """The model to train, its card, and notes for the log (e.g. "new head for 3 classes")."""
-    from cnncli.registry import create_model, replace_head
+    from cnncli.models.registry import create_model, replace_head
 
     in_chans = 1 if cfg.grayscale else 3
     notes = []
@@ -163,8 +163,8 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[nn.Module, ModelC
 
 def cnncli_card_of(weights: str | None) -> ModelCard | None:
     """The card of a cnncli .safetensors model file given as --weights, else None."""
-    from cnncli.checkpoint import read_metadata
-    from cnncli.card import METADATA_KEY
+    from cnncli.models.card import METADATA_KEY
+    from cnncli.models.checkpoint import read_metadata
 
     if not weights or not str(weights).endswith(".safetensors") or not Path(weights).is_file():
         return None
@@ -174,7 +174,7 @@ def cnncli_card_of(weights: str | None) -> ModelCard | None:
 
 def add_head_dropout(model: nn.Module, p: float) -> None:
     """Dropout on the head's input while training (a hook, so the saved weights keep the architecture's names)."""
-    from cnncli.registry import head_name
+    from cnncli.models.registry import head_name
 
     head = model.get_submodule(head_name(model))
     head.register_forward_pre_hook(lambda m, args: (nn.functional.dropout(args[0], p, m.training),) + tuple(args[1:]))
@@ -377,7 +377,7 @@ class TrainingRun:
 
         self.step_module: nn.Module = self.model
         if cfg.cache_features:
-            from cnncli.registry import head_name
+            from cnncli.models.registry import head_name
             from cnncli.train.features import FeatureDataset, head_inputs
 
             t0 = time.perf_counter()
@@ -792,7 +792,7 @@ def _train_epoch(cfg, epoch, train_fn, loader, optimizer, scheduler, scaler, cri
 
 
 def _progress(cfg, dist, epoch, total):
-    from cnncli.report import err_console
+    from cnncli.core.console import err_console
 
     if cfg.quiet or not dist.main or not err_console.is_terminal:
         return None
@@ -840,7 +840,7 @@ def _final_outputs(out, model, step_module, val_ds, val_loader, device, channels
     """metrics.json, curves.png and confusion_matrix.png for the best epoch's weights."""
     from safetensors.torch import load_file
 
-    from cnncli.evaluate import compute_metrics
+    from cnncli.evaluate.run import compute_metrics
 
     best_state = load_file(str(out / "best.safetensors"))
     model.load_state_dict(best_state, strict=False)  # tied weights dropped by safetensors stay as they are

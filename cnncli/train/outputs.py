@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from cnncli.checkpoint import atomic_path, write_bytes_atomic
+from cnncli.models.checkpoint import atomic_path, write_bytes_atomic
 
 RESULT_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "seconds")
 
@@ -115,8 +115,8 @@ def plot_reliability(path: Path, bins: list[dict], ece: float) -> Path:
 
 def error_gallery_figure(errors: list[dict], total: int | None = None, columns: int = 4):
     """The misclassified images, each captioned with its file name, true and predicted class and probability."""
-    from cnncli.errors import ImageError
-    from cnncli.images import load_image
+    from cnncli.core.errors import ImageError
+    from cnncli.data.images import load_image
 
     plt = _pyplot()
     columns = max(1, min(columns, len(errors)))

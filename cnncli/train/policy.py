@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cnncli.errors import UsageError
-from cnncli.registry import backbone_stages, head_parameter_names
+from cnncli.core.errors import UsageError
+from cnncli.models.registry import backbone_stages, head_parameter_names
 from cnncli.train.config import parse_trainable
 
 

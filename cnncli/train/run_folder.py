@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from cnncli.atomic import sweep_stale_temporaries
-from cnncli.errors import UsageError
+from cnncli.core.atomic import sweep_stale_temporaries
+from cnncli.core.errors import UsageError
 
 LOCK_NAME = ".cnncli.lock"
 RUN_MARKERS = ("args.json", "train_state.pt", "best.safetensors", "last.safetensors", "results.csv")

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 
 BACKENDS = ("tensorboard", "mlflow")
 TENSORBOARD_FOLDER = "tensorboard"

@@ -11,10 +11,10 @@ import json
 import struct
 from pathlib import Path
 
-from cnncli.atomic import atomic_path, write_bytes_atomic  # noqa: F401 - re-exported
-from cnncli.card import METADATA_KEY, ModelCard
-from cnncli.errors import ModelFileError
-from cnncli.weights import is_pickle
+from cnncli.core.atomic import atomic_path, write_bytes_atomic  # noqa: F401 - re-exported
+from cnncli.core.errors import ModelFileError
+from cnncli.models.card import METADATA_KEY, ModelCard
+from cnncli.models.weights import is_pickle
 
 SAFETENSORS_SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -37,7 +37,7 @@ def _refuse_if_not_safetensors(path: Path) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The safetensors ``__metadata__`` of ``path``, read from the header alone (no torch, no tensors)."""
-    from cnncli.paths import require_regular_file
+    from cnncli.core.paths import require_regular_file
 
     path = require_regular_file(path, "model file")
     _refuse_if_not_safetensors(path)
@@ -78,7 +78,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from cnncli.registry import build_architecture, load_weights_into
+    from cnncli.models.registry import build_architecture, load_weights_into
 
     path = Path(path)
     card = read_card(path)

@@ -10,7 +10,7 @@ forward on its own core(s): nothing to share, nothing to pickle but file paths i
 Replicas return the same numbers as the engine in the parent: onnxruntime's CPU kernels give bit-identical
 logits for any intra-op thread count and batch split here (tests/test_replicas.py checks it on the engines that
 replicate). Engines that cannot be re-opened from a recipe (PyTorch, ensembles, flip TTA, CUDA) keep the decoder
-pipeline (:func:`cnncli.pipeline.decoded_batches`).
+pipeline (:func:`cnncli.predict.decode.decoded_batches`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
-from cnncli.pipeline import InputItem, _decode_pixels
+from cnncli.data.inputs import InputItem
+from cnncli.predict.decode import decode_pixels
 
 MAX_REPLICAS = 8  # past this, more threads per replica instead of more copies of the model in memory
 
@@ -88,11 +89,11 @@ def open_recipe(recipe: tuple, threads: int):
 
 
 def _score(paths: list[str], errors: dict[str, str], engine=None) -> ScoredBatch:
-    from cnncli.images import normalize
+    from cnncli.data.images import normalize
 
     engine = engine or _ENGINE
     pre = engine.card.preprocessing
-    decoded = _decode_pixels(paths, pre, errors)
+    decoded = decode_pixels(paths, pre, errors)
     probs = engine.predict_proba(normalize(decoded.pixels, pre)) if decoded.pixels is not None else None
     return ScoredBatch(paths=decoded.paths, probs=probs, ok=decoded.ok, errors=decoded.errors)
 
@@ -141,7 +142,7 @@ def scored_batches(engine, items: list[InputItem], batch_size: int = 32, workers
                     head = head.result()
                 except Exception:  # noqa: BLE001 - a worker died (BrokenProcessPool) or could not start
                     if not broken:
-                        from cnncli.report import warn
+                        from cnncli.core.console import warn
 
                         warn("the predict worker processes stopped; running the remaining images in this process.")
                     broken = True

@@ -6,28 +6,21 @@ Machine formats go to stdout (or --output) and are written incrementally; messag
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
-import sys
-from typing import IO, Iterable
+from typing import IO
 
-from rich.console import Console
 from rich.table import Table
 
+from cnncli.core.console import terminal_console
+
 FORMATS = ("table", "json", "jsonl", "csv")
+
+
 CSV_COLUMNS = ["path", "rank", "label", "index", "prob", "error"]  # error: set (and the rest empty) for a failed image
+
+
 NEXT_SHOWN = 2  # classes after the first shown in a several-image table
-
-err_console = Console(stderr=True, highlight=False)
-
-
-def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", markup=True)
-
-
-def info(message: str) -> None:
-    err_console.print(message, markup=False)
 
 
 class PredictionWriter:
@@ -63,11 +56,6 @@ class PredictionWriter:
         elif self.fmt == "table":
             render_prediction_table(self.rows, self.top_k, self.stream, root=self.root)
         self.stream.flush()
-
-
-def terminal_console(stream: IO[str]) -> Console:
-    """A console for tables on ``stream``: the terminal's width (COLUMNS), 80 when it is not a terminal."""
-    return Console(file=stream, highlight=False, soft_wrap=False)
 
 
 def shown_path(path: str, root: str | None) -> str:
@@ -134,18 +122,3 @@ def render_prediction_table(preds: list, top_k: int, stream: IO[str], root: str 
         console.print(f"{1 + NEXT_SHOWN} of the top {most} classes shown per image; --format json, jsonl or csv "
                       "lists all of them.")
 
-
-def rich_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable], stream: IO[str] | None = None) -> None:
-    """A plain rich table to stdout (or ``stream``)."""
-    table = Table(title=title, title_justify="left")
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*[str(c) for c in row])
-    Console(file=stream or sys.stdout, highlight=False).print(table)
-
-
-def to_text(obj) -> str:
-    buf = io.StringIO()
-    json.dump(obj, buf, indent=2, ensure_ascii=False)
-    return buf.getvalue()

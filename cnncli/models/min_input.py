@@ -24,7 +24,7 @@ def min_image_size(arch: str, channels: int = 3) -> int:
     """The smallest square input ``arch`` runs on (1 if every size runs; PROBE_MAX if none up to it does)."""
     import torch
 
-    from cnncli.registry import build_architecture
+    from cnncli.models.registry import build_architecture
 
     with torch.device("meta"):
         model = build_architecture(arch, num_classes=2, in_chans=channels)
@@ -46,7 +46,7 @@ def min_image_size(arch: str, channels: int = 3) -> int:
 def check_image_size(arch: str | None, size: int | tuple[int, int] | None, channels: int = 3) -> None:
     """Refuse (UsageError, one sentence) an --image-size below what ``arch`` can take: its layers would shrink the
     image to nothing. Architectures the registry does not know are not checked."""
-    from cnncli.errors import UsageError
+    from cnncli.core.errors import UsageError
 
     if arch is None or size is None:
         return

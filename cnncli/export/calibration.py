@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from cnncli.registry_names import DEFAULT_ARCH
+from cnncli.models.names import DEFAULT_ARCH
 
 
 def files_fingerprint(paths: list[Path]) -> str:
@@ -23,14 +23,14 @@ def files_fingerprint(paths: list[Path]) -> str:
 def calibration_images(spec: str | None, calib_dir: str | Path | None, limit: int = 200) -> list[Path]:
     """Images to calibrate a static-int8 export on: ``calib_dir`` when given, else the calibration set recorded
     in the model file by train/finetune. UsageError, in one sentence, when there is neither."""
-    from cnncli.errors import UsageError
-    from cnncli.pipeline import image_files
+    from cnncli.core.errors import UsageError
+    from cnncli.data.inputs import image_files
 
     if calib_dir is not None:
         return image_files(calib_dir, limit)
     record = None
     if spec is not None and spec.endswith(".safetensors") and Path(spec).is_file():
-        from cnncli.checkpoint import read_card
+        from cnncli.models.checkpoint import read_card
 
         card = read_card(spec)
         record = (card.training or {}).get("calibration") if card is not None else None

@@ -15,8 +15,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnncli.card import Preprocessing
-from cnncli.errors import ImageError, ImageTooLargeError
+from cnncli.core.errors import ImageError, ImageTooLargeError
+from cnncli.models.card import Preprocessing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
 
@@ -31,7 +31,7 @@ _RESAMPLE = {
 def max_image_pixels() -> int:
     """Largest image (in pixels) we decode (CNNCLI_MAX_PIXELS); larger ones are refused as possible
     decompression bombs. PIL's own limit is kept in step, so raising ours really lets such images through."""
-    from cnncli.limits import max_pixels
+    from cnncli.core.limits import max_pixels
 
     limit = max_pixels()
     pil_limit = Image.MAX_IMAGE_PIXELS  # PIL refuses above twice this: raise it (never lower it) to let ours through
@@ -57,7 +57,7 @@ def load_image(path: str | Path, channels: int = 3, draft_size: tuple[int, int] 
         raise ImageError(f"{path}: no such file.")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image.")
-    from cnncli.paths import special_file_problem
+    from cnncli.core.paths import special_file_problem
 
     special = special_file_problem(path)
     if special:  # a FIFO would block forever, a device never end

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 
 MAX_PIXELS_ENV = "CNNCLI_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS)

@@ -1,7 +1,7 @@
 """The ONNX contract every cnncli file keeps, and running such a file on onnxruntime: the input and output names,
 session options, and feeding batches to static- or dynamic-batch graphs.
 
-The bottom of the dependency order: :mod:`cnncli.export`, :mod:`cnncli.quantize` and the engines
+The bottom of the dependency order: :mod:`cnncli.export.to_onnx`, :mod:`cnncli.export.quantize` and the engines
 (:mod:`cnncli.engines`) import this module; it imports none of them. Torch-free.
 """
 

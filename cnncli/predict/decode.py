@@ -1,90 +1,23 @@
 """Feeding images to an engine: collecting inputs (files, folders, globs) and decoding them in worker
 processes while the engine runs, in input order, with a bounded number of batches in flight.
 
-Workers import only PIL, numpy and cnncli.images (never torch), so the same pipeline serves every engine.
+Workers import only PIL, numpy and cnncli.data.images (never torch), so the same pipeline serves every engine.
 """
 
 from __future__ import annotations
 
-import glob
 import multiprocessing as mp
 import os
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from cnncli.card import Preprocessing
-from cnncli.errors import ImageError, UsageError
-from cnncli.images import is_image_file, load_pixels, normalize
-
-GLOB_CHARS = set("*?[")
-
-
-@dataclass
-class InputItem:
-    path: str
-    error: str | None = None  # set when the input itself is bad (missing file)
-
-
-def _natural_key(text: str):
-    import re
-
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
-
-
-def images_in_folder(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files in ``folder`` (hidden files and folders skipped), in natural order."""
-    found: list[Path] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=_natural_key) if recursive else []
-        found += [Path(root) / f for f in sorted(files, key=_natural_key) if is_image_file(Path(f))]
-    return found
-
-
-def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
-    """The image files in ``folder`` (recursively, natural order); UsageError if there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder of images; pass a folder for --calib / --verify-images.")
-    files = images_in_folder(folder)
-    if not files:
-        raise UsageError(f"{folder} holds no image files (.jpg, .png, ...); add some or drop the option.")
-    return files[:limit] if limit else files
-
-
-def collect_inputs(specs: Iterable[str], recursive: bool = True) -> list[InputItem]:
-    """Expand files, folders and glob patterns into items; missing paths become error items.
-
-    Raises UsageError when nothing at all was found to work on.
-    """
-    items: list[InputItem] = []
-    for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            items += [InputItem(str(p)) for p in images_in_folder(path, recursive)]
-        elif path.exists():
-            items.append(InputItem(str(path)))
-        elif GLOB_CHARS & set(spec):
-            matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True), key=_natural_key)
-            for match in matches:
-                mp_ = Path(match)
-                if mp_.is_dir():
-                    items += [InputItem(str(p)) for p in images_in_folder(mp_, recursive)]
-                elif is_image_file(mp_):
-                    items.append(InputItem(match))
-        else:
-            items.append(InputItem(str(path), error=f"{path}: no such file or folder."))
-    if not items:
-        raise UsageError(f"no images found in {', '.join(specs)}; pass image files, folders or glob patterns.")
-    if all(item.error for item in items):
-        raise UsageError(" ".join(item.error for item in items[:3]) + " Nothing to predict.")
-    return items
-
-
-# ---------------------------------------------------------------- decoding
+from cnncli.core.errors import ImageError
+from cnncli.data.images import load_pixels, normalize
+from cnncli.data.inputs import InputItem
+from cnncli.models.card import Preprocessing
 
 
 @dataclass
@@ -111,10 +44,10 @@ class _Pixels:
 
 def decode_batch(paths: list[str], pre: Preprocessing, preset_errors: dict[str, str] | None = None) -> DecodedBatch:
     """Decode and preprocess ``paths``; bad files are recorded in ``errors``, never raised."""
-    return _decode_pixels(paths, pre, preset_errors).normalized(pre)
+    return decode_pixels(paths, pre, preset_errors).normalized(pre)
 
 
-def _decode_pixels(paths: list[str], pre: Preprocessing, preset_errors: dict[str, str] | None = None) -> _Pixels:
+def decode_pixels(paths: list[str], pre: Preprocessing, preset_errors: dict[str, str] | None = None) -> _Pixels:
     arrays, ok, errors = [], [], dict(preset_errors or {})
     for path in paths:
         if path in errors:
@@ -190,18 +123,19 @@ def decoded_batches(
                              initargs=(os.getpid(),)) as pool:
         try:
             for paths, errors in jobs[:limit]:
-                pending.append(pool.submit(_decode_pixels, paths, pre, errors))
+                pending.append(pool.submit(decode_pixels, paths, pre, errors))
             while pending:
                 result = pending.popleft().result().normalized(pre)
                 nxt = done + len(pending) + 1
                 if nxt < len(jobs):
-                    pending.append(pool.submit(_decode_pixels, jobs[nxt][0], pre, jobs[nxt][1]))
+                    pending.append(pool.submit(decode_pixels, jobs[nxt][0], pre, jobs[nxt][1]))
                 done += 1
                 yield result
         except BrokenProcessPool:
             # a decoder process died (out of memory, or a host that cannot spawn): finish in this process
-            from cnncli.report import warn
+            from cnncli.core.console import warn
 
             warn("the image decoder processes stopped; decoding the remaining images in this process.")
             for paths, errors in jobs[done:]:
                 yield decode_batch(paths, pre, errors)
+

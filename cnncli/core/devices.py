@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or a GPU index N (as in PyTorch and Ultralytics)."
 

@@ -15,10 +15,10 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from cnncli.card import IMAGENET_MEAN, IMAGENET_STD, ModelCard, Preprocessing
-from cnncli.errors import UsageError, WeightsError
-from cnncli.registry_names import BUILTIN_ARCHS, DEFAULT_ARCH, SOURCES, TIMM_PREFIX, source_of
-from cnncli.weights import (
+from cnncli.core.errors import UsageError, WeightsError
+from cnncli.models.card import IMAGENET_MEAN, IMAGENET_STD, ModelCard, Preprocessing
+from cnncli.models.names import BUILTIN_ARCHS, DEFAULT_ARCH, SOURCES, TIMM_PREFIX, source_of
+from cnncli.models.weights import (
     NO_WEIGHTS,
     PRETRAINED_ALIASES,
     download_failed,
@@ -260,7 +260,7 @@ def _torchvision_pretrained(arch: str, spec: str) -> tuple[nn.Module, ModelCard]
 
 def _from_weights_file(arch: str, path: str, in_chans: int) -> tuple[nn.Module, ModelCard]:
     """Build ``arch`` and load a weight file into it; the head may differ (it is then rebuilt by the caller)."""
-    from cnncli.card import METADATA_KEY
+    from cnncli.models.card import METADATA_KEY
 
     state, metadata = load_state_dict_file(path)
     file_card = ModelCard.from_json(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None

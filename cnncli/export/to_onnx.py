@@ -3,7 +3,7 @@
 :func:`export_onnx` (a library function, also used to build cached exports) traces the model with torch's
 ONNX exporter (the TorchScript exporter first, the dynamo exporter where that fails), stores the model card
 in the file's ``metadata_props`` under ``"cnncli"``, optionally simplifies (onnxslim), converts to fp16 or
-quantizes to int8 (:mod:`cnncli.quantize`), then runs onnxruntime and PyTorch on the same inputs and refuses
+quantizes to int8 (:mod:`cnncli.export.quantize`), then runs onnxruntime and PyTorch on the same inputs and refuses
 the file beyond tolerance. The input is
 ``input`` (N, C, H, W) float32 and the output ``logits`` (N, classes). Files are written atomically.
 """
@@ -24,13 +24,13 @@ from typing import Sequence
 import numpy as np
 
 from cnncli import __version__
-from cnncli.atomic import disk_full_error, is_disk_full
-from cnncli.card import METADATA_KEY, ModelCard
-from cnncli.errors import CnncliError, UsageError
-from cnncli.numeric import softmax
-from cnncli.onnx_io import INPUT_NAME, OUTPUT_NAME, cpu_session, run_onnx
-from cnncli.pipeline import image_files
-from cnncli.quantize import quantize_int8, to_fp16
+from cnncli.core.atomic import disk_full_error, is_disk_full
+from cnncli.core.errors import CnncliError, UsageError
+from cnncli.core.numeric import softmax
+from cnncli.data.inputs import image_files
+from cnncli.export.onnx_io import INPUT_NAME, OUTPUT_NAME, cpu_session, run_onnx
+from cnncli.export.quantize import quantize_int8, to_fp16
+from cnncli.models.card import METADATA_KEY, ModelCard
 
 VERSION_KEY = "cnncli_version"
 DEFAULT_OPSET = 17
@@ -88,8 +88,8 @@ class ExportReport:
 
 def load_images(paths: Sequence[str | Path], card: ModelCard) -> np.ndarray:
     """Preprocess ``paths`` exactly as every engine does; unreadable images are skipped. (N, C, H, W)."""
-    from cnncli.errors import ImageError
-    from cnncli.images import load_and_preprocess
+    from cnncli.core.errors import ImageError
+    from cnncli.data.images import load_and_preprocess
 
     arrays = []
     for p in paths:
@@ -310,12 +310,12 @@ def export_onnx(
         raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
     start = time.perf_counter()
     path = Path(path)
-    from cnncli.atomic import sweep_stale_temporaries, sweep_stale_work_folders, work_folder_prefix
+    from cnncli.core.atomic import sweep_stale_temporaries, sweep_stale_work_folders, work_folder_prefix
 
     sweep_stale_temporaries(path.parent, target=path.name)  # what a killed earlier export left
     sweep_stale_work_folders(path.parent)
     if image_size is not None:
-        from cnncli.models.limits import check_image_size
+        from cnncli.models.min_input import check_image_size
 
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         check_image_size(card.arch, size, card.preprocessing.channels)
@@ -388,7 +388,7 @@ def export_onnx(
                               fp32_verification=fp32_check, verification=check, notes=notes)
         failure = _failure(fp32_check, check, precision)
         target = failed_path(path) if failure else path
-        from cnncli.checkpoint import atomic_path
+        from cnncli.models.checkpoint import atomic_path
 
         if not replace and not failure:
             refuse_existing(path, force=False)  # it may have appeared while exporting
@@ -443,7 +443,7 @@ def export_model(
     """The ``cnncli export`` command as a function: load a model spec (a .safetensors file, a registry name or
     None for the default model) and :func:`export_onnx` it; ``output`` defaults to :func:`default_output`.
     An existing ``output`` is refused unless ``force``."""
-    from cnncli.model_spec import load_for_inference
+    from cnncli.models.spec import load_for_inference
 
     if spec is not None and spec.lower().endswith(".onnx"):
         raise UsageError(f"{spec} is already an ONNX file; export takes a cnncli .safetensors file or a registry name.")
@@ -453,7 +453,7 @@ def export_model(
     if output is not None:
         refuse_existing(Path(output), force)
     if precision == "int8-static":  # --calib, else the set train/finetune recorded in the model file
-        from cnncli.calibration import calibration_images
+        from cnncli.export.calibration import calibration_images
 
         calib = calibration_images(spec, calib_dir, max_calib)
     else:
@@ -465,7 +465,7 @@ def export_model(
         refuse_existing(output, force)
     report = export_onnx(model, card, output, calib_images=calib, verify_images=verify_images, replace=force, **options)
     if precision == "int8-static":  # what int8 costs on the user's own held-out images, when the model records them
-        from cnncli.precision_eval import judge_int8_export
+        from cnncli.export.judge import judge_int8_export
 
         report.judged = judge_int8_export(model, card, report.path)
     return report

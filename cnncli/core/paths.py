@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from cnncli.errors import MissingFileError, ModelFileError
+from cnncli.core.errors import MissingFileError, ModelFileError
 
 
 def kind_of(mode: int) -> str:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cnncli.errors import ModelFileError, UsageError, WeightsError
+from cnncli.core.errors import ModelFileError, UsageError, WeightsError
 
 PRETRAINED_ALIASES = ("default", "imagenet", "pretrained")
 NO_WEIGHTS = ("none", "random", "scratch")
@@ -54,7 +54,7 @@ def read_descriptor(name: str) -> dict[str, Any]:
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    from cnncli.paths import require_regular_file
+    from cnncli.core.paths import require_regular_file
 
     require_regular_file(path, "file")  # a FIFO would block and /dev/zero never end
     digest = hashlib.sha256()
@@ -110,7 +110,7 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Any], dict[str, st
     """
     import torch
 
-    from cnncli.paths import require_regular_file
+    from cnncli.core.paths import require_regular_file
 
     path = require_regular_file(path, "weights file")
     with open(path, "rb") as fh:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from cnncli.errors import CnncliError
+from cnncli.core.errors import CnncliError
 
 TMP_SUFFIX = ".tmp"
 _TMP_PATTERN = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.tmp$")
@@ -117,7 +117,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     (``-o /dev/stdout``) is written directly, since it cannot be replaced."""
     path = Path(path)
     if path.is_dir():
-        from cnncli.errors import UsageError
+        from cnncli.core.errors import UsageError
 
         raise UsageError(f"{path} is a folder; pass a file name to write to (e.g. {path / 'predictions.json'}).")
     sweep_stale_temporaries(path.parent, target=path.name)  # a killed earlier run's half-written file

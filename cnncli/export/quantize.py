@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import UsageError
-from cnncli.onnx_io import INPUT_NAME, OUTPUT_NAME
+from cnncli.core.errors import UsageError
+from cnncli.export.onnx_io import INPUT_NAME, OUTPUT_NAME
 
 
 class _Calibration:

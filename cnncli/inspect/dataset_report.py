@@ -63,7 +63,7 @@ def _print_summary(console: Console, report: DatasetReport) -> None:
 def _print_lists(console: Console, report: DatasetReport) -> None:
     """Paths are printed relative to the dataset folder, one per line (never inside table cells), so they can be
     copied; a path longer than the terminal is folded onto the next line."""
-    from cnncli.report import shown_path
+    from cnncli.predict.writers import shown_path
 
     root = str(report.root)
     if Path(root).is_file():  # a CSV manifest: paths relative to its folder

@@ -7,8 +7,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from cnncli.data.inputs import InputItem
 from cnncli.engines import Engine
-from cnncli.pipeline import InputItem, decoded_batches
+from cnncli.predict.decode import decoded_batches
 
 
 @dataclass
@@ -43,7 +44,7 @@ def predict_items(
 ) -> Iterator[Prediction]:
     """Predict every item, yielding results in input order as soon as each batch is done. On CPU engines that
     replicate (onnxruntime, OpenVINO), worker processes each decode and run their own batches
-    (:mod:`cnncli.replicas`); otherwise decoder processes feed the engine in this process."""
+    (:mod:`cnncli.predict.replicas`); otherwise decoder processes feed the engine in this process."""
     classes = engine.card.classes
     for batch in probability_batches(engine, items, batch_size, workers):
         probs = batch.probs
@@ -60,9 +61,9 @@ def predict_items(
 
 def probability_batches(engine: Engine, items: list[InputItem], batch_size: int = 32,
                         workers: int | None = None) -> Iterator:
-    """Probabilities (:class:`cnncli.replicas.ScoredBatch`) for ``items``, in input order: from replicas of the
+    """Probabilities (:class:`cnncli.predict.replicas.ScoredBatch`) for ``items``, in input order: from replicas of the
     engine where it replicates and there are two batches or more, else from decoder processes feeding it."""
-    from cnncli.replicas import ScoredBatch, replicable, scored_batches
+    from cnncli.predict.replicas import ScoredBatch, replicable, scored_batches
 
     if workers != 0 and len(items) > max(8, batch_size) and replicable(engine):  # two batches or more
         yield from scored_batches(engine, items, batch_size=batch_size, workers=workers,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import UsageError
+from cnncli.core.errors import UsageError
 
 ECE_BINS = 15
 
@@ -137,8 +137,8 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], p
 
 def engine_probabilities(engine, samples, batch_size: int = 32, workers: int | None = None):
     """Run ``engine`` over ``samples`` with the shared eval preprocessing: (probs, labels, paths, unreadable)."""
-    from cnncli.pipeline import InputItem
-    from cnncli.predict import probability_batches
+    from cnncli.data.inputs import InputItem
+    from cnncli.predict.run import probability_batches
 
     items = [InputItem(str(s.path)) for s in samples]
     label_of = {str(s.path): s.label for s in samples}
@@ -178,7 +178,7 @@ def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size
 
     card = None
     if str(model).endswith(".safetensors") and Path(model).is_file():  # choose the images before any export
-        from cnncli.checkpoint import read_card
+        from cnncli.models.checkpoint import read_card
 
         card = read_card(model)
     opened = None
@@ -279,7 +279,7 @@ def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TAB
         errs = Table(title="most confidently wrong", title_justify="left")
         for col in ("image", "true", "predicted", "prob"):
             errs.add_column(col, overflow="fold")
-        from cnncli.report import shown_path
+        from cnncli.predict.writers import shown_path
 
         for e in shown:
             errs.add_row(shown_path(e["path"], root), e["true"], e["predicted"], f"{e['prob']:.4f}")

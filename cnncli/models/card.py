@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cnncli import __version__
-from cnncli.errors import ModelFileError
+from cnncli.core.errors import ModelFileError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "cnncli"  # key of the JSON card in safetensors metadata and ONNX metadata_props
@@ -100,7 +100,7 @@ class ModelCard:
 
     @property
     def source(self) -> str:
-        from cnncli.registry_names import source_of
+        from cnncli.models.names import source_of
 
         return source_of(self.arch)
 
@@ -183,7 +183,7 @@ def _is_number(value: Any) -> bool:
 def check_card_fields(d: Any, source: str | None = None) -> None:
     """Refuse a card (the parsed JSON of a file's metadata) whose fields have the wrong type, range or length,
     with one ModelFileError sentence naming the field. Bounds: CNNCLI_MAX_INPUT_SIZE for the input side."""
-    from cnncli.limits import MAX_INPUT_SIZE_ENV, max_input_size
+    from cnncli.core.limits import MAX_INPUT_SIZE_ENV, max_input_size
 
     def bad(field_name: str, problem: str) -> ModelFileError:
         return ModelFileError(f"{_where(source)}the model card's '{field_name}' {problem}; the file is damaged or "
