@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnncli.data import check_dataset, load_dataset
-from cnncli.data.layout import scan_dataset
+from cnncli.data.check import check_dataset
+from cnncli.data.layout import load_dataset, scan_dataset
 
 SOURCES = ("chelsea", "coffee", "astronaut", "brick", "grass", "gravel")
 

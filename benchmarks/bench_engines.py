@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from common import write_imagenet_samples, write_photo_crops
 
+from cnncli.core.cpus import usable_cores
+
 
 def timed_rounds(engines: dict, batch: np.ndarray, rounds: int, warmup: int = 3) -> dict[str, list[float]]:
     """Seconds per call for each engine, calls interleaved round by round so that load from other processes on a
@@ -68,7 +70,7 @@ def main() -> None:
 
     import torch
 
-    from cnncli.engines import softmax
+    from cnncli.core.numeric import softmax
     from cnncli.engines.onnx_engine import OnnxEngine
     from cnncli.engines.torch_engine import TorchEngine
     from cnncli.export.to_onnx import export_onnx, load_images
@@ -154,7 +156,7 @@ def main() -> None:
     cold_torch = cold_start(["predict", photo, "--engine", "torch", "--device", "cpu", "-f", "json"], opts.cold)
 
     base = rows[0][3]
-    print(f"default model efficientnet_lite0, {opts.threads} threads (onnxruntime without spinning), {os.cpu_count()} CPUs, "
+    print(f"default model efficientnet_lite0, {opts.threads} threads (onnxruntime without spinning), {usable_cores()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{'engine':32} {'b1 p50 ms':>10} {'b1 p95 ms':>10} {'b32 img/s':>10} {'vs eager':>9}")
     for name, p50, p95, ips in rows:

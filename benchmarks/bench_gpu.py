@@ -112,7 +112,7 @@ def main() -> int:
 
     import numpy as np
 
-    from cnncli.engines import open_engine
+    from cnncli.engines.base import open_engine
 
     x = np.random.default_rng(0).standard_normal((args.predict_batch, 3, 224, 224)).astype(np.float32)
     rows = [["torch (cuda, AMP)", f"{predict_throughput(open_engine(None, device='cuda', engine='torch'), x):.0f}"]]

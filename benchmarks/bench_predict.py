@@ -98,7 +98,7 @@ def main() -> None:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # measure like an installed tool: bytecode cached
     cache = tempfile.mkdtemp(prefix="cnncli-bench-cache-")
     os.environ["CNNCLI_CACHE"] = cache
-    from cnncli.engines import open_engine
+    from cnncli.engines.base import open_engine
     from cnncli.predict.replicas import usable_cores
 
     all_cores = sorted(os.sched_getaffinity(0))

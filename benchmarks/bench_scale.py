@@ -41,7 +41,7 @@ def per_core_rates(folder: Path, model: str | None, seconds: float = 5.0) -> tup
     import numpy as np
 
     from cnncli.data.images import load_pixels, normalize
-    from cnncli.engines import open_engine
+    from cnncli.engines.base import open_engine
 
     engine = open_engine(model, device="cpu", threads=1)
     pre = engine.card.preprocessing

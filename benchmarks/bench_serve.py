@@ -151,7 +151,7 @@ def offline_predict(spec: list[str], folder: Path, threads: int | None, min_item
     """img/s of `predict`'s pipeline (decoder processes + engine) over ``folder`` (cycled to ``min_items``), warm,
     in this process: what `cnncli predict FOLDER` does after its start-up."""
     from cnncli.data.inputs import collect_inputs
-    from cnncli.engines import open_engines
+    from cnncli.engines.base import open_engines
     from cnncli.predict.run import predict_items
 
     engine = open_engines(spec or [None], device="cpu", threads=threads)
@@ -167,7 +167,7 @@ def single_image_reference(spec: list[str], paths: list[Path], threads: int | No
     """Median ms of one decode (file -> pixels) and of the engine's batch-1 forward."""
 
     from cnncli.data.images import load_pixels, normalize
-    from cnncli.engines import open_engines
+    from cnncli.engines.base import open_engines
 
     engine = open_engines(spec or [None], device="cpu", threads=threads)
     pre = engine.card.preprocessing

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cnncli.core.cpus import usable_cores
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
@@ -158,7 +160,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"cnncli training benchmark: {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    table = Table(title=f"cnncli training benchmark: {usable_cores()} CPUs, torch {torch.__version__}, "
                         f"{torch.get_num_threads()} threads, load average at start {load[0]:.1f}")
     for col in ("case", "result", "time / baseline"):
         table.add_column(col)

@@ -30,9 +30,9 @@ marks = {"start": time.process_time()}
 import cnncli.cli.app as app
 marks["cli imported"] = time.process_time()
 import typer.core
-import cnncli.engines, cnncli.data.images, cnncli.predict.run
+import cnncli.engines.base, cnncli.data.images, cnncli.predict.run
 parse = typer.core.TyperCommand.invoke if hasattr(typer.core, "TyperCommand") else None
-original_open, original_load, original_top = cnncli.engines.open_engines, cnncli.data.images.load_pixels, cnncli.predict.run.top_k
+original_open, original_load, original_top = cnncli.engines.base.open_engines, cnncli.data.images.load_pixels, cnncli.predict.run.top_k
 def open_engines(*a, **k):
     marks.setdefault("arguments parsed", time.process_time())
     engine = original_open(*a, **k)
@@ -45,7 +45,7 @@ def load_pixels(*a, **k):
 def top_k(*a, **k):
     marks.setdefault("forward done", time.process_time())
     return original_top(*a, **k)
-cnncli.engines.open_engines, cnncli.data.images.load_pixels, cnncli.predict.run.top_k = open_engines, load_pixels, top_k
+cnncli.engines.base.open_engines, cnncli.data.images.load_pixels, cnncli.predict.run.top_k = open_engines, load_pixels, top_k
 import cnncli.predict.decode
 cnncli.predict.decode.load_pixels = load_pixels
 try:

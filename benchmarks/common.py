@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cnncli.core.cpus import usable_cores
+
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel")
 
 
@@ -117,4 +119,4 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
 def machine_line() -> str:
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{platform.processor() or platform.machine()}, {usable_cores()} cores, Python {platform.python_version()}"

@@ -94,7 +94,7 @@ class ServeProcess:
         self._reader.join(5)
         return self.proc.returncode
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self
 
     def __exit__(self, *exc) -> None:

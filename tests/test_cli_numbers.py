@@ -88,7 +88,7 @@ def test_train_takes_good_numbers(tmp_path, run_cli, no_training, option, value)
 
 
 def test_limits_name_the_machine_and_how_to_raise_them(tmp_path, run_cli, no_training, monkeypatch):
-    from cnncli.cli.validate import cpu_count
+    from cnncli.core.cpus import usable_cores as cpu_count
 
     err = one_error_line(run_cli("predict", tmp_path, "--threads", "100000").err)
     assert f"({cpu_count()} CPUs)" in err and f"at most {4 * cpu_count()}" in err

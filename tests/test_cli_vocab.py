@@ -179,7 +179,7 @@ def test_train_config_refuses_another_commands_run_and_bad_files(tmp_path, run_c
 
 def test_listed_choices_match_what_the_engines_take():
     """--help lists the CLI's copies of the engine and precision names (kept free of numpy for a fast start)."""
-    from cnncli import engines
     from cnncli.cli import common
+    from cnncli.engines import base as engines
 
     assert common.ENGINES == engines.ENGINES and common.PRECISIONS == engines.PRECISIONS

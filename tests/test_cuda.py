@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import pytest
 
-from cnncli.engines import gpu_present
+from cnncli.engines.base import gpu_present
 
 pytestmark = pytest.mark.cuda
 
@@ -127,7 +127,7 @@ def test_onnxruntime_cuda_provider_matches_cpu(photos, imagenet_samples):
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider: install cnncli[gpu] (onnxruntime-gpu) to check it")
-    from cnncli.engines import open_engine
+    from cnncli.engines.base import open_engine
     from cnncli.export.to_onnx import load_images
 
     cpu = open_engine(None, device="cpu", engine="onnx")

@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from cnncli.core.errors import UsageError
-from cnncli.data import check_dataset, load_dataset, load_eval_split
+from cnncli.data.check import check_dataset
+from cnncli.data.eval_split import load_eval_split
+from cnncli.data.layout import load_dataset
 
 SOURCES = ("chelsea", "coffee", "brick", "grass", "gravel")
 PATCH = 32

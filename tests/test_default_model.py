@@ -13,7 +13,7 @@ COFFEE_CLASSES = {"espresso", "cup"}
 
 @pytest.fixture(scope="module")
 def default_engine():
-    from cnncli.engines import open_engine
+    from cnncli.engines.base import open_engine
 
     return open_engine(None, device="cpu")
 

@@ -168,7 +168,7 @@ def test_plots_mark_the_best_epoch_caption_errors_and_keep_the_legend_off_the_ba
     """Item 8: curves.png marks the best epoch with integer epoch ticks; errors.png captions each image with its
     file name, true and predicted class; the reliability legend does not overlap the bars. Fails on the old main
     (none of these figure builders existed; the old plots had none of these marks)."""
-    from cnncli.train.outputs import curves_figure, error_gallery_figure, reliability_figure
+    from cnncli.evaluate.plots import curves_figure, error_gallery_figure, reliability_figure
 
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": [0.9, 0.5, 0.6][e - 1], "train_acc": 0.3 * e,
                 "val_acc": [0.4, 0.8, 0.7][e - 1]} for e in (1, 2, 3)]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cnncli.data.images import load_and_preprocess
-from cnncli.engines import open_engine
+from cnncli.engines.base import open_engine
 from cnncli.engines.cache import cached_path, calibration_images, files_fingerprint, prepare_cached_onnx
 from cnncli.engines.onnx_engine import OnnxEngine
 from cnncli.engines.torch_engine import TorchEngine

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnncli.inspect import inspect_model
 from cnncli.inspect.render import shape_text
+from cnncli.inspect.run import inspect_model
 from cnncli.inspect.summary import summarize_model
 from cnncli.models.card import METADATA_KEY, ModelCard, Preprocessing
 from cnncli.models.checkpoint import save_model

@@ -14,7 +14,7 @@ from onnx_fixtures import TEXTURES, train_texture_model, write_images
 
 from cnncli.cli.app import main
 from cnncli.core.errors import ModelFileError, UsageError
-from cnncli.engines import open_engines
+from cnncli.engines.base import open_engines
 from cnncli.engines.ensemble import EnsembleEngine, FlipTTAEngine
 from cnncli.engines.onnx_engine import CUDA, OnnxEngine
 from cnncli.engines.torch_engine import TorchEngine

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnncli.engines import open_engine
+from cnncli.engines.base import open_engine
 from cnncli.export.judge import judge_precision
 from cnncli.export.to_onnx import FP32_RELATIVE_TOLERANCE, load_images
 

@@ -58,7 +58,7 @@ def test_mixed_folder_predicts_good_reports_bad_exit_1(run_cli, mixed_folder, ti
 
 def test_workers_do_not_change_results_or_order(mixed_folder, tiny_model_file):
     from cnncli.data.inputs import collect_inputs
-    from cnncli.engines import open_engine
+    from cnncli.engines.base import open_engine
     from cnncli.predict.run import predict_items
 
     engine = open_engine(str(tiny_model_file), device="cpu")

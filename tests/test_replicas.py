@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cnncli.data.inputs import collect_inputs
-from cnncli.engines import open_engine
+from cnncli.engines.base import open_engine
 from cnncli.predict.replicas import replica_plan, replicable
 from cnncli.predict.run import predict_items
 

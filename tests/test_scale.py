@@ -233,7 +233,7 @@ def test_bytes_decoding_gives_the_file_pixels(small_set):
 
 def test_ray_takes_an_optional_address():
     """`--ray` alone (last, or before an input or another option) is a local Ray; a HOST:PORT after it joins."""
-    from cnncli.scale import with_ray_address
+    from cnncli.scale.uris import with_ray_address
 
     assert with_ray_address(["predict", "--ray", "imgs/", "-o", "p"]) == ["predict", "--ray=local", "imgs/", "-o", "p"]
     assert with_ray_address(["predict", "imgs", "--ray"]) == ["predict", "imgs", "--ray=local"]

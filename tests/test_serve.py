@@ -367,7 +367,7 @@ def test_an_engine_failure_is_a_json_500_and_the_service_keeps_serving(cached_ti
     naming the error) instead of hanging. The app runs in-process on a real uvicorn server."""
     import uvicorn
 
-    from cnncli.engines import open_engine
+    from cnncli.engines.base import open_engine
     from cnncli.serve.app import ServeSettings, create_app
     from cnncli.serve.server import bind_socket, url_of
 

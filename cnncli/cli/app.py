@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         debug = True
     argv = rewrite_aliases(argv)
     if "--ray" in argv:  # an option with an optional value (Typer has none)
-        from cnncli.scale import with_ray_address
+        from cnncli.scale.uris import with_ray_address
 
         argv = with_ray_address(argv)
     from typer._click.exceptions import ClickException, NoArgsIsHelpError

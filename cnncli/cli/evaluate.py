@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -33,11 +32,11 @@ def register(app: typer.Typer) -> None:
         fmt: TableOrJson = typer.Option("table", "--format", "-f", metavar=choices("table", "json"), help="Output format."),
         batch_size: int = batch_size_option(),
         device: str = device_option(),
-        plots: Optional[str] = typer.Option(None, "--plots", metavar="DIR", help="Write confusion_matrix.png, reliability.png and errors.png here."),
-        workers: Optional[int] = workers_option("Worker processes (default: one per core; 0: everything in this process)."),
+        plots: str | None = typer.Option(None, "--plots", metavar="DIR", help="Write confusion_matrix.png, reliability.png and errors.png here."),
+        workers: int | None = workers_option("Worker processes (default: one per core; 0: everything in this process)."),
         engine: str = engine_option(),
         precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="int8 or bf16: score that precision and judge it against fp32 on the same images (accuracy, agreement where fp32 is decisive, speed)."),
-        calib: Optional[str] = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
+        calib: str | None = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
         allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
     ) -> None:
         """Accuracy, per-class metrics and the confusion matrix of a model on a dataset."""

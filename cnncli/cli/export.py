@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,19 +15,19 @@ OPSET = v.number(int, ge=7, le=30)
 def register(app: typer.Typer) -> None:
     @app.command("export", short_help="Export a model to a verified ONNX file.")
     def export(
-        model: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="A cnncli .safetensors file or a registry name (default: efficientnet_lite0)."),
-        output: Optional[Path] = output_option("The .onnx file to write (default: next to a model file, runs/x/best.safetensors -> runs/x/best[.fp16|.int8].onnx; NAME.onnx here for a registry name)."),
+        model: str | None = typer.Argument(None, metavar="[MODEL]", help="A cnncli .safetensors file or a registry name (default: efficientnet_lite0)."),
+        output: Path | None = output_option("The .onnx file to write (default: next to a model file, runs/x/best.safetensors -> runs/x/best[.fp16|.int8].onnx; NAME.onnx here for a registry name)."),
         force: bool = typer.Option(False, "--force", help="Replace the output file if it exists (otherwise refused)."),
-        weights: Optional[str] = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name or a file."),
+        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name or a file."),
         opset: int = typer.Option(17, "--opset", parser=OPSET, metavar="N", help="ONNX opset version."),
         dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Batch axis dynamic (default) or fixed at 1."),
         fp16: bool = typer.Option(False, "--fp16", help="fp16 weights and compute (for CUDA); input and output stay float32."),
-        int8: Optional[str] = typer.Option(None, "--int8", metavar=choices("static", "dynamic"), help="int8 quantization: static (QDQ, calibrated on --calib or the set a trained model file records; fast on CPU) or dynamic (weights only; slow for CNNs)."),
-        calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --int8 static (also used to verify; default: the set the model file records)."),
-        verify_images: Optional[Path] = typer.Option(None, "--verify-images", metavar="DIR", help="Folder of real images to verify on, besides random inputs."),
+        int8: str | None = typer.Option(None, "--int8", metavar=choices("static", "dynamic"), help="int8 quantization: static (QDQ, calibrated on --calib or the set a trained model file records; fast on CPU) or dynamic (weights only; slow for CNNs)."),
+        calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --int8 static (also used to verify; default: the set the model file records)."),
+        verify_images: Path | None = typer.Option(None, "--verify-images", metavar="DIR", help="Folder of real images to verify on, besides random inputs."),
         simplify: bool = typer.Option(False, "--simplify", help="Simplify the graph with onnxslim (verified the same way)."),
         verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare onnxruntime with PyTorch and refuse a file that differs."),
-        image_size: Optional[int] = image_size_option("Input size (square) to export at, instead of the model's own."),
+        image_size: int | None = image_size_option("Input size (square) to export at, instead of the model's own."),
     ) -> None:
         """Export a model to ONNX for onnxruntime, verified against PyTorch.
 

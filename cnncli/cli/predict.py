@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -31,30 +30,30 @@ PREFETCH_BATCHES = 2
 def register(app: typer.Typer) -> None:
     @app.command()
     def predict(
-        inputs: List[str] = typer.Argument(..., metavar="IMAGES", help="Image files, folders, glob patterns, - (paths on stdin, one per line), @LIST (paths in a file) or URIs (s3://bucket/prefix/)."),
-        model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="MODEL", help="A cnncli .safetensors file, an exported .onnx file (onnxruntime, no PyTorch) or a registry name (default: efficientnet_lite0, ImageNet). Repeat it for an ensemble that averages the models' probabilities."),
-        weights: Optional[str] = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
+        inputs: list[str] = typer.Argument(..., metavar="IMAGES", help="Image files, folders, glob patterns, - (paths on stdin, one per line), @LIST (paths in a file) or URIs (s3://bucket/prefix/)."),
+        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="MODEL", help="A cnncli .safetensors file, an exported .onnx file (onnxruntime, no PyTorch) or a registry name (default: efficientnet_lite0, ImageNet). Repeat it for an ensemble that averages the models' probabilities."),
+        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
         top_k: int = typer.Option(5, "--top-k", "-k", parser=v.POSITIVE_INT, metavar="K", help="How many classes to report per image."),
         batch_size: int = batch_size_option(),
         device: str = device_option(),
         fmt: PredictFormat = typer.Option("table", "--format", "-f", metavar=choices(*PREDICT_FORMATS), help="Output format; parquet: numbered part files in the --output folder."),
-        output: Optional[str] = output_option("Write results here instead of stdout (a file appears complete, missing folders are created): a file, or a folder for --format parquet; a URI (s3://bucket/preds/) works too."),
+        output: str | None = output_option("Write results here instead of stdout (a file appears complete, missing folders are created): a file, or a folder for --format parquet; a URI (s3://bucket/preds/) works too."),
         summary_only: bool = typer.Option(False, "--summary-only", help="Print only the summary (images, failed, speed, count per class), not each image."),
         recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Look into sub-folders."),
-        workers: Optional[int] = workers_option("Worker processes (default: one per engine thread; 0: everything in this process)."),
+        workers: int | None = workers_option("Worker processes (default: one per engine thread; 0: everything in this process)."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
-        threads: Optional[int] = threads_option("Threads for the engine in total, shared among its worker processes (default: one per core)."),
+        threads: int | None = threads_option("Threads for the engine in total, shared among its worker processes (default: one per core)."),
         engine_name: str = engine_option(),
         precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="int8: static int8 on onnxruntime or OpenVINO, calibrated on --calib or on the set a trained model file records; bf16: OpenVINO on CPUs with AVX-512 BF16 or AMX."),
-        calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
-        ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray: alone, a local Ray on this machine's cores (or RAY_ADDRESS); with HOST:PORT, join that cluster. Writes --format parquet."),
+        calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
+        ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray: alone, a local Ray on this machine's cores (or RAY_ADDRESS); with HOST:PORT, join that cluster. Writes --format parquet."),
         shard_size: int = typer.Option(1000, "--shard-size", parser=v.POSITIVE_INT, metavar="N", help="Images per parquet part file (the unit of resuming)."),
         resume: bool = typer.Option(False, "--resume", help="Continue a --format parquet job in --output, skipping its finished parts (also automatic when the folder's manifest matches)."),
     ) -> None:
         """Classify images. Exit code 0 if every image was classified, 1 if any failed, 2 for usage errors."""
         from cnncli.core.errors import UsageError
         from cnncli.data.inputs import expand_input_lists, refuse_web_urls
-        from cnncli.scale import wants_scale
+        from cnncli.scale.uris import wants_scale
 
         if summary_only and output is not None:
             raise UsageError("--summary-only writes no per-image results, so --output has nothing to write; drop one.")
@@ -77,7 +76,7 @@ def register(app: typer.Typer) -> None:
         from cnncli.core.atomic import atomic_open
         from cnncli.core.console import err_console, info, warn
         from cnncli.data.inputs import collect_inputs
-        from cnncli.engines import open_engines
+        from cnncli.engines.base import open_engines
         from cnncli.predict.decode import default_workers
         from cnncli.predict.run import predict_items
         from cnncli.predict.summary import PredictionSummary

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from cnncli.cli import validate as v
 from cnncli.cli.common import PRECISIONS, choices, device_option, engine_option, threads_option
+from cnncli.core.cpus import usable_cores
 
 
 def register(app: typer.Typer) -> None:
     @app.command(short_help="Serve a model over HTTP (a JSON API and a page).")
     def serve(
-        models: Optional[List[str]] = typer.Argument(None, metavar="MODEL", help="Model specs as for predict --model: a .safetensors file, an .onnx file or a registry name (default: efficientnet_lite0, ImageNet). Several: an ensemble."),
-        model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="MODEL", help="Same as MODEL; repeat it for an ensemble."),
-        weights: Optional[str] = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
+        models: list[str] | None = typer.Argument(None, metavar="MODEL", help="Model specs as for predict --model: a .safetensors file, an .onnx file or a registry name (default: efficientnet_lite0, ImageNet). Several: an ensemble."),
+        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="MODEL", help="Same as MODEL; repeat it for an ensemble."),
+        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
         host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on. The default answers this machine only; --host 0.0.0.0 opens the service to the network."),
         port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, metavar="PORT", help="TCP port; 0 picks a free one (printed at startup)."),
         max_batch: int = typer.Option(32, "--max-batch", min=1, max=4096, metavar="N", help="Most images in one engine batch."),
@@ -24,14 +24,14 @@ def register(app: typer.Typer) -> None:
         max_queue: int = typer.Option(256, "--max-queue", min=1, max=1_000_000, metavar="N", help="Most images in the service at once (uploading, decoding, queued, in the engine); beyond it requests get 503 with Retry-After."),
         max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", min=0.001, max=100_000.0, metavar="MB", help="Largest request body in MB; larger uploads get 413 as soon as they pass it."),
         max_files: int = typer.Option(32, "--max-files", min=1, max=100_000, metavar="N", help="Most images in one request (413 beyond)."),
-        workers: Optional[int] = typer.Option(None, "--workers", min=1, max=256, metavar="N", help="Decoder threads in the one server process (default: up to 4). The model is loaded once; this does not start more processes."),
+        workers: int | None = typer.Option(None, "--workers", min=1, max=256, metavar="N", help="Decoder threads in the one server process (default: up to 4). The model is loaded once; this does not start more processes."),
         top_k: int = typer.Option(5, "--top-k", "-k", parser=v.POSITIVE_INT, metavar="K", help="Classes per image when a request has no ?top_k=."),
         device: str = device_option(),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
-        threads: Optional[int] = threads_option(),
+        threads: int | None = threads_option(),
         engine_name: str = engine_option(),
         precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="fp32; int8 (static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records); bf16 (OpenVINO on CPUs with AVX-512 BF16 or AMX)."),
-        calib: Optional[Path] = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8."),
+        calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:
         """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /docs, and a page at /.
@@ -39,7 +39,6 @@ def register(app: typer.Typer) -> None:
         Concurrent requests are batched for the engine (--max-batch, --max-wait-ms). Stop with Ctrl-C or SIGTERM:
         requests in flight are answered first, then it exits 0.
         """
-        import os
 
         from cnncli.core.errors import CnncliError
 
@@ -50,7 +49,7 @@ def register(app: typer.Typer) -> None:
         except ImportError as exc:
             raise CnncliError(f"cnncli serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing); "
                               "install them with: pip install 'cnncli[serve]'.") from None
-        from cnncli.engines import open_engines
+        from cnncli.engines.base import open_engines
         from cnncli.serve.server import bind_socket, url_of
 
         specs = list(models or []) + list(model or [])
@@ -62,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                  max_upload_mb=max_upload_mb, max_files=max_files,
-                                 workers=workers or min(4, os.cpu_count() or 1), default_top_k=top_k,
+                                 workers=workers or min(4, usable_cores()), default_top_k=top_k,
                                  models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet)
         url = url_of(sock)
         card = engine.card

@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 
+from cnncli.core.cpus import usable_cores
 from cnncli.core.limits import DEFAULT_MAX_INPUT_SIZE as DEFAULT_MAX_IMAGE_SIZE  # noqa: F401 -- re-exported for cli.common
 from cnncli.core.limits import MAX_INPUT_SIZE_ENV as MAX_IMAGE_SIZE_ENV
 from cnncli.core.limits import max_input_size as max_image_size
 
 CPU_FACTOR = 4  # --threads / --workers: at most this many per CPU
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def memory_bytes() -> int:
@@ -107,7 +101,7 @@ def number(kind: type = float, **bounds) -> Number:
 
 
 def _per_cpu() -> tuple[int, str]:
-    n = cpu_count()
+    n = usable_cores()
     return CPU_FACTOR * n, f"{CPU_FACTOR} per CPU on this machine ({n} CPUs)"
 
 

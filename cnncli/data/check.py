@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from cnncli.core.cpus import usable_cores
 from cnncli.core.paths import special_file_problem
 from cnncli.data.images import max_image_pixels
 from cnncli.data.layout import DatasetSplits, Sample, assemble_splits, scan_dataset
@@ -182,7 +182,7 @@ def _read_all(paths: list[Path], decode: bool, workers: int | None, digest_only:
     if not paths:
         return {}
     read = file_digest if digest_only else (lambda p: read_file_facts(p, decode))
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    workers = workers or min(8, usable_cores() * 2)
     if workers <= 1 or len(paths) < 16:
         return {p: read(p) for p in paths}
     with ThreadPoolExecutor(max_workers=workers) as pool:

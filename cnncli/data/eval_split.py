@@ -20,9 +20,9 @@ from cnncli.core.errors import UsageError
 from cnncli.data.layout import (
     DatasetScan,
     Sample,
-    _quote_list,
     assemble_splits,
     natural_key,
+    quote_list,
     refusal_error,
     scan_dataset,
 )
@@ -145,10 +145,19 @@ def _finish(scan: DatasetScan, files: dict[str, list[Path]], classes: list[str] 
     class_list = found if classes is None else list(classes)
     unknown = [n for n in found if n not in class_list]
     if unknown:
-        raise UsageError(f"{_quote_list(unknown)} in {scan.root} {'is' if len(unknown) == 1 else 'are'} not "
-                         f"among the model's {len(class_list)} classes ({_quote_list(class_list, 6)}).")
+        raise UsageError(f"{quote_list(unknown)} in {scan.root} {'is' if len(unknown) == 1 else 'are'} not "
+                         f"among the model's {len(class_list)} classes ({quote_list(class_list, 6)}).")
     index = {n: i for i, n in enumerate(class_list)}
     samples = [Sample(f, index[n]) for n in found for f in files[n]]
     if not samples:
         raise UsageError(f"no images found in {scan.root} ({name}); expected class sub-folders of images.")
     return EvalSplit(samples, class_list, name, description)
+
+
+def load_eval_split(path: str | Path, split: str = "auto", classes: list[str] | None = None
+                    ) -> tuple[list[Sample], list[str]]:
+    """Images to evaluate a model that records no training split on: ``split`` "auto" takes test/ if present,
+    else val/, else every image; "train", "val", "test" or "all" pick one explicitly. Returns (samples, classes);
+    :func:`cnncli.data.eval_split.choose_eval_split` is the full rule (it also rebuilds a recorded hold-out)."""
+    chosen = choose_eval_split(path, split, classes)
+    return chosen.samples, chosen.classes

@@ -10,9 +10,10 @@ import glob
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 
 from cnncli.core.errors import UsageError
 from cnncli.data.images import is_image_file

@@ -339,8 +339,8 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
         unknown = [name for name in found if name not in class_list]
         if unknown:
             refusals.append(
-                f"{_quote_list(unknown)} in {where} {'is' if len(unknown) == 1 else 'are'} not among the "
-                f"{len(class_list)} classes given ({_quote_list(class_list, 6)})."
+                f"{quote_list(unknown)} in {where} {'is' if len(unknown) == 1 else 'are'} not among the "
+                f"{len(class_list)} classes given ({quote_list(class_list, 6)})."
             )
     index = {name: i for i, name in enumerate(class_list)}
 
@@ -370,7 +370,7 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
         warnings.append(f"the CSV manifest names {len(scan.missing_files)} files that do not exist "
                         f"(first: {scan.missing_files[0]}); they are skipped.")
     if scan.ignored_folders:
-        warnings.append(f"{_quote_list([p.name for p in scan.ignored_folders])} next to train/ "
+        warnings.append(f"{quote_list([p.name for p in scan.ignored_folders])} next to train/ "
                         f"{'is' if len(scan.ignored_folders) == 1 else 'are'} not train/, val/ or test/ and "
                         f"{'is' if len(scan.ignored_folders) == 1 else 'are'} ignored.")
     for link in scan.skipped_links[:3]:
@@ -393,7 +393,7 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
     return splits, refusals
 
 
-def _quote_list(names: list[str], limit: int = 5) -> str:
+def quote_list(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(f"'{n}'" for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
@@ -451,14 +451,3 @@ def recorded_calibration_files(record: dict | None) -> list[Path]:
         return []
     root = Path(record.get("root", "."))
     return [p for p in (root / f for f in record["files"]) if p.is_file()]
-
-
-def load_eval_split(path: str | Path, split: str = "auto", classes: list[str] | None = None
-                    ) -> tuple[list[Sample], list[str]]:
-    """Images to evaluate a model that records no training split on: ``split`` "auto" takes test/ if present,
-    else val/, else every image; "train", "val", "test" or "all" pick one explicitly. Returns (samples, classes);
-    :func:`cnncli.data.eval_split.choose_eval_split` is the full rule (it also rebuilds a recorded hold-out)."""
-    from cnncli.data.eval_split import choose_eval_split
-
-    chosen = choose_eval_split(path, split, classes)
-    return chosen.samples, chosen.classes

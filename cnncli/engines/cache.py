@@ -13,9 +13,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from cnncli import __version__
 from cnncli.export.calibration import calibration_images, files_fingerprint  # noqa: F401 - re-exported

@@ -3,8 +3,8 @@ classes (any mix of PyTorch and onnxruntime), and test-time augmentation by hori
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace as dc_replace
-from typing import Sequence
 
 import numpy as np
 

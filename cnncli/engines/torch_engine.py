@@ -43,7 +43,7 @@ class TorchEngine:
         self.name = f"torch ({self.device.type}{', ' + amp if self.amp_dtype else ''})"
 
     @classmethod
-    def from_spec(cls, spec: str | None, device: str = "auto", weights: str | None = None, **kwargs) -> "TorchEngine":
+    def from_spec(cls, spec: str | None, device: str = "auto", weights: str | None = None, **kwargs) -> TorchEngine:
         dev = resolve_device(device)
         model, card = load_for_inference(spec, weights=weights, device="cpu")
         return cls(model, card, device=str(dev), **kwargs)

@@ -18,7 +18,7 @@ def evaluate_precision(model: str, data: str | Path, precision: str, split: str 
     engine of the same model and runtime on the same images. Returns (EvalResult, PrecisionFigures)."""
     from cnncli.core.errors import UsageError
     from cnncli.data.eval_split import choose_eval_split
-    from cnncli.engines import is_onnx_spec, open_engine
+    from cnncli.engines.base import is_onnx_spec, open_engine
     from cnncli.evaluate.run import evaluate_engine
 
     if is_onnx_spec(model):

@@ -174,7 +174,7 @@ def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size
     own class list, through :func:`cnncli.engines.open_engine` (``engine``: auto, torch or onnx). ``split`` picks
     the images (:func:`cnncli.data.eval_split.choose_eval_split`: by default none the model trained on)."""
     from cnncli.data.eval_split import choose_eval_split
-    from cnncli.engines import open_engine
+    from cnncli.engines.base import open_engine
 
     card = None
     if str(model).endswith(".safetensors") and Path(model).is_file():  # choose the images before any export
@@ -207,7 +207,7 @@ def present_classes(result: EvalResult) -> tuple[list[str], np.ndarray]:
 def save_plots(result: EvalResult, folder: str | Path) -> list[Path]:
     """confusion_matrix.png, reliability.png and errors.png (the most confidently wrong, captioned with file name,
     true and predicted class) in ``folder``."""
-    from cnncli.train.outputs import plot_confusion_matrix, plot_error_gallery, plot_reliability
+    from cnncli.evaluate.plots import plot_confusion_matrix, plot_error_gallery, plot_reliability
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ import re
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -388,7 +388,7 @@ def export_onnx(
                               fp32_verification=fp32_check, verification=check, notes=notes)
         failure = _failure(fp32_check, check, precision)
         target = failed_path(path) if failure else path
-        from cnncli.models.checkpoint import atomic_path
+        from cnncli.core.atomic import atomic_path
 
         if not replace and not failure:
             refuse_existing(path, force=False)  # it may have appeared while exporting

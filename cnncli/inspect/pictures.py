@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from cnncli.core.errors import UsageError
-from cnncli.inspect import PICTURES
 from cnncli.models.card import ModelCard
 
 SQUARE_SIZE = (8, 8)  # inches at DPI: 800 x 800 pixels
@@ -169,7 +168,7 @@ def _figure(size):
 
 
 def _save(fig, path: Path) -> Path:
-    from cnncli.models.checkpoint import atomic_path
+    from cnncli.core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -279,10 +278,8 @@ def render_pictures(
     image: str | Path | None = None,
     layer: str | None = None,
 ) -> list[Picture]:
-    """Draw each of ``kinds`` (see PICTURES) into ``out_dir``; features, saliency and gradcam need ``image``."""
-    unknown = [k for k in kinds if k not in PICTURES]
-    if unknown:
-        raise UsageError(f"unknown picture {unknown[0]!r}; choose from: {', '.join(PICTURES)}.")
+    """Draw each of ``kinds`` (names from :data:`cnncli.inspect.run.PICTURES`, checked there) into ``out_dir``;
+    features, saliency and gradcam need ``image``."""
     needs_image = [k for k in kinds if k != "filters"]
     if needs_image and image is None:
         raise UsageError(f"{', '.join(needs_image)} need an image; pass --image PATH.")

@@ -57,7 +57,7 @@ class Preprocessing:
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], not {self.crop_pct}")
 
-    def replace(self, **changes: Any) -> "Preprocessing":
+    def replace(self, **changes: Any) -> Preprocessing:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update({k: v for k, v in changes.items() if v is not None})
         if values["channels"] != len(values["mean"]) and "mean" not in changes:
@@ -76,7 +76,7 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         known = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known})
 
@@ -122,7 +122,7 @@ class ModelCard:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> "ModelCard":
+    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> ModelCard:
         """A card from its JSON form. Cards in files are data from strangers: every field is checked
         (:func:`check_card_fields`) and a bad one is refused with one sentence naming it."""
         check_card_fields(d, source)
@@ -149,7 +149,7 @@ class ModelCard:
         return card
 
     @classmethod
-    def from_json(cls, text: str, source: str | None = None) -> "ModelCard":
+    def from_json(cls, text: str, source: str | None = None) -> ModelCard:
         if not isinstance(text, str) or len(text) > MAX_CARD_CHARS:
             raise ModelFileError(f"{_where(source)}the model card is over {MAX_CARD_CHARS:,} characters; it is not a cnncli card.")
         try:

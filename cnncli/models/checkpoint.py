@@ -11,7 +11,7 @@ import json
 import struct
 from pathlib import Path
 
-from cnncli.core.atomic import atomic_path, write_bytes_atomic  # noqa: F401 - re-exported
+from cnncli.core.atomic import atomic_path
 from cnncli.core.errors import ModelFileError
 from cnncli.models.card import METADATA_KEY, ModelCard
 from cnncli.models.weights import is_pickle

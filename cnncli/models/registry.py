@@ -110,11 +110,11 @@ def build_architecture(arch: str, num_classes: int, in_chans: int = 3) -> nn.Mod
     check_arch(arch)
     source = source_of(arch)
     if arch == "lenet5":
-        from cnncli.models import LeNet5
+        from cnncli.models.classic import LeNet5
 
         return LeNet5(num_classes=num_classes, in_chans=in_chans)
     if arch == "simplecnn":
-        from cnncli.models import SimpleCNN
+        from cnncli.models.classic import SimpleCNN
 
         return SimpleCNN(num_classes=num_classes, in_chans=in_chans)
     if arch == DEFAULT_ARCH or source == "timm":

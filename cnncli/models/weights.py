@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def descriptors_dir() -> Path:
     raise WeightsError("cnncli's weights/ descriptors are missing from this installation; reinstall cnncli.")
 
 
-@lru_cache(maxsize=None)
+@cache
 def read_descriptor(name: str) -> dict[str, Any]:
     path = descriptors_dir() / f"{name}.json"
     try:

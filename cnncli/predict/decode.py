@@ -9,11 +9,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
+from cnncli.core.cpus import usable_cores
 from cnncli.core.errors import ImageError
 from cnncli.data.images import load_pixels, normalize
 from cnncli.data.inputs import InputItem
@@ -96,7 +97,7 @@ def _decoder_init(parent_pid: int) -> None:
 
 
 def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
+    return min(4, usable_cores())
 
 
 def decoded_batches(

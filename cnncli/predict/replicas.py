@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
+from cnncli.core.cpus import usable_cores
 from cnncli.data.inputs import InputItem
 from cnncli.predict.decode import decode_pixels
 
@@ -36,13 +37,6 @@ class ScoredBatch:
     probs: np.ndarray | None  # (n_ok, classes) float32
     ok: list[bool]
     errors: dict[str, str]
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def replica_plan(workers: int | None, threads: int | None, cores: int | None = None) -> tuple[int, int]:

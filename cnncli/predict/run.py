@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 
 from cnncli.data.inputs import InputItem
-from cnncli.engines import Engine
+from cnncli.engines.base import Engine
 from cnncli.predict.decode import decoded_batches
 
 

@@ -4,12 +4,12 @@ report progress, and return the exit code (0 all classified, 1 some images faile
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnncli.core.cpus import usable_cores
 from cnncli.core.errors import UsageError
-from cnncli.scale import is_uri
+from cnncli.scale.uris import is_uri
 
 STREAM_FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -38,7 +38,7 @@ class ScaleOptions:
 
 def model_identity_of(spec: str | None, weights: str | None) -> str:
     """A model's identity for the manifest and part metadata: the file's sha256, or the registry name + weights."""
-    from cnncli.engines import is_onnx_spec
+    from cnncli.engines.base import is_onnx_spec
     from cnncli.engines.cache import model_identity
     from cnncli.models.weights import sha256_of
 
@@ -59,7 +59,7 @@ def _validate(opts: ScaleOptions) -> None:
 
 
 def _decode_threads(workers: int | None) -> int:
-    return min(4, os.cpu_count() or 1) if workers is None else workers
+    return min(4, usable_cores()) if workers is None else workers
 
 
 def run(opts: ScaleOptions) -> int:
@@ -80,7 +80,7 @@ def run(opts: ScaleOptions) -> int:
 
 
 def _open_engine(opts: ScaleOptions, for_ray: bool):
-    from cnncli.engines import open_engines
+    from cnncli.engines.base import open_engines
 
     return open_engines(opts.models or [None], device="cpu" if for_ray else opts.device, weights=opts.weights,
                         threads=opts.threads, tta=opts.tta, engine="onnx" if for_ray and opts.engine == "auto"

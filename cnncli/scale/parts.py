@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cnncli import __version__
 from cnncli.core.errors import UsageError
-from cnncli.scale import is_uri
+from cnncli.scale.uris import is_uri
 
 MANIFEST = "_cnncli_manifest.json"
 MANIFEST_FORMAT = 1

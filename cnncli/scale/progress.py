@@ -24,7 +24,7 @@ class JobProgress:
                                  TextColumn("{task.fields[failed]} failed"), console=err_console, transient=True)
             self._task = self._bar.add_task(label, total=total, rate="", failed=0)
 
-    def __enter__(self) -> "JobProgress":
+    def __enter__(self) -> JobProgress:
         self.started = time.perf_counter()
         if self._bar is not None:
             self._bar.start()

@@ -16,6 +16,7 @@ import socket
 from collections import deque
 from pathlib import Path
 
+from cnncli.core.cpus import usable_cores
 from cnncli.core.errors import CnncliError, UsageError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -79,7 +80,7 @@ def connect(address: str | None):
     quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address is None:
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, **quiet)
+            ray.init(address="local", num_cpus=usable_cores(), **quiet)
         else:
             quiet.pop("include_dashboard")
             ray.init(address=address, **quiet)

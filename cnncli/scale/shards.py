@@ -4,16 +4,16 @@ each Ray actor, so both give the same rows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
 from cnncli.core.errors import ImageError
 from cnncli.data.images import load_pixels, load_pixels_from_bytes, normalize
 from cnncli.predict.run import Prediction, top_k
-from cnncli.scale import is_uri
+from cnncli.scale.uris import is_uri
 
 
 @dataclass

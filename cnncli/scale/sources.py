@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 
 from cnncli.core.errors import UsageError
 from cnncli.data.images import is_image_file
-from cnncli.scale import is_uri
+from cnncli.scale.uris import is_uri
 
 GLOB_CHARS = set("*?[")
 # bounded waits for S3: a missing endpoint or a dead network is an error in seconds, not a hang

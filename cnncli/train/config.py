@@ -84,7 +84,7 @@ class TrainConfig:
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Refuse impossible combinations with one sentence each (UsageError, exit 2)."""
         if self.arch is None and self.command == "train":
             raise UsageError("train needs --arch (e.g. --arch simplecnn); `cnncli models` lists them.")
@@ -125,17 +125,17 @@ class TrainConfig:
         return d
 
     def save(self, path: str | Path) -> None:
-        from cnncli.models.checkpoint import write_bytes_atomic
+        from cnncli.core.atomic import write_bytes_atomic
 
         write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)} - {"explicit"}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as exc:

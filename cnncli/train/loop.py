@@ -27,16 +27,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cnncli.core.atomic import atomic_path
 from cnncli.core.console import info, warn
+from cnncli.core.cpus import usable_cores
 from cnncli.core.errors import CnncliError, UsageError
+from cnncli.evaluate.plots import plot_confusion_matrix, plot_curves
 from cnncli.evaluate.run import TOP5_MIN_CLASSES
 from cnncli.models.card import ModelCard
-from cnncli.models.checkpoint import atomic_path, save_model
+from cnncli.models.checkpoint import save_model
 from cnncli.models.names import DEFAULT_ARCH
 from cnncli.train import run_folder
 from cnncli.train.config import TrainConfig, next_run_dir
 from cnncli.train.datasets import SampleDataset, SkippedImages, collate
-from cnncli.train.outputs import plot_confusion_matrix, plot_curves, write_json, write_results_csv
+from cnncli.train.outputs import write_json, write_results_csv
 from cnncli.train.policy import apply_trainable, set_train_mode, trainable_names
 
 STATE_FILE = run_folder.STATE_FILE
@@ -192,7 +195,7 @@ def model_card_for(card: ModelCard, cfg: TrainConfig, summary: dict, plan_spec: 
 def default_workers(n_images: int) -> int:
     if n_images < 512:
         return 0
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return max(1, min(4, usable_cores() - 1))
 
 
 def make_loader(dataset, cfg: TrainConfig, dist: Dist, train: bool, generator: torch.Generator, workers: int,
@@ -284,7 +287,7 @@ class TrainingRun:
     # ------------------------------------------------------------ prepare
 
     @classmethod
-    def prepare(cls, cfg: TrainConfig, log=None) -> "TrainingRun":
+    def prepare(cls, cfg: TrainConfig, log=None) -> TrainingRun:
         run = cls()
         run._setup_device(cfg, log)
         run._load_data()
@@ -525,7 +528,7 @@ class TrainingRun:
                 self.train_fn = self.ddp_wrap()
             self.say(f"epoch {epoch}: unfreezing, now training {cfg.trainable} ({self.trainable_params:,} parameters)")
 
-    def run_epoch(self, epoch: int, flag: "_StopFlag") -> EpochOutcome:
+    def run_epoch(self, epoch: int, flag: _StopFlag) -> EpochOutcome:
         """Train epoch ``epoch`` and validate; raises TrainingInterrupted when Ctrl-C stopped it."""
         cfg, dist = self.cfg, self.dist
         self._maybe_unfreeze(epoch)

@@ -31,7 +31,7 @@ class RunLock:
         self.fd: int | None = None
         self.preexisting: set[str] = set()  # entries that were in the folder before this run claimed it
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         import fcntl
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ class RunLock:
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
