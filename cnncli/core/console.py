@@ -1,7 +1,5 @@
-"""Rendering results: rich tables for people, JSON / JSON Lines / CSV for programs, and the stderr console.
-
-Machine formats go to stdout (or --output) and are written incrementally; messages and progress go to stderr.
-"""
+"""The one console: messages, warnings and progress go to stderr through :data:`err_console`
+(:func:`info`, :func:`warn`); :func:`rich_table` and :func:`to_text` render tables for people."""
 
 from __future__ import annotations
 

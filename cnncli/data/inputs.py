@@ -1,8 +1,6 @@
-"""Feeding images to an engine: collecting inputs (files, folders, globs) and decoding them in worker
-processes while the engine runs, in input order, with a bounded number of batches in flight.
-
-Workers import only PIL, numpy and cnncli.data.images (never torch), so the same pipeline serves every engine.
-"""
+"""What the user passed as inputs: files, folders (recursive, hidden names skipped), glob patterns, ``-``
+(paths on stdin) and ``@list.txt``, collected into :class:`InputItem` rows in natural order; web addresses are
+refused."""
 
 from __future__ import annotations
 

@@ -7,7 +7,9 @@
 (c) throughput >= :data:`MIN_SPEEDUP` (1.5x) fp32's, where it was measured.
 
 :func:`judge_precision` computes the figures from probabilities (and labels, and throughputs, when there are);
-``export --int8 static``, ``evaluate --precision`` and benchmarks/bench_engines.py print them. numpy only.
+``export --int8 static``, ``evaluate --precision`` and benchmarks/bench_engines.py print them. :func:`judge_on_samples`
+measures them on labelled images, :func:`judge_int8_export` on the validation set a model file records.
+Torch-free except where a PyTorch model is handed in.
 """
 
 from __future__ import annotations

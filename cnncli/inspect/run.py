@@ -1,9 +1,5 @@
-"""Looking inside a model: the layer summary (summary.py), the receptive field tracer (receptive_field.py),
-the ONNX summary (onnx_summary.py, torch-free) and the pictures (pictures.py).
-
-:func:`open_for_inspection` turns what the user typed (registry name or cnncli ``.safetensors`` file) into a
-model whose ``requires_grad`` flags follow the card's trainable-policy record.
-"""
+"""``cnncli inspect MODEL``: opens a registry name, a cnncli model file or an ONNX file and gathers its layer
+summary (:mod:`.summary`; :mod:`.onnx_summary` for ONNX, torch-free) and pictures (:mod:`.pictures`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Feeding images to an engine: collecting inputs (files, folders, globs) and decoding them in worker
-processes while the engine runs, in input order, with a bounded number of batches in flight.
-
-Workers import only PIL, numpy and cnncli.data.images (never torch), so the same pipeline serves every engine.
-"""
+"""Decoding images for an engine: worker processes decode and preprocess batches while the engine runs, in
+input order, with a bounded number of batches in flight. Workers import only PIL, numpy and cnncli.data.images
+(never torch), so the same pool serves every engine."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Rendering results: rich tables for people, JSON / JSON Lines / CSV for programs, and the stderr console.
-
-Machine formats go to stdout (or --output) and are written incrementally; messages and progress go to stderr.
-"""
+"""Writing predictions: rich tables for people, JSON / JSON Lines / CSV for programs. Machine formats go to
+stdout (or --output) and are written as each image finishes."""
 
 from __future__ import annotations
 

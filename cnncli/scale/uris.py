@@ -1,9 +1,5 @@
-"""Predict at scale: inputs and outputs on object storage (fsspec URIs), parquet part files, deterministic shards
-with a manifest so an interrupted job resumes exactly, and the same job on a Ray cluster (``--ray``).
-
-``cnncli predict`` hands a command over to :func:`cnncli.scale.job.run` when an input or ``--output`` is a URI,
-``--format parquet`` is asked for, or ``--ray`` is given. Nothing here is imported on the plain local path.
-"""
+"""When a predict command goes to :mod:`cnncli.scale`: URIs (``s3://``, ``memory://``...), parquet output and
+Ray addresses recognised without importing fsspec or Ray."""
 
 from __future__ import annotations
 

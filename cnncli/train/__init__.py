@@ -1,5 +1,5 @@
-"""Training and fine-tuning: configuration, data, trainable-part policies, optimisers, the epoch loop, run outputs.
+"""Training and fine-tuning, the job behind ``cnncli train`` and ``cnncli finetune``: configuration, datasets
+and augmentation, trainable-part policies, optimisers and schedules, the epoch loop, run folders and tracking.
+The entry point is :func:`cnncli.train.loop.run_training` (a TrainConfig in, a TrainResult out).
 
-The entry point is :func:`cnncli.train.loop.run_training` (a :class:`~cnncli.train.config.TrainConfig` in,
-a :class:`~cnncli.train.loop.TrainResult` out); ``cnncli train`` and ``cnncli finetune`` only build the config.
-"""
+May import: cnncli.evaluate (final metrics and plots) and every room below it."""
