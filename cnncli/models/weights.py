@@ -37,7 +37,7 @@ def is_weights_path(spec: str | None) -> bool:
 
 def descriptors_dir() -> Path:
     """The weights/ folder: inside the wheel as cnncli/_weights, or at the top of a source checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the cnncli package
     for candidate in (here / "_weights", here.parent / "weights"):
         if candidate.is_dir():
             return candidate
