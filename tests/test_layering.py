@@ -10,7 +10,8 @@ import sys
 
 
 def test_export_and_quantize_do_not_import_the_engines():
-    code = ("import json, sys\nimport cnncli.export.to_onnx, cnncli.export.quantize, cnncli.export.calibration, cnncli.models.spec\n"
+    code = ("import json, sys\n"
+            "import cnncli.export.to_onnx, cnncli.export.quantize, cnncli.export.calibration, cnncli.models.spec\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('cnncli.engines') or m == 'torch')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
