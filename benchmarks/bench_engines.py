@@ -90,8 +90,10 @@ def main() -> None:
 
     engines = {
         "PyTorch eager (channels_last)": TorchEngine(model, card, device="cpu"),
-        "onnxruntime fp32": OnnxEngine(fp32.path, device="cpu", threads=opts.threads, allow_spinning=False, verbose=False),
-        "onnxruntime int8 static (QDQ)": OnnxEngine(int8.path, device="cpu", threads=opts.threads, allow_spinning=False, verbose=False),
+        "onnxruntime fp32": OnnxEngine(fp32.path, device="cpu", threads=opts.threads, allow_spinning=False,
+                                       verbose=False),
+        "onnxruntime int8 static (QDQ)": OnnxEngine(int8.path, device="cpu", threads=opts.threads,
+                                                    allow_spinning=False, verbose=False),
     }
     from cnncli.engines.openvino_engine import OpenVinoEngine, openvino_available
 
@@ -136,17 +138,20 @@ def main() -> None:
 
     speed = {name: ips for name, _, _, ips in rows}
     imagenet = image_sets["ImageNet validation"]
-    judged = [("int8 static (onnxruntime)", int8_engine, fp32_engine, "onnxruntime fp32", "onnxruntime int8 static (QDQ)")]
+    judged = [("int8 static (onnxruntime)", int8_engine, fp32_engine, "onnxruntime fp32",
+               "onnxruntime int8 static (QDQ)")]
     if "OpenVINO int8 (same QDQ file)" in engines:
         judged.append(("int8 static (OpenVINO)", engines["OpenVINO int8 (same QDQ file)"],
-                       engines["OpenVINO f32 (latency hint)"], "OpenVINO f32 (latency hint)", "OpenVINO int8 (same QDQ file)"))
+                       engines["OpenVINO f32 (latency hint)"], "OpenVINO f32 (latency hint)",
+                       "OpenVINO int8 (same QDQ file)"))
     if "OpenVINO bf16" in engines:
         judged.append(("bf16 (OpenVINO)", engines["OpenVINO bf16"], engines["OpenVINO f32 (latency hint)"],
                        "OpenVINO f32 (latency hint)", "OpenVINO bf16"))
     judged_lines = []
     for label, low, ref, ref_name, low_name in judged:
         figures = judge_precision(ref.predict_proba(imagenet), low.predict_proba(imagenet), labels,
-                                  precision=label.split()[0], fp32_throughput=speed[ref_name], throughput=speed[low_name])
+                                  precision=label.split()[0], fp32_throughput=speed[ref_name],
+                                  throughput=speed[low_name])
         judged_lines.append(f"{label} against {ref_name}, on the {len(labels)} labelled ImageNet images "
                             f"({'passes' if figures.passed else 'FAILS'}):")
         judged_lines += ["  " + line for line in figures.lines("the ImageNet images")]
@@ -156,8 +161,8 @@ def main() -> None:
     cold_torch = cold_start(["predict", photo, "--engine", "torch", "--device", "cpu", "-f", "json"], opts.cold)
 
     base = rows[0][3]
-    print(f"default model efficientnet_lite0, {opts.threads} threads (onnxruntime without spinning), {usable_cores()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"default model efficientnet_lite0, {opts.threads} threads (onnxruntime without spinning), "
+          f"{usable_cores()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{'engine':32} {'b1 p50 ms':>10} {'b1 p95 ms':>10} {'b32 img/s':>10} {'vs eager':>9}")
     for name, p50, p95, ips in rows:
         print(f"{name:32} {p50:10.1f} {p95:10.1f} {ips:10.1f} {ips / base:8.2f}x")

@@ -67,7 +67,8 @@ def timm_epoch(data: Path, batch: int, amp_dtype) -> float:
 
     from cnncli.models.registry import create_model
 
-    model = create_model("efficientnet_lite0", weights="default").model.cuda().train().to(memory_format=torch.channels_last)
+    model = (create_model("efficientnet_lite0", weights="default").model.cuda().train()
+             .to(memory_format=torch.channels_last))
     dataset = timm.data.create_dataset("", root=str(data))
     loader = timm.data.create_loader(dataset, input_size=(3, 224, 224), batch_size=batch, is_training=True,
                                      no_aug=True, num_workers=4, use_prefetcher=True, device=torch.device("cuda"))
@@ -119,7 +120,8 @@ def main() -> int:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        rows.append(["onnxruntime CUDA", f"{predict_throughput(open_engine(None, device='cuda', engine='onnx'), x):.0f}"])
+        rows.append(["onnxruntime CUDA",
+                     f"{predict_throughput(open_engine(None, device='cuda', engine='onnx'), x):.0f}"])
     else:
         rows.append(["onnxruntime CUDA", "n/a: install cnncli[gpu] (onnxruntime-gpu)"])
     rows.append(["onnxruntime CPU", f"{predict_throughput(open_engine(None, device='cpu', engine='onnx'), x):.0f}"])

@@ -112,12 +112,15 @@ def main() -> None:
         cold = [["cnncli --help", median_wall_time(cnncli_cmd("--help"), args.runs), None]]
         if not args.skip_torch:
             cold.append(["cnncli predict one.jpg --engine torch",
-                         median_wall_time(cnncli_cmd("predict", one, "--engine", "torch", "--device", "cpu"), args.runs),
+                         median_wall_time(cnncli_cmd("predict", one, "--engine", "torch", "--device", "cpu"),
+                                          args.runs),
                          None])
-        cold.append(["cnncli predict one.jpg (auto: cached onnx)", median_wall_time(cnncli_cmd("predict", one), args.runs),
+        cold.append(["cnncli predict one.jpg (auto: cached onnx)",
+                     median_wall_time(cnncli_cmd("predict", one), args.runs),
                      cold_cpu(cnncli_cmd("predict", one), args.runs)])
         print_table(f"Cold start, median of {args.runs} ({machine_line()}, load {os.getloadavg()[0]:.1f})",
-                    ["command", "wall s", "CPU s"], [[c, f"{t:.2f}", "" if u is None else f"{u:.2f}"] for c, t, u in cold])
+                   ["command", "wall s", "CPU s"],
+                   [[c, f"{t:.2f}", "" if u is None else f"{u:.2f}"] for c, t, u in cold])
 
         pre = onnx_engine.card.preprocessing
         decode = decode_core_seconds(paths[: min(64, len(paths))], pre)
@@ -144,8 +147,8 @@ def main() -> None:
                     [("decoders + engine threads", False)]
                 for pipeline, replicas in pipelines:
                     ips, cpu_ms, done = folder_run(engine, folder, args.batch_size, replicas)
-                    rows.append([cores, label, pipeline, f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}", f"{ips:.1f}",
-                                 f"{cpu_ms:.2f}", f"{ips / cap:.2f}"])
+                    rows.append([cores, label, pipeline, f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}",
+                                 f"{ips:.1f}", f"{cpu_ms:.2f}", f"{ips / cap:.2f}"])
         os.sched_setaffinity(0, all_cores)
         print_table(f"Folder of {args.images} JPEGs (500x375), default model (efficientnet_lite0, fp32), batch "
                     f"{args.batch_size}; cap = cores / (decode core-s per image + cores / forward img/s)",

@@ -132,7 +132,8 @@ def bench_throughput(tmp: Path, rows: list) -> None:
                           out=str(tmp / f"tp-{trainable.replace(':', '')}-{cache}"))
         rate = result.history[-1]["train_img_s"]  # second epoch: warm
         label = f"train img/s, 224 px, batch 32, --trainable {trainable}" + (" --cache-features" if cache else "")
-        rows.append((label, f"{rate:.1f} img/s", f"pure fwd+bwd+step {pure[trainable]:.1f} img/s, ratio {rate / pure[trainable]:.2f}"))
+        rows.append((label, f"{rate:.1f} img/s",
+                     f"pure fwd+bwd+step {pure[trainable]:.1f} img/s, ratio {rate / pure[trainable]:.2f}"))
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ marks["cli imported"] = time.process_time()
 import typer.core
 import cnncli.engines.base, cnncli.data.images, cnncli.predict.run
 parse = typer.core.TyperCommand.invoke if hasattr(typer.core, "TyperCommand") else None
-original_open, original_load, original_top = cnncli.engines.base.open_engines, cnncli.data.images.load_pixels, cnncli.predict.run.top_k
+original_open, original_load, original_top = (cnncli.engines.base.open_engines, cnncli.data.images.load_pixels,
+                                              cnncli.predict.run.top_k)
 def open_engines(*a, **k):
     marks.setdefault("arguments parsed", time.process_time())
     engine = original_open(*a, **k)
@@ -45,7 +46,8 @@ def load_pixels(*a, **k):
 def top_k(*a, **k):
     marks.setdefault("forward done", time.process_time())
     return original_top(*a, **k)
-cnncli.engines.base.open_engines, cnncli.data.images.load_pixels, cnncli.predict.run.top_k = open_engines, load_pixels, top_k
+(cnncli.engines.base.open_engines, cnncli.data.images.load_pixels,
+ cnncli.predict.run.top_k) = open_engines, load_pixels, top_k
 import cnncli.predict.decode
 cnncli.predict.decode.load_pixels = load_pixels
 try:
@@ -88,7 +90,8 @@ def main() -> int:
                 by_package[name.split(".")[0]] += int(self_us)
         top = sorted(by_package.items(), key=lambda kv: -kv[1])[:12]
         print_table("Import time by top-level package (self times summed, -X importtime)", ["package", "ms"],
-                    [[name, f"{us / 1000:.1f}"] for name, us in top] + [["(all)", f"{sum(by_package.values()) / 1000:.1f}"]])
+                    [[name, f"{us / 1000:.1f}"] for name, us in top]
+                    + [["(all)", f"{sum(by_package.values()) / 1000:.1f}"]])
 
         phases = subprocess.run([sys.executable, "-c", PHASES, one], capture_output=True, text=True, check=True)
         rows = [line.split("\t") for line in phases.stderr.splitlines() if line.startswith("PHASE ")]

@@ -14,7 +14,8 @@ from PIL import Image
 
 from cnncli.core.cpus import usable_cores
 
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel")
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+          "colorwheel")
 
 
 def write_jpeg_folder(folder: Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[Path]:
@@ -50,7 +51,8 @@ def imagenet_like_photos() -> dict[str, np.ndarray]:
     photos = {name: getattr(data, name)() for name in ("chelsea", "coffee", "astronaut", "rocket")}
     photos["motorcycle_left"], photos["motorcycle_right"], _ = data.stereo_motorcycle()
     photos.update(zip(("china", "flower"), sklearn.datasets.load_sample_images().images))
-    photos["grace_hopper"] = np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    photos["grace_hopper"] = np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data"
+                                                   / "grace_hopper.jpg"))
     return photos
 
 

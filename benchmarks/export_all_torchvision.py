@@ -57,8 +57,8 @@ def main() -> None:
             row = export_arch(arch, Path(tmp), opts.size)
             passed += row["ok"]
             diff = f"{row['relative_diff']:.1e}" if row["relative_diff"] is not None else ""
-            print(f"{arch:24} {'pass' if row['ok'] else 'FAIL':6} {row['exporter']:12} {diff:>9} {row['seconds']:6.1f}  "
-                  f"{row['message']}", flush=True)
+            print(f"{arch:24} {'pass' if row['ok'] else 'FAIL':6} {row['exporter']:12} {diff:>9} "
+                  f"{row['seconds']:6.1f}  {row['message']}", flush=True)
     print(f"{passed} of {len(archs)} architectures export and verify.")
 
 

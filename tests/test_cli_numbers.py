@@ -116,7 +116,8 @@ def test_image_size_below_the_architecture_minimum(tmp_path, run_cli, no_trainin
 
 @pytest.mark.parametrize("args", [["predict", "x.jpg", "--top-k", "0"], ["predict", "x.jpg", "-b", "nan"],
                                   ["predict", "x.jpg", "--workers", "-2"], ["predict", "x.jpg", "--threads", "0"],
-                                  ["evaluate", "m", "d", "--batch-size", "-1"], ["evaluate", "m", "d", "--workers", "inf"],
+                                  ["evaluate", "m", "d", "--batch-size", "-1"],
+                                  ["evaluate", "m", "d", "--workers", "inf"],
                                   ["inspect", "d", "--depth", "0"], ["inspect", "d", "--val-split", "2"],
                                   ["inspect", "d", "--seed", "-5"], ["export", "m", "--opset", "3"],
                                   ["export", "m", "--image-size", "-1"]])

@@ -36,7 +36,8 @@ def test_metrics_match_a_hand_count():
     # 15 equal bins: |acc - conf| weighted by count: 0.9 ok, 0.62 wrong, 0.7 ok, 0.78 ok, 0.55 ok, 0.95 wrong
     assert r.ece == pytest.approx((0.1 + 0.62 + 0.3 + 0.22 + 0.45 + 0.95) / 6)
     assert sum(b["count"] for b in r.reliability) == 6
-    assert [(e["path"], e["true"], e["predicted"]) for e in r.errors] == [("img5.png", "c", "a"), ("img1.png", "a", "b")]
+    assert [(e["path"], e["true"], e["predicted"]) for e in r.errors] == [("img5.png", "c", "a"),
+                                                                        ("img1.png", "a", "b")]
     assert r.errors[0]["prob"] == pytest.approx(0.95)
 
 
@@ -95,7 +96,8 @@ def test_evaluate_command_json_plots_and_unreadable(tmp_path, run_cli):
     (data / "grass" / "zz_broken.png").write_bytes(b"not an image at all")
     torch.manual_seed(0)
     model = build_architecture("simplecnn", 3)
-    card = ModelCard(arch="simplecnn", classes=["brick", "grass", "gravel"], preprocessing=default_preprocessing("simplecnn"))
+    card = ModelCard(arch="simplecnn", classes=["brick", "grass", "gravel"],
+                     preprocessing=default_preprocessing("simplecnn"))
     save_model(tmp_path / "m.safetensors", model, card)
 
     result = run_cli("evaluate", tmp_path / "m.safetensors", data, "--format", "json", "--plots", tmp_path / "plots",
@@ -121,5 +123,6 @@ def test_evaluate_command_json_plots_and_unreadable(tmp_path, run_cli):
 
     table = run_cli("evaluate", tmp_path / "m.safetensors", data, "--workers", "0", "--engine", "torch")
     assert table.code == 0 and "macro avg" in table.out and "brick" in table.out
-    torch_json = run_cli("evaluate", tmp_path / "m.safetensors", data, "--workers", "0", "--engine", "torch", "-f", "json")
+    torch_json = run_cli("evaluate", tmp_path / "m.safetensors", data, "--workers", "0", "--engine", "torch",
+                         "-f", "json")
     assert json.loads(torch_json.out)["confusion_matrix"] == report["confusion_matrix"]  # onnx (auto) == torch

@@ -89,7 +89,8 @@ def test_evaluate_refuses_a_changed_dataset_and_states_the_rule_without_a_record
     assert refused.code == 2 and "Traceback" not in refused.err
     assert "not the dataset this model was trained on" in refused.err and "--split all" in refused.err
     assert len(refused.err.strip().splitlines()) == 1
-    assert json.loads(run_cli("evaluate", model, changed, "-f", "json", "--workers", "0", "--split", "all").out)["n_images"] == 101
+    assert json.loads(run_cli("evaluate", model, changed, "-f", "json", "--workers", "0",
+                              "--split", "all").out)["n_images"] == 101
 
     # the same files copied elsewhere are the same dataset: the hold-out is rebuilt
     moved = tmp_path / "moved"
@@ -119,7 +120,8 @@ def test_evaluate_prefers_test_then_val_folders(tmp_path, run_cli):
     save_model(model, built.model, built.card)
     auto = json.loads(run_cli("evaluate", model, tmp_path / "data", "-f", "json", "--workers", "0").out)
     assert auto["split"]["name"] == "test" and auto["n_images"] == 6
-    val = json.loads(run_cli("evaluate", model, tmp_path / "data", "-f", "json", "--workers", "0", "--split", "val").out)
+    val = json.loads(run_cli("evaluate", model, tmp_path / "data", "-f", "json", "--workers", "0",
+                             "--split", "val").out)
     assert val["split"]["name"] == "val" and val["n_images"] == 9
     help_text = run_cli("evaluate", "--help").out
     assert "--split" in help_text and "all" in help_text and "--errors" in help_text
@@ -158,7 +160,8 @@ def test_evaluate_json_lists_every_misclassified_image(digits, tmp_path, run_cli
     assert wrong > 12 and len(report["errors"]) == wrong
     probs = [e["prob"] for e in report["errors"]]
     assert probs == sorted(probs, reverse=True)
-    assert len(json.loads(run_cli("evaluate", model, digits, "-f", "json", "--errors", "5", "--workers", "0").out)["errors"]) == 5
+    assert len(json.loads(run_cli("evaluate", model, digits, "-f", "json", "--errors", "5",
+                                  "--workers", "0").out)["errors"]) == 5
     table = run_cli("evaluate", model, digits, "--workers", "0")
     assert f"({wrong - 12} more misclassified images" in flat(table.out)
     assert run_cli("evaluate", model, digits, "--errors", "some").code == 2

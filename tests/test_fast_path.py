@@ -88,7 +88,8 @@ def test_cached_hot_path_does_not_import_torch(tiny_model_file, photos):
         "import sys\nfrom cnncli.cli.app import main\n"
         f"try:\n    main(['predict', {str(photos['chelsea'])!r}, '--model', {str(tiny_model_file)!r}, '-f', 'json'])\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'onnx', 'openvino', 'matplotlib', 'scipy', 'fastapi',\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'timm', 'onnx', 'openvino', 'matplotlib', 'scipy', "
+        "'fastapi',\n"
         "               'uvicorn', 'pyarrow', 'fsspec', 'ray') if m in sys.modules)\n"
         "print('HEAVY', heavy, 'EXIT', code, file=sys.stderr)\n"
     )

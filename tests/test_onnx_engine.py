@@ -43,7 +43,8 @@ def test_onnx_predict_path_leaves_torch_out(setup):
         "import sys, json\n"
         "from cnncli.cli.app import main\n"
         "try:\n"
-        f"    main(['predict', {str(setup['images'][0])!r}, '--model', {str(setup['onnx_a'])!r}, '-f', 'json', '--device', 'cpu'])\n"
+        f"    main(['predict', {str(setup['images'][0])!r}, '--model', {str(setup['onnx_a'])!r}, "
+        "'-f', 'json', '--device', 'cpu'])\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm'))\n"
@@ -59,7 +60,8 @@ def test_onnx_predict_path_leaves_torch_out(setup):
 
 @pytest.mark.skipif(CUDA in __import__("onnxruntime").get_available_providers(), reason="a CUDA provider is present")
 def test_device_cuda_without_cuda_exits_2_with_one_sentence(setup, capsys):
-    code, out, err = run_cli(["predict", str(setup["images"][0]), "--model", str(setup["onnx_a"]), "--device", "cuda"], capsys)
+    code, out, err = run_cli(["predict", str(setup["images"][0]), "--model", str(setup["onnx_a"]),
+                              "--device", "cuda"], capsys)
     assert code == 2
     assert err.startswith("error: --device cuda was asked for") and err.count("\n") == 1 and "--device cpu" in err
 
@@ -82,7 +84,8 @@ def test_bad_onnx_files_are_one_sentence_exit_1(setup, tmp_path, capsys, kind):
     with pytest.raises(ModelFileError):
         OnnxEngine(bad, device="cpu")
     code, out, err = run_cli(["predict", str(setup["images"][0]), "--model", str(bad)], capsys)
-    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
+    assert (code == 1 and err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err
+            and "Traceback" not in err)
 
 
 def test_onnx_without_cnncli_metadata_runs_with_index_labels_and_says_so_once(setup, tmp_path, capsys):
@@ -127,7 +130,8 @@ def test_ensemble_renormalises_members_with_other_mean_and_std(setup):
     a = OnnxEngine(setup["onnx_a"], device="cpu", verbose=False)
     b = OnnxEngine(setup["onnx_a"], device="cpu", verbose=False)
     pre = a.card.preprocessing
-    b.card = type(a.card).from_dict({**a.card.to_dict(), "preprocessing": pre.replace(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)).to_dict()})
+    b.card = type(a.card).from_dict(
+        {**a.card.to_dict(), "preprocessing": pre.replace(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)).to_dict()})
     images = setup["images"][:3]
     expected = (a.predict_proba(load_images(images, a.card)) + b.predict_proba(load_images(images, b.card))) / 2
     got = EnsembleEngine([a, b]).predict_proba(load_images(images, a.card))
@@ -151,4 +155,5 @@ def test_tta_is_the_mean_of_image_and_its_mirror(setup):
     got = tta.predict_proba(batch)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert np.abs(got - plain).max() > 1e-3  # the mirror really changed something
-    assert open_engines([str(setup["onnx_a"])], device="cpu", tta=True).predict_proba(batch) == pytest.approx(got, abs=1e-6)
+    assert (open_engines([str(setup["onnx_a"])], device="cpu", tta=True).predict_proba(batch)
+            == pytest.approx(got, abs=1e-6))

@@ -67,7 +67,8 @@ def test_predict_engine_openvino_on_the_command_line(run_cli, tiny_model_file, p
         assert max(abs(s["prob"] - t["prob"]) for s, t in zip(a["top"], b["top"])) < 1e-4
     wrong = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--precision", "bf16", "--engine", "onnx")
     assert wrong.code == 2 and "runs on OpenVINO" in wrong.err
-    wrong = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--engine", "openvino", "--device", "cuda")
+    wrong = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--engine", "openvino",
+                    "--device", "cuda")
     assert wrong.code == 2 and "--device cpu" in wrong.err
 
 

@@ -103,7 +103,8 @@ def readme_cnncli_commands(text: str) -> list[tuple[int, str, list[str]]]:
         for offset, line in enumerate(block["code"].splitlines()):
             code = line.split(" #")[0]
             for m in re.finditer(r"\bcnncli\s+([a-z]+)((?:\s+(?:'[^']*'|\"[^\"]*\"|[^\s|;&>]+))*)", code):
-                options = [tok.split("=")[0] for tok in m.group(2).split() if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", tok)]
+                options = [tok.split("=")[0] for tok in m.group(2).split()
+                           if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", tok)]
                 found.append((block["line"] + 1 + offset, m.group(1), options))
     return found
 

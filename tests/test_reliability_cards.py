@@ -125,7 +125,8 @@ def test_hostile_card_fields_are_refused_naming_the_field(run_cli, base, tmp_pat
     """Issue 14 "validate every field (types, ranges, lengths, std != 0, classes vs the graph's/head's output size,
     a missing preprocessing block) and refuse with one sentence naming the field, in every command"; "evaluate
     blames the dataset for a bad card". Table entries go through predict, evaluate, inspect (and export for
-    safetensors) in turn. The old main gave raw TypeError / ZeroDivisionError / IndexError, or exit 0 with wrong labels."""
+    safetensors) in turn. The old main gave raw TypeError / ZeroDivisionError / IndexError, or exit 0 with wrong
+    labels."""
     write = write_safetensors if suffix == ".safetensors" else write_onnx
     for i, (field, value) in enumerate(TABLE):
         card = with_field(base["card"], field, value)
@@ -141,7 +142,8 @@ def test_hostile_card_fields_are_refused_naming_the_field(run_cli, base, tmp_pat
                 continue
             if code == 1:  # refused: the sentence names the field (or the graph mismatch), not the dataset
                 leaf = field.split(".")[-1]
-                assert leaf in err or leaf.replace("_", " ") in err or "classes" in err or "channels" in err or "input" in err, (field, value, args, err)
+                assert (leaf in err or leaf.replace("_", " ") in err or "classes" in err or "channels" in err
+                        or "input" in err), (field, value, args, err)
                 assert str(base["data"]) not in err, (field, value, args, err)
 
 

@@ -106,7 +106,8 @@ def temporaries(folder: Path) -> list[Path]:
 def numbers(run: Path) -> list[dict]:
     from cnncli.train.outputs import read_results_csv
 
-    return [{k: v for k, v in row.items() if k not in ("seconds", "train_img_s")} for row in read_results_csv(run / "results.csv")]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "train_img_s")}
+            for row in read_results_csv(run / "results.csv")]
 
 
 def check_run_folder(run: Path) -> None:

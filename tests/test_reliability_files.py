@@ -38,7 +38,8 @@ def test_written_files_respect_the_umask(run_cli, photos, tiny_model_file, tmp_p
 
     monkeypatch.setenv("CNNCLI_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "preds.json"
-    result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--engine", "onnx", "-f", "json", "-o", out)
+    result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "--engine", "onnx", "-f", "json",
+                     "-o", out)
     assert result.code == 0, result.err
     cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
     assert cached and out.is_file()

@@ -45,8 +45,8 @@ def test_torch_engine_is_not_replicated(tiny_model_file):
 
 
 @pytest.mark.parametrize(("workers", "threads", "cores", "plan"), [
-    (None, None, 2, (2, 1)), (None, 2, 2, (2, 1)), (None, None, 16, (8, 2)), (None, 4, 16, (4, 1)), (3, None, 12, (3, 4)),
-    (1, 2, 2, (1, 2)),
+    (None, None, 2, (2, 1)), (None, 2, 2, (2, 1)), (None, None, 16, (8, 2)), (None, 4, 16, (4, 1)),
+    (3, None, 12, (3, 4)), (1, 2, 2, (1, 2)),
 ])
 def test_replica_plan_shares_the_cores(workers, threads, cores, plan):
     assert replica_plan(workers, threads, cores) == plan

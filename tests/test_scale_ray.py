@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scale_helpers import (  # noqa: F401
+from scale_helpers import (  # noqa: F401 - tiny_onnx is a pytest fixture: tests take it by name
     free_port,
     kill_after_parts,
     moto_s3,

@@ -78,7 +78,8 @@ def test_classify_equals_predict_json_raw_and_multipart(server, cached_tiny, pho
         assert http.get("/healthz").json() == {"status": "ok"} and http.get("/readyz").status_code == 200
         assert http.get("/docs").status_code == 200
         schema = http.get("/openapi.json").json()
-        assert "/v1/classify" in schema["paths"] and "multipart/form-data" in json.dumps(schema["paths"]["/v1/classify"])
+        assert ("/v1/classify" in schema["paths"]
+                and "multipart/form-data" in json.dumps(schema["paths"]["/v1/classify"]))
 
 
 def test_serving_process_does_not_import_torch(server):

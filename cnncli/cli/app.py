@@ -21,7 +21,8 @@ TyperArgument.display_type_rich = lambda self, ctx: None
 
 app = typer.Typer(
     name="cnncli",
-    help="Image classification with convolutional networks: predict, train, finetune, evaluate, export, inspect, serve.",
+    help="Image classification with convolutional networks: predict, train, finetune, evaluate, export, "
+         "inspect, serve.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,

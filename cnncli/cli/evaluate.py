@@ -20,7 +20,9 @@ from cnncli.cli.common import (
 def register(app: typer.Typer) -> None:
     @app.command("evaluate", short_help="Accuracy, per-class metrics and confusion matrix on a dataset.")
     def command(
-        model: str = typer.Argument(..., metavar="MODEL", help="A cnncli model file (.safetensors, or .onnx where supported) or a registry name."),
+        model: str = typer.Argument(..., metavar="MODEL",
+                                    help="A cnncli model file (.safetensors, or .onnx where supported) or a "
+                                         "registry name."),
         data: str = typer.Argument(..., metavar="DATA", help="A dataset folder or CSV manifest."),
         split: str = typer.Option("auto", "--split", metavar="[auto|test|val|train|all]",
                                   help="Which images to score. auto (default): test/ if present, else val/, else the "
@@ -29,15 +31,24 @@ def register(app: typer.Typer) -> None:
         errors: str = typer.Option("default", "--errors", metavar="N|all",
                                    help="How many misclassified images to list, most confident first (default: all "
                                         "in JSON, 12 in the table)."),
-        fmt: TableOrJson = typer.Option("table", "--format", "-f", metavar=choices("table", "json"), help="Output format."),
+        fmt: TableOrJson = typer.Option("table", "--format", "-f", metavar=choices("table", "json"),
+                                        help="Output format."),
         batch_size: int = batch_size_option(),
         device: str = device_option(),
-        plots: str | None = typer.Option(None, "--plots", metavar="DIR", help="Write confusion_matrix.png, reliability.png and errors.png here."),
-        workers: int | None = workers_option("Worker processes (default: one per core; 0: everything in this process)."),
+        plots: str | None = typer.Option(None, "--plots", metavar="DIR",
+                                         help="Write confusion_matrix.png, reliability.png and errors.png here."),
+        workers: int | None = workers_option("Worker processes (default: one per core; 0: everything in this "
+                                             "process)."),
         engine: str = engine_option(),
-        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="int8 or bf16: score that precision and judge it against fp32 on the same images (accuracy, agreement where fp32 is decisive, speed)."),
-        calib: str | None = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
-        allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
+        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS),
+                                      help="int8 or bf16: score that precision and judge it against fp32 on the "
+                                           "same images (accuracy, agreement where fp32 is decisive, speed)."),
+        calib: str | None = typer.Option(None, "--calib", metavar="DIR",
+                                         help="Folder of calibration images for --precision int8 (default: the set "
+                                              "the model file records)."),
+        allow_outside: bool = typer.Option(False, "--allow-outside",
+                                           help="A CSV manifest may name files outside its own folder (.. or "
+                                                "absolute paths)."),
     ) -> None:
         """Accuracy, per-class metrics and the confusion matrix of a model on a dataset."""
         from cnncli.core.console import info, to_text, warn

@@ -15,18 +15,33 @@ OPSET = v.number(int, ge=7, le=30)
 def register(app: typer.Typer) -> None:
     @app.command("export", short_help="Export a model to a verified ONNX file.")
     def export(
-        model: str | None = typer.Argument(None, metavar="[MODEL]", help="A cnncli .safetensors file or a registry name (default: efficientnet_lite0)."),
-        output: Path | None = output_option("The .onnx file to write (default: next to a model file, runs/x/best.safetensors -> runs/x/best[.fp16|.int8].onnx; NAME.onnx here for a registry name)."),
+        model: str | None = typer.Argument(None, metavar="[MODEL]",
+                                           help="A cnncli .safetensors file or a registry name (default: "
+                                                "efficientnet_lite0)."),
+        output: Path | None = output_option("The .onnx file to write (default: next to a model file, "
+                                            "runs/x/best.safetensors -> runs/x/best[.fp16|.int8].onnx; NAME.onnx "
+                                            "here for a registry name)."),
         force: bool = typer.Option(False, "--force", help="Replace the output file if it exists (otherwise refused)."),
-        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name or a file."),
+        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS",
+                                           help="Weights for a registry name: default, an enum name or a file."),
         opset: int = typer.Option(17, "--opset", parser=OPSET, metavar="N", help="ONNX opset version."),
-        dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Batch axis dynamic (default) or fixed at 1."),
-        fp16: bool = typer.Option(False, "--fp16", help="fp16 weights and compute (for CUDA); input and output stay float32."),
-        int8: str | None = typer.Option(None, "--int8", metavar=choices("static", "dynamic"), help="int8 quantization: static (QDQ, calibrated on --calib or the set a trained model file records; fast on CPU) or dynamic (weights only; slow for CNNs)."),
-        calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --int8 static (also used to verify; default: the set the model file records)."),
-        verify_images: Path | None = typer.Option(None, "--verify-images", metavar="DIR", help="Folder of real images to verify on, besides random inputs."),
-        simplify: bool = typer.Option(False, "--simplify", help="Simplify the graph with onnxslim (verified the same way)."),
-        verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare onnxruntime with PyTorch and refuse a file that differs."),
+        dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
+                                           help="Batch axis dynamic (default) or fixed at 1."),
+        fp16: bool = typer.Option(False, "--fp16",
+                                  help="fp16 weights and compute (for CUDA); input and output stay float32."),
+        int8: str | None = typer.Option(None, "--int8", metavar=choices("static", "dynamic"),
+                                        help="int8 quantization: static (QDQ, calibrated on --calib or the set a "
+                                             "trained model file records; fast on CPU) or dynamic (weights only; "
+                                             "slow for CNNs)."),
+        calib: Path | None = typer.Option(None, "--calib", metavar="DIR",
+                                          help="Folder of calibration images for --int8 static (also used to "
+                                               "verify; default: the set the model file records)."),
+        verify_images: Path | None = typer.Option(None, "--verify-images", metavar="DIR",
+                                                  help="Folder of real images to verify on, besides random inputs."),
+        simplify: bool = typer.Option(False, "--simplify",
+                                      help="Simplify the graph with onnxslim (verified the same way)."),
+        verify: bool = typer.Option(True, "--verify/--no-verify",
+                                    help="Compare onnxruntime with PyTorch and refuse a file that differs."),
         image_size: int | None = image_size_option("Input size (square) to export at, instead of the model's own."),
     ) -> None:
         """Export a model to ONNX for onnxruntime, verified against PyTorch.
@@ -46,9 +61,9 @@ def register(app: typer.Typer) -> None:
 
         if int8 == "dynamic":
             warn("dynamic int8 runs CNN convolutions 5-25x slower than fp32 on CPU; prefer --int8 static --calib DIR.")
-        report = export_model(model, output, force=force, weights=weights, calib_dir=calib, verify_dir=verify_images, opset=opset,
-                              dynamic_batch=dynamic_batch, precision=precision, simplify=simplify, verify=verify,
-                              image_size=image_size)
+        report = export_model(model, output, force=force, weights=weights, calib_dir=calib, verify_dir=verify_images,
+                              opset=opset, dynamic_batch=dynamic_batch, precision=precision, simplify=simplify,
+                              verify=verify, image_size=image_size)
         render_export_report(report)
 
 
@@ -59,7 +74,8 @@ def render_export_report(report) -> None:
     size = f"{report.size_bytes / 1e6:.1f} MB"
     if report.precision != "fp32":
         size += f" ({report.size_bytes / report.fp32_size_bytes:.0%} of fp32's {report.fp32_size_bytes / 1e6:.1f} MB)"
-    info(f"wrote {report.path}: {report.precision}, {size}, input 'input' (N,{'' if report.dynamic_batch else '1,'}C,{h},{w})"
+    info(f"wrote {report.path}: {report.precision}, {size}, input 'input' "
+         f"(N,{'' if report.dynamic_batch else '1,'}C,{h},{w})"
          f"{' batch dynamic' if report.dynamic_batch else ''}, output 'logits', opset {report.opset}, "
          f"{report.exporter} exporter{', simplified' if report.simplified else ''}, {report.seconds:.1f} s.")
     checks = [("fp32 vs PyTorch", report.fp32_verification)]
@@ -68,7 +84,8 @@ def render_export_report(report) -> None:
     for label, check in checks:
         if check is None:
             continue
-        real = f", {check.real_top1_agreement:.1%} on {check.real_images} real images" if check.real_top1_agreement is not None else ""
+        real = (f", {check.real_top1_agreement:.1%} on {check.real_images} real images"
+                if check.real_top1_agreement is not None else "")
         if check.confident_top1_agreement is not None:
             real += f", {check.confident_top1_agreement:.1%} on the {check.confident_images} where fp32 is confident"
         info(f"verified {label} on {check.inputs} inputs: max |diff| of logits {check.max_abs_diff:.3g} "

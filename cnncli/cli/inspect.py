@@ -21,20 +21,28 @@ def register(app: typer.Typer) -> None:
                                      help="A registry name, a cnncli .safetensors file, an .onnx file, "
                                           "or a dataset folder / CSV manifest."),
         input_size: int | None = image_size_option("Input height and width (default: the model's own)."),
-        depth: int = typer.Option(3, "--depth", parser=v.POSITIVE_INT, metavar="N", help="How many levels of nested layers to list."),
-        fmt: TableOrJson = typer.Option("table", "--format", "-f", metavar=choices("table", "json"), help="Output format."),
+        depth: int = typer.Option(3, "--depth", parser=v.POSITIVE_INT, metavar="N",
+                                  help="How many levels of nested layers to list."),
+        fmt: TableOrJson = typer.Option("table", "--format", "-f", metavar=choices("table", "json"),
+                                        help="Output format."),
         what: str = typer.Option("summary", "--what", metavar="KINDS", help=WHAT_HELP),
-        image: Path | None = typer.Option(None, "--image", metavar="IMAGE", help="The image for features, saliency and gradcam."),
-        layer: str | None = typer.Option(None, "--layer", metavar="NAME", help="Layer for features (default: one in the middle)."),
+        image: Path | None = typer.Option(None, "--image", metavar="IMAGE",
+                                          help="The image for features, saliency and gradcam."),
+        layer: str | None = typer.Option(None, "--layer", metavar="NAME",
+                                         help="Layer for features (default: one in the middle)."),
         out: Path = output_option("Folder for the pictures.", default=Path(".")),
         weights: str | None = typer.Option(
             None, "--weights", metavar="WEIGHTS",
             help="Weights for a registry name. Default: the default model's shipped ImageNet weights; for other "
                  "names none for a summary (no download needed) and the hub's default for pictures."),
-        val_split: float = typer.Option(0.2, "--val-split", parser=v.FRACTION_OPEN, metavar="FRACTION", help="Dataset: share of each class held out as val (class-folder layout)."),
+        val_split: float = typer.Option(0.2, "--val-split", parser=v.FRACTION_OPEN, metavar="FRACTION",
+                                        help="Dataset: share of each class held out as val (class-folder layout)."),
         seed: int = seed_option("Dataset: seed of the val split."),
-        val_csv: str | None = typer.Option(None, "--val-csv", metavar="CSV", help="Dataset: CSV manifest of the val images."),
-        allow_outside: bool = typer.Option(False, "--allow-outside", help="A CSV manifest may name files outside its own folder (.. or absolute paths)."),
+        val_csv: str | None = typer.Option(None, "--val-csv", metavar="CSV",
+                                           help="Dataset: CSV manifest of the val images."),
+        allow_outside: bool = typer.Option(False, "--allow-outside",
+                                           help="A CSV manifest may name files outside its own folder (.. or "
+                                                "absolute paths)."),
     ) -> None:
         """Look inside a model or a dataset.
 

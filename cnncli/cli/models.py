@@ -10,9 +10,11 @@ from cnncli.cli.common import ModelsFormat, Source, choices
 def register(app: typer.Typer) -> None:
     @app.command(short_help="List the architectures cnncli can build.")
     def models(
-        source: Source | None = typer.Option(None, "--source", "-s", metavar=choices("torchvision", "timm", "builtin"), help="Only this source."),
+        source: Source | None = typer.Option(None, "--source", "-s", metavar=choices("torchvision", "timm", "builtin"),
+                                             help="Only this source."),
         pattern: str | None = typer.Argument(None, metavar="[PATTERN]", help="Only names containing this text."),
-        fmt: ModelsFormat = typer.Option("table", "--format", "-f", metavar=choices("table", "json", "names"), help="names: one per line."),
+        fmt: ModelsFormat = typer.Option("table", "--format", "-f", metavar=choices("table", "json", "names"),
+                                         help="names: one per line."),
     ) -> None:
         """List every architecture cnncli can build: torchvision's, timm's (timm:NAME) and the built-ins."""
         import json

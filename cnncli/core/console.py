@@ -28,7 +28,8 @@ def terminal_console(stream: IO[str]) -> Console:
     return Console(file=stream, highlight=False, soft_wrap=False)
 
 
-def rich_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable], stream: IO[str] | None = None) -> None:
+def rich_table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable],
+               stream: IO[str] | None = None) -> None:
     """A plain rich table to stdout (or ``stream``)."""
     table = Table(title=title, title_justify="left")
     for col in columns:

@@ -230,7 +230,8 @@ def _health_problems(report: DatasetReport, splits: DatasetSplits, conflicting: 
     """One sentence per finding that training would warn about or that spoils the measured accuracy."""
     problems = list(splits.warnings)
     if report.unreadable:
-        problems.append(f"{_plural(len(report.unreadable), 'unreadable image')} (first: {report.unreadable[0]['path']}); "
+        problems.append(f"{_plural(len(report.unreadable), 'unreadable image')} "
+                        f"(first: {report.unreadable[0]['path']}); "
                         f"training skips {'it' if len(report.unreadable) == 1 else 'them'}: fix or remove "
                         f"{'it' if len(report.unreadable) == 1 else 'them'}.")
     return problems + _duplicate_problems(report.duplicates, report.leaks, conflicting)

@@ -100,7 +100,8 @@ def choose_eval_split(data: str | Path, split: str = "auto", classes: list[str] 
     if split in groups:
         folder = {"test": "test/", "val": "the val/ folder", "train": "train/"}[split]
         if scan.layout == "csv":
-            folder = {"val": f"the validation manifest {Path(val_csv).name}", "train": f"the manifest {scan.root.name}"}[split]
+            folder = {"val": f"the validation manifest {Path(val_csv).name}",
+                      "train": f"the manifest {scan.root.name}"}[split]
         return _finish(scan, groups[split], classes, split, folder)
     if split == "test":
         raise UsageError(f"{scan.root} has no test/ folder; use --split auto, val or all.")

@@ -102,7 +102,8 @@ def _read_lines(stream: IO[str], origin: str) -> list[str]:
     if len(text) > MAX_LIST_BYTES:
         raise UsageError(f"{origin} holds more than {MAX_LIST_BYTES // 2**20} MB of text; split the list.")
     if "\0" in text:
-        raise UsageError(f"{origin} is not a text list of paths (it holds NUL bytes; with find use -print, not -print0).")
+        raise UsageError(f"{origin} is not a text list of paths (it holds NUL bytes; "
+                         "with find use -print, not -print0).")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 

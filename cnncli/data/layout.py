@@ -103,7 +103,8 @@ def scan_dataset(path: str | Path, val_csv: str | Path | None = None, allow_outs
         raise UsageError(f"{root}: no such file or folder; pass a dataset folder or a CSV manifest.")
     if root.is_file():
         if root.suffix.lower() != ".csv":
-            raise UsageError(f"{root}: not a dataset; pass a folder of class sub-folders or a CSV manifest (path,label).")
+            raise UsageError(f"{root}: not a dataset; "
+                             "pass a folder of class sub-folders or a CSV manifest (path,label).")
         return _scan_csv(root, val_csv, allow_outside)
     if val_csv is not None:
         raise UsageError("--val-csv goes with a CSV manifest; for a folder dataset use --val-split or a val/ folder.")
@@ -363,7 +364,8 @@ def assemble_splits(scan: DatasetScan, val_split: float = 0.2, seed: int = 0,
         for name in class_list:
             present = {split: bool(parts[split].get(name)) for split in ("train", "val")}
             if present["train"] and "val" in scan.groups and not present["val"]:
-                warnings.append(f"class '{name}' has images in train but none in val; its val accuracy is not measured.")
+                warnings.append(f"class '{name}' has images in train but none in val; "
+                                "its val accuracy is not measured.")
             if present["val"] and not present["train"]:
                 warnings.append(f"class '{name}' has images in val but none in train; the model cannot learn it.")
     if scan.missing_files and n_images:

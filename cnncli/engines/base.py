@@ -72,7 +72,8 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
     (:mod:`cnncli.engines.cache`); once the cache holds it, torch is not imported. ``precision`` int8 uses a
     static-int8 export calibrated on ``calib`` (a folder of images) or, without it, on the calibration set that
     train/finetune recorded in the model file. ``engine`` openvino compiles the same cached export with OpenVINO
-    (:mod:`cnncli.engines.openvino_engine`): f32, bf16 with ``precision`` bf16, or the static-int8 export. ``threads`` sets intra-op threads.
+    (:mod:`cnncli.engines.openvino_engine`): f32, bf16 with ``precision`` bf16, or the static-int8 export. ``threads``
+    sets intra-op threads.
     """
     from cnncli.core.errors import ModelFileError, UsageError
 
@@ -90,7 +91,8 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
         raise UsageError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
     chosen = choose_engine(engine, device, precision)
     if precision == "int8" and chosen not in ("onnx", "openvino"):
-        raise UsageError("--precision int8 runs on onnxruntime or OpenVINO; use --engine onnx, openvino (or auto on CPU).")
+        raise UsageError("--precision int8 runs on onnxruntime or OpenVINO; "
+                         "use --engine onnx, openvino (or auto on CPU).")
     if precision == "bf16" and chosen != "openvino":
         raise UsageError("--precision bf16 runs on OpenVINO; use --engine openvino (or auto).")
     calib_images = None

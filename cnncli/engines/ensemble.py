@@ -38,7 +38,8 @@ class EnsembleEngine:
             differs = [g for g in geometry if getattr(card.preprocessing, g) != getattr(first.preprocessing, g)]
             if differs:
                 raise UsageError(
-                    f"cannot ensemble {names[0]} and {name}: they preprocess images differently ({', '.join(differs)}); "
+                    f"cannot ensemble {names[0]} and {name}: "
+                    f"they preprocess images differently ({', '.join(differs)}); "
                     "export or train them with the same input size and resize settings."
                 )
         self.engines = list(engines)

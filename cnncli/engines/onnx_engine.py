@@ -131,7 +131,7 @@ def _open_session(path: Path, providers: list[str], options):
         raise ModelFileError(f"{path} is empty (0 bytes); re-export it with `cnncli export`.")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own (pybind) exception types
+    except Exception as exc:  # onnxruntime raises its own (pybind) exception types
         first = " ".join(str(exc).split())[:160]
         raise ModelFileError(
             f"{path} is not a loadable ONNX model (truncated, corrupt or another file type: {first}); "

@@ -4,8 +4,8 @@ cached export) for the CPU, and keeps OpenVINO's compiled model in the cnncli ca
 f32 by default (latency hint, ``INFERENCE_PRECISION_HINT`` f32), so its logits stay within the export tolerance
 of onnxruntime's; ``bf16`` is an explicit lower precision (OpenVINO's own default on CPUs with AVX-512 BF16 or
 AMX), judged like int8 (:mod:`cnncli.export.judge`); ``int8`` compiles the static-int8 (QDQ) export, which
-OpenVINO runs with its int8 kernels (VNNI where the CPU has it), the rest in f32. Torch-free; OpenVINO is imported only when this engine
-is opened (it costs a few tenths of a second at start).
+OpenVINO runs with its int8 kernels (VNNI where the CPU has it), the rest in f32. Torch-free; OpenVINO is imported
+only when this engine is opened (it costs a few tenths of a second at start).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class OpenVinoEngine:
         core.set_property({"CACHE_DIR": str(cache)})
         try:
             model = core.read_model(str(self.path))
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own exception types
+        except Exception as exc:  # OpenVINO raises its own exception types
             first = " ".join(str(exc).split())[:160]
             raise ModelFileError(f"{self.path} is not an ONNX model OpenVINO can read ({first}); "
                                  "re-export it with `cnncli export`.") from None
@@ -103,7 +103,7 @@ def _card_from_model(model, path: Path) -> ModelCard:
 
     try:
         text = model.get_rt_info(["framework", METADATA_KEY]).astype(str)
-    except Exception:  # noqa: BLE001 - no such entry
+    except Exception:  # OpenVINO raises when there is no such entry
         text = None
     if text:
         return ModelCard.from_json(text)

@@ -10,7 +10,7 @@ from torch import nn
 from cnncli.core.errors import UsageError
 from cnncli.core.numeric import softmax
 from cnncli.models.card import ModelCard
-from cnncli.models.spec import load_for_inference  # noqa: F401 - re-exported
+from cnncli.models.spec import load_for_inference
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -39,7 +39,8 @@ class TorchEngine:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda" and amp == "auto":
             amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if self.device.type == "cuda" else None
+        self.amp_dtype = ({"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if self.device.type == "cuda"
+                          else None)
         self.name = f"torch ({self.device.type}{', ' + amp if self.amp_dtype else ''})"
 
     @classmethod

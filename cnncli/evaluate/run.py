@@ -94,7 +94,8 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BIN
         acc = float(correct[mask].mean()) if count else 0.0
         if count:
             ece += count / n * abs(acc - conf)
-        out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": conf, "accuracy": acc})
+        out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count, "confidence": conf,
+                    "accuracy": acc})
     return float(ece), out
 
 

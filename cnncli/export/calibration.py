@@ -36,7 +36,8 @@ def calibration_images(spec: str | None, calib_dir: str | Path | None, limit: in
         record = (card.training or {}).get("calibration") if card is not None else None
     if record is None:
         raise UsageError(f"--precision int8 needs calibration images and {spec or DEFAULT_ARCH} records none "
-                         "(models made by `cnncli train` or `finetune` do); pass --calib DIR with a few dozen typical images.")
+                         "(models made by `cnncli train` or `finetune` do); "
+                         "pass --calib DIR with a few dozen typical images.")
     from cnncli.data.layout import recorded_calibration_files
 
     found = recorded_calibration_files(record)

@@ -144,7 +144,8 @@ def recorded_validation(card) -> tuple[list, str] | None:
         return None
     if not chosen.samples:
         return None
-    return list(chosen.samples), f"the model's recorded validation set ({len(chosen.samples)} images: {chosen.description})"
+    return (list(chosen.samples),
+            f"the model's recorded validation set ({len(chosen.samples)} images: {chosen.description})")
 
 
 def _load(samples, pre) -> tuple[np.ndarray, np.ndarray]:

@@ -198,7 +198,7 @@ def trace_to_onnx(model, card: ModelCard, path: Path, opset: int = DEFAULT_OPSET
         try:
             _trace(model, example, path, opset, dynamic_batch, name)
             return name
-        except Exception as exc:  # noqa: BLE001 - every exporter failure becomes one sentence below
+        except Exception as exc:  # every exporter failure becomes one sentence below
             if is_disk_full(exc):
                 raise disk_full_error(path.parent) from None
             text = " ".join(str(exc).split())
@@ -319,16 +319,19 @@ def export_onnx(
 
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         check_image_size(card.arch, size, card.preprocessing.channels)
-        card = ModelCard.from_dict({**card.to_dict(), "preprocessing": card.preprocessing.replace(input_size=size).to_dict()})
+        card = ModelCard.from_dict({**card.to_dict(),
+                                    "preprocessing": card.preprocessing.replace(input_size=size).to_dict()})
     model = model.cpu().eval().float()
     notes: list[str] = []
     calib = load_images(calib_images, card) if calib_images else None
-    real = load_images(list(dict.fromkeys(map(str, [*verify_images, *calib_images])))[:64], card) if (verify_images or calib_images) else None
+    real = (load_images(list(dict.fromkeys(map(str, [*verify_images, *calib_images])))[:64], card)
+            if (verify_images or calib_images) else None)
     if precision == "int8-dynamic":
         notes.append("dynamic int8 quantizes weights only and runs CNN convolutions far slower than fp32 "
                      "(5-25x here); prefer --int8 static with --calib.")
 
-    with tempfile.TemporaryDirectory(prefix=work_folder_prefix(), dir=path.parent if path.parent.exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(prefix=work_folder_prefix(),
+                                     dir=path.parent if path.parent.exists() else None) as tmp:
         work = Path(tmp)
         fp32_path = work / "fp32.onnx"
         used = trace_to_onnx(model, card, fp32_path, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
@@ -341,7 +344,7 @@ def export_onnx(
         _set_metadata(graph, card)
         try:
             onnx.save(graph, str(fp32_path))
-        except Exception as exc:  # noqa: BLE001 - protobuf cannot serialise a graph over 2 GB
+        except Exception as exc:  # protobuf cannot serialise a graph over 2 GB
             if is_disk_full(exc):
                 raise disk_full_error(path.parent) from None
             weights = sum(init.ByteSize() for init in graph.graph.initializer)
@@ -377,13 +380,15 @@ def export_onnx(
         if verify and precision != "fp32":
             try:
                 candidate = run_onnx(_session(final_path), inputs)
-            except Exception as exc:  # noqa: BLE001 - e.g. fp16 kernels missing on this CPU
+            except Exception as exc:  # e.g. fp16 kernels missing on this CPU
                 candidate = None
-                notes.append(f"the {precision} file could not run on this CPU to be verified ({str(exc).splitlines()[0][:120]}).")
+                notes.append(f"the {precision} file could not run on this CPU to be verified "
+                             f"({str(exc).splitlines()[0][:120]}).")
             check = compare(reference, candidate, n_real, precision, min_agreement) if candidate is not None else None
 
         report = ExportReport(path=path, precision=precision, exporter=used, opset=actual_opset,
-                              dynamic_batch=dynamic_batch, simplified=simplify, input_size=card.preprocessing.input_size,
+                              dynamic_batch=dynamic_batch, simplified=simplify,
+                              input_size=card.preprocessing.input_size,
                               size_bytes=final_path.stat().st_size, fp32_size_bytes=fp32_size, seconds=0.0,
                               fp32_verification=fp32_check, verification=check, notes=notes)
         failure = _failure(fp32_check, check, precision)

@@ -59,8 +59,10 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
     console.print(table)
     rf = summary.receptive_field
     lines = [
-        f"parameters   {summary.total_params:,} (trainable {summary.trainable_params:,}, frozen {summary.frozen_params:,})",
-        f"MACs         {human(summary.macs)} (FLOPs {human(summary.flops)}); not counted: {', '.join(summary.not_counted)}",
+        (f"parameters   {summary.total_params:,} (trainable {summary.trainable_params:,}, "
+         f"frozen {summary.frozen_params:,})"),
+        (f"MACs         {human(summary.macs)} (FLOPs {human(summary.flops)}); "
+         f"not counted: {', '.join(summary.not_counted)}"),
         f"weights      {summary.weight_mb:.2f} MB (parameters and buffers)",
         f"output       {shape_text(summary.output_shape)}",
     ]
@@ -74,7 +76,8 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
         shown = ", ".join(classes[:5]) + (f", ... ({len(classes)} in all)" if len(classes) > 5 else "")
         pre = meta.get("preprocessing") or {}
         lines += [
-            f"architecture {meta.get('arch')} ({meta.get('source')}), pretrained weights: {meta.get('weights') or 'none'}",
+            (f"architecture {meta.get('arch')} ({meta.get('source')}), "
+             f"pretrained weights: {meta.get('weights') or 'none'}"),
             f"classes      {shown}",
             (f"preprocess   {'x'.join(str(s) for s in pre.get('input_size', []))} {pre.get('resize_mode')} "
              f"crop_pct {pre.get('crop_pct')} {pre.get('interpolation')} mean {pre.get('mean')} std {pre.get('std')}"),

@@ -145,13 +145,15 @@ class ModelCard:
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{_where(source)}the model's cnncli metadata is malformed ({exc}); re-save the model.") from None
+            raise ModelFileError(f"{_where(source)}the model's cnncli metadata is malformed ({exc}); "
+                                 "re-save the model.") from None
         return card
 
     @classmethod
     def from_json(cls, text: str, source: str | None = None) -> ModelCard:
         if not isinstance(text, str) or len(text) > MAX_CARD_CHARS:
-            raise ModelFileError(f"{_where(source)}the model card is over {MAX_CARD_CHARS:,} characters; it is not a cnncli card.")
+            raise ModelFileError(f"{_where(source)}the model card is over {MAX_CARD_CHARS:,} characters; "
+                                 "it is not a cnncli card.")
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
@@ -190,7 +192,8 @@ def check_card_fields(d: Any, source: str | None = None) -> None:
                               "was not written by cnncli: re-save or re-export the model.")
 
     if not isinstance(d, dict):
-        raise ModelFileError(f"{_where(source)}the model card is not a JSON object; the file was not written by cnncli.")
+        raise ModelFileError(f"{_where(source)}the model card is not a JSON object; "
+                             "the file was not written by cnncli.")
     version = d.get("format_version", 0)
     if not _is_int(version) or version < 0:
         raise bad("format_version", f"must be a whole number, not {_short(version)}")
@@ -203,7 +206,8 @@ def check_card_fields(d: Any, source: str | None = None) -> None:
     if len(classes) > MAX_CLASSES:
         raise bad("classes", f"lists {len(classes):,} classes, over the {MAX_CLASSES:,} cnncli accepts")
     for i, name in enumerate(classes):
-        if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip() or len(str(name)) > MAX_NAME_CHARS:
+        if (not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip()
+                or len(str(name)) > MAX_NAME_CHARS):
             raise bad(f"classes[{i}]", f"must be a class name (text), not {_short(name)}")
     if len({str(c) for c in classes}) != len(classes):
         raise bad("classes", "lists the same class name twice")
@@ -242,7 +246,8 @@ def check_card_fields(d: Any, source: str | None = None) -> None:
     for name in ("mean", "std"):
         values = pre.get(name, list(IMAGENET_MEAN if name == "mean" else IMAGENET_STD))
         if not isinstance(values, list) or len(values) != channels or not all(_is_number(v) for v in values):
-            raise bad(f"preprocessing.{name}", f"must be {channels} finite number(s), one per channel, not {_short(values)}")
+            raise bad(f"preprocessing.{name}",
+                      f"must be {channels} finite number(s), one per channel, not {_short(values)}")
         if name == "std" and not all(v > 0 for v in values):
             raise bad("preprocessing.std", f"must be positive (it divides the pixels), not {_short(values)}")
         if name == "mean" and not all(abs(v) <= 10 for v in values):
@@ -250,7 +255,8 @@ def check_card_fields(d: Any, source: str | None = None) -> None:
     if "std" in pre and any(v < 1e-6 for v in pre["std"]):
         raise bad("preprocessing.std", f"is too close to 0: {_short(pre['std'])}")
     if max(sides) / crop > limit:
-        raise bad("preprocessing.crop_pct", f"{crop:g} with input_size {_short(size)} resizes images to over {limit} pixels "
+        raise bad("preprocessing.crop_pct",
+                  f"{crop:g} with input_size {_short(size)} resizes images to over {limit} pixels "
                   f"a side (set {MAX_INPUT_SIZE_ENV} higher if you trust this model)")
 
 

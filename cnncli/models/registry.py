@@ -226,7 +226,8 @@ def _timm_pretrained(arch: str, spec: str) -> tuple[nn.Module, ModelCard]:
     pre = Preprocessing(
         input_size=tuple(cfg.get("input_size", (3, 224, 224))[1:]),
         crop_pct=min(1.0, float(cfg.get("crop_pct", 0.875))),
-        interpolation=cfg.get("interpolation", "bicubic") if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest") else "bicubic",
+        interpolation=(cfg.get("interpolation", "bicubic")
+                       if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest") else "bicubic"),
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
     )

@@ -152,7 +152,8 @@ def resolve_torchvision_weights(arch: str, spec: str):
         return enum[spec]
     except KeyError:
         names = ", ".join(m.name for m in enum)
-        raise UsageError(f"{arch} has no weights named {spec!r}; choose one of: {names}, none, or a file path.") from None
+        raise UsageError(f"{arch} has no weights named {spec!r}; "
+                         f"choose one of: {names}, none, or a file path.") from None
 
 
 def download_failed(what: str, exc: BaseException, url: str | None = None) -> WeightsError:

@@ -84,7 +84,7 @@ def connect(address: str | None):
         else:
             quiet.pop("include_dashboard")
             ray.init(address=address, **quiet)
-    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError (version mismatch, auth), ValueError
+    except Exception as exc:  # ConnectionError, RuntimeError (version mismatch, auth), ValueError
         first = " ".join(str(exc).split())[:200]
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UsageError(f"cannot start or join {where} ({type(exc).__name__}: {first}).") from None
@@ -190,7 +190,7 @@ def run_on_ray(ray, engine, opts, job, folder, paths: list[str], bounds: list[tu
         # clock starts), the img/s of the summary counts from there
         try:
             ray.get([actor.ready.remote() for actor in actors])
-        except Exception as exc:  # noqa: BLE001 - RayActorError: the model did not load on a node
+        except Exception as exc:  # RayActorError: the model did not load on a node
             first = " ".join(str(exc).split())[:240]
             raise CnncliError(f"the Ray actors could not load the model ({type(exc).__name__}: {first}); check that "
                               "every node has cnncli installed (and onnxruntime-gpu for --device cuda).") from None
@@ -215,7 +215,7 @@ def run_on_ray(ray, engine, opts, job, folder, paths: list[str], bounds: list[tu
                         actors[actors.index(actor)] = actor = new_actor()
                         submit(actor)
                     continue
-                except Exception as exc:  # noqa: BLE001 - RayTaskError: a bug or an unwritable output
+                except Exception as exc:  # RayTaskError: a bug or an unwritable output
                     raise _shard_failed(exc) from None
                 written += bool(wrote)
                 progress.advance(images, failed)
@@ -224,6 +224,6 @@ def run_on_ray(ray, engine, opts, job, folder, paths: list[str], bounds: list[tu
         for actor in actors:
             try:
                 ray.kill(actor)
-            except Exception:  # noqa: BLE001
+            except Exception:  # an actor that is already gone must not stop the others being killed
                 pass
     return written

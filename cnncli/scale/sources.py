@@ -88,7 +88,7 @@ def list_uri(spec: str, recursive: bool = True) -> list[str]:
             found = [root]
     except UsageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - botocore, aiohttp and fsspec raise many types
+    except Exception as exc:  # botocore, aiohttp and fsspec raise many types
         raise UsageError(describe_failure(spec, exc)) from None
     finally:
         fs.invalidate_cache()  # s3fs keeps every listed key's details; the driver keeps only the names
@@ -135,7 +135,7 @@ def read_objects(uris: list[str]) -> dict[str, bytes | BaseException]:
     for fs, paths in by_fs.values():
         try:
             got = fs.cat(list(paths), on_error="return")
-        except Exception as exc:  # noqa: BLE001 - a store-wide failure: every object of the batch carries it
+        except Exception as exc:  # a store-wide failure: every object of the batch carries it
             got = {p: exc for p in paths}
         if not isinstance(got, dict):  # one path: fsspec returns the bytes themselves
             got = {next(iter(paths)): got}

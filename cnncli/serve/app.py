@@ -140,14 +140,14 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_and_note)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence: answer, log one line, keep serving
+        except Exception as exc:  # the last line of defence: answer, log one line, keep serving
             info["note"] = f"{type(exc).__name__}: {exc}"
             if info["status"] is None:
                 response = error_response(500, f"internal error ({type(exc).__name__}); the service keeps running, "
                                                "see its log.")
                 try:
                     await response(scope, receive, send_and_note)
-                except Exception:  # noqa: BLE001 - the client is gone
+                except Exception:  # the client is gone: nothing is left to answer
                     pass
         finally:
             if self.enabled:
@@ -292,7 +292,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
             return load_pixels_from_bytes(data, name, card.preprocessing)
         except ImageError as exc:
             return exc
-        except Exception as exc:  # noqa: BLE001 - a decoder bug fails this image only
+        except Exception as exc:  # a decoder bug fails this image only
             return ImageError(f"{name}: cannot read the image ({type(exc).__name__}: {exc}).")
 
     @app.post(

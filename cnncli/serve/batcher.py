@@ -81,7 +81,7 @@ class DynamicBatcher:
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, [blank])
             self.ready = True
-        except Exception as exc:  # noqa: BLE001 - stay up, not ready; each request then gets the error as a 500
+        except Exception as exc:  # stay up, not ready; each request then gets the error as a 500
             self.warmup_error = f"{type(exc).__name__}: {exc}"
             print(f"error: the model failed its warm-up forward pass ({self.warmup_error}); /readyz answers 503.",
                   file=sys.stderr, flush=True)
@@ -92,7 +92,7 @@ class DynamicBatcher:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
+            except (asyncio.CancelledError, Exception):  # stopping anyway: how the task ended no longer matters
                 pass
         self._executor.shutdown(wait=True)
 
@@ -137,7 +137,7 @@ class DynamicBatcher:
             start = time.perf_counter()
             try:
                 probs = await loop.run_in_executor(self._executor, self._forward, [px for px, _ in live])
-            except Exception as exc:  # noqa: BLE001 - answer these requests with the error, keep serving
+            except Exception as exc:  # answer these requests with the error, keep serving
                 for _, fut in live:
                     if not fut.done():
                         fut.set_exception(exc)
