@@ -19,6 +19,7 @@ from scale_helpers import (
     moto_s3,
     read_parts,
     run_cnncli,
+    tiny_onnx,  # noqa: F401 - a pytest fixture, used by name as an argument
     write_images,
 )
 
