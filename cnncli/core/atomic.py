@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from cnncli.core.errors import CnncliError
+from cnncli.core.paths import written_in_place
 
 TMP_SUFFIX = ".tmp"
 _TMP_PATTERN = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.tmp$")
@@ -137,15 +138,6 @@ def write_bytes_atomic(path: str | Path, data: bytes, replace: bool = True) -> b
             os.unlink(tmp)
 
 
-def is_special_file(path: str | Path) -> bool:
-    """An existing path that is not a regular file or folder (a FIFO, a device such as /dev/stdout)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
                 newline: str | None = "") -> Iterator[IO]:
@@ -158,7 +150,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
 
         raise UsageError(f"{path} is a folder; pass a file name to write to (e.g. {path / 'predictions.json'}).")
     sweep_stale_temporaries(path.parent, target=path.name)  # a killed earlier run's half-written file
-    if is_special_file(path):
+    if written_in_place(path):  # a FIFO or device (-o /dev/stdout)
         binary = "b" in mode
         with open(path, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
             yield fh
