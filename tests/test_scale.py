@@ -248,7 +248,7 @@ def test_progress_bar_shows_rate_eta_and_failures(monkeypatch):
 
     from rich.console import Console
 
-    import cnncli.scale.progress as progress_module
+    import cnncli.core.progress as progress_module
 
     sink = io.StringIO()
     monkeypatch.setattr(progress_module, "err_console", Console(file=sink, force_terminal=True, width=120))
