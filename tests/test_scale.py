@@ -19,6 +19,7 @@ from scale_helpers import (
     moto_s3,
     read_parts,
     run_cnncli,
+    tiny_onnx,  # noqa: F401 - a pytest fixture, used by name as an argument
     write_images,
 )
 
@@ -247,7 +248,7 @@ def test_progress_bar_shows_rate_eta_and_failures(monkeypatch):
 
     from rich.console import Console
 
-    import cnncli.scale.progress as progress_module
+    import cnncli.core.progress as progress_module
 
     sink = io.StringIO()
     monkeypatch.setattr(progress_module, "err_console", Console(file=sink, force_terminal=True, width=120))

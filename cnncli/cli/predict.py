@@ -5,7 +5,6 @@ with a summary on stderr."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -30,25 +29,52 @@ PREFETCH_BATCHES = 2
 def register(app: typer.Typer) -> None:
     @app.command()
     def predict(
-        inputs: list[str] = typer.Argument(..., metavar="IMAGES", help="Image files, folders, glob patterns, - (paths on stdin, one per line), @LIST (paths in a file) or URIs (s3://bucket/prefix/)."),
-        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="MODEL", help="A cnncli .safetensors file, an exported .onnx file (onnxruntime, no PyTorch) or a registry name (default: efficientnet_lite0, ImageNet). Repeat it for an ensemble that averages the models' probabilities."),
-        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
-        top_k: int = typer.Option(5, "--top-k", "-k", parser=v.POSITIVE_INT, metavar="K", help="How many classes to report per image."),
+        inputs: list[str] = typer.Argument(..., metavar="IMAGES",
+                                           help="Image files, folders, glob patterns, - (paths on stdin, one per "
+                                                "line), @LIST (paths in a file) or URIs (s3://bucket/prefix/)."),
+        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="MODEL",
+                                               help="A cnncli .safetensors file, an exported .onnx file "
+                                                    "(onnxruntime, no PyTorch) or a registry name (default: "
+                                                    "efficientnet_lite0, ImageNet). Repeat it for an ensemble that "
+                                                    "averages the models' probabilities."),
+        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS",
+                                           help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) "
+                                                "or a file."),
+        top_k: int = typer.Option(5, "--top-k", "-k", parser=v.POSITIVE_INT, metavar="K",
+                                  help="How many classes to report per image."),
         batch_size: int = batch_size_option(),
         device: str = device_option(),
-        fmt: PredictFormat = typer.Option("table", "--format", "-f", metavar=choices(*PREDICT_FORMATS), help="Output format; parquet: numbered part files in the --output folder."),
-        output: str | None = output_option("Write results here instead of stdout (a file appears complete, missing folders are created): a file, or a folder for --format parquet; a URI (s3://bucket/preds/) works too."),
-        summary_only: bool = typer.Option(False, "--summary-only", help="Print only the summary (images, failed, speed, count per class), not each image."),
+        fmt: PredictFormat = typer.Option("table", "--format", "-f", metavar=choices(*PREDICT_FORMATS),
+                                          help="Output format; parquet: numbered part files in the --output folder."),
+        output: str | None = output_option("Write results here instead of stdout (a file appears complete, missing "
+                                           "folders are created): a file, or a folder for --format parquet; a URI "
+                                           "(s3://bucket/preds/) works too."),
+        summary_only: bool = typer.Option(False, "--summary-only",
+                                          help="Print only the summary (images, failed, speed, count per class), not "
+                                               "each image."),
         recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Look into sub-folders."),
-        workers: int | None = workers_option("Worker processes (default: one per engine thread; 0: everything in this process)."),
-        tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
-        threads: int | None = threads_option("Threads for the engine in total, shared among its worker processes (default: one per core)."),
+        workers: int | None = workers_option("Worker processes (default: one per engine thread; 0: everything in "
+                                             "this process)."),
+        tta: bool = typer.Option(False, "--tta",
+                                 help="Test-time augmentation: average the image and its horizontal flip."),
+        threads: int | None = threads_option("Threads for the engine in total, shared among its worker processes "
+                                             "(default: one per core)."),
         engine_name: str = engine_option(),
-        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="int8: static int8 on onnxruntime or OpenVINO, calibrated on --calib or on the set a trained model file records; bf16: OpenVINO on CPUs with AVX-512 BF16 or AMX."),
-        calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8 (default: the set the model file records)."),
-        ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray: alone, a local Ray on this machine's cores (or RAY_ADDRESS); with HOST:PORT, join that cluster. Writes --format parquet."),
-        shard_size: int = typer.Option(1000, "--shard-size", parser=v.POSITIVE_INT, metavar="N", help="Images per parquet part file (the unit of resuming)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue a --format parquet job in --output, skipping its finished parts (also automatic when the folder's manifest matches)."),
+        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS),
+                                      help="int8: static int8 on onnxruntime or OpenVINO, calibrated on --calib or on "
+                                           "the set a trained model file records; bf16: OpenVINO on CPUs with AVX-512 "
+                                           "BF16 or AMX."),
+        calib: Path | None = typer.Option(None, "--calib", metavar="DIR",
+                                          help="Folder of calibration images for --precision int8 (default: the set "
+                                               "the model file records)."),
+        ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                       help="Run on Ray: alone, a local Ray on this machine's cores (or RAY_ADDRESS); "
+                                            "with HOST:PORT, join that cluster. Writes --format parquet."),
+        shard_size: int = typer.Option(1000, "--shard-size", parser=v.POSITIVE_INT, metavar="N",
+                                       help="Images per parquet part file (the unit of resuming)."),
+        resume: bool = typer.Option(False, "--resume",
+                                    help="Continue a --format parquet job in --output, skipping its finished parts "
+                                         "(also automatic when the folder's manifest matches)."),
     ) -> None:
         """Classify images. Exit code 0 if every image was classified, 1 if any failed, 2 for usage errors."""
         from cnncli.core.errors import UsageError
@@ -67,20 +93,15 @@ def register(app: typer.Typer) -> None:
                 inputs=specs, models=list(model or [None]), weights=weights, top_k=top_k, batch_size=batch_size,
                 device=device, fmt=fmt, output=output, recursive=recursive, workers=workers, tta=tta, threads=threads,
                 engine=engine_name, precision=precision, calib=str(calib) if calib else None, shard_size=shard_size,
-                resume=resume, ray=ray))
+                resume=resume, ray=ray, summary_only=summary_only))
             if code:
                 raise typer.Exit(code)
             return
-        from contextlib import nullcontext
-
-        from cnncli.core.atomic import atomic_open
-        from cnncli.core.console import err_console, info, warn
         from cnncli.data.inputs import collect_inputs
         from cnncli.engines.base import open_engines
         from cnncli.predict.decode import default_workers
+        from cnncli.predict.job import run_predict_job
         from cnncli.predict.run import predict_items
-        from cnncli.predict.summary import PredictionSummary
-        from cnncli.predict.writers import PredictionWriter
 
         items = collect_inputs(specs, recursive=recursive)
         engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,
@@ -88,40 +109,12 @@ def register(app: typer.Typer) -> None:
         pre = engine.card.preprocessing
         n_workers = default_workers() if workers is None else workers
         v.check_batch_memory(batch_size, pre.input_size, pre.channels, in_flight=n_workers + PREFETCH_BATCHES + 2)
-        summary = PredictionSummary()
-        # a file is written beside the target and renamed at the end: a kill or a full disk leaves the previous one
-        target = nullcontext(None) if summary_only else atomic_open(output) if output else nullcontext(sys.stdout)
-        with target as stream:
-            writer = PredictionWriter(fmt, stream, top_k, root=common_root(specs)) if stream is not None else None
-            progress = None
-            if len(items) > 8 and err_console.is_terminal:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                    console=err_console, transient=True)
-                task = progress.add_task("predict", total=len(items))
-                progress.start()
-            try:
-                for pred in predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers,
-                                          on_batch=(lambda n: progress.advance(task, n)) if progress else None):
-                    if pred.error is not None:
-                        warn(pred.error)
-                    summary.add(pred)
-                    if writer is not None:
-                        writer.write(pred)
-            finally:
-                if progress is not None:
-                    progress.stop()
-            if writer is not None:
-                writer.close()
-        if output:
-            info(f"wrote {summary.images} predictions ({fmt}) to {output}.")
-        if len(items) > 1 or summary_only:
-            for line in summary.lines():
-                info(line)
-        if summary.failed:
-            err_console.print(f"{summary.failed} of {len(items)} images failed.", highlight=False)
-            raise typer.Exit(1)
+        predictions = predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers)
+        result = run_predict_job(predictions, total=len(items), fmt=fmt, top_k=top_k, output=output,
+                                 summary_only=summary_only, root=common_root(specs))
+        code = result.report()
+        if code:
+            raise typer.Exit(code)
 
 
 def common_root(specs: list[str]) -> str | None:

@@ -14,24 +14,48 @@ from cnncli.core.cpus import usable_cores
 def register(app: typer.Typer) -> None:
     @app.command(short_help="Serve a model over HTTP (a JSON API and a page).")
     def serve(
-        models: list[str] | None = typer.Argument(None, metavar="MODEL", help="Model specs as for predict --model: a .safetensors file, an .onnx file or a registry name (default: efficientnet_lite0, ImageNet). Several: an ensemble."),
-        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="MODEL", help="Same as MODEL; repeat it for an ensemble."),
-        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS", help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or a file."),
-        host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on. The default answers this machine only; --host 0.0.0.0 opens the service to the network."),
-        port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, metavar="PORT", help="TCP port; 0 picks a free one (printed at startup)."),
-        max_batch: int = typer.Option(32, "--max-batch", min=1, max=4096, metavar="N", help="Most images in one engine batch."),
-        max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, max=10_000.0, metavar="MS", help="How long the first image of a batch waits for others to join it."),
-        max_queue: int = typer.Option(256, "--max-queue", min=1, max=1_000_000, metavar="N", help="Most images in the service at once (uploading, decoding, queued, in the engine); beyond it requests get 503 with Retry-After."),
-        max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", min=0.001, max=100_000.0, metavar="MB", help="Largest request body in MB; larger uploads get 413 as soon as they pass it."),
-        max_files: int = typer.Option(32, "--max-files", min=1, max=100_000, metavar="N", help="Most images in one request (413 beyond)."),
-        workers: int | None = typer.Option(None, "--workers", min=1, max=256, metavar="N", help="Decoder threads in the one server process (default: up to 4). The model is loaded once; this does not start more processes."),
-        top_k: int = typer.Option(5, "--top-k", "-k", parser=v.POSITIVE_INT, metavar="K", help="Classes per image when a request has no ?top_k=."),
+        models: list[str] | None = typer.Argument(None, metavar="MODEL",
+                                                  help="Model specs as for predict --model: a .safetensors file, an "
+                                                       ".onnx file or a registry name (default: efficientnet_lite0, "
+                                                       "ImageNet). Several: an ensemble."),
+        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="MODEL",
+                                               help="Same as MODEL; repeat it for an ensemble."),
+        weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS",
+                                           help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or "
+                                                "a file."),
+        host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
+                                 help="Address to listen on. The default answers this machine only; --host 0.0.0.0 "
+                                      "opens the service to the network."),
+        port: int = typer.Option(8000, "--port", "-p", parser=v.number(int, ge=0, le=65535), metavar="PORT",
+                                 help="TCP port; 0 picks a free one (printed at startup)."),
+        max_batch: int = typer.Option(32, "--max-batch", parser=v.number(int, ge=1, le=4096), metavar="N",
+                                      help="Most images in one engine batch."),
+        max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", parser=v.number(float, ge=0, le=10_000), metavar="MS",
+                                          help="How long the first image of a batch waits for others to join it."),
+        max_queue: int = typer.Option(256, "--max-queue", parser=v.number(int, ge=1, le=1_000_000), metavar="N",
+                                      help="Most images in the service at once (uploading, decoding, queued, in the "
+                                           "engine); beyond it requests get 503 with Retry-After."),
+        max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", parser=v.number(float, ge=0.001, le=100_000),
+                                            metavar="MB", help="Largest request body in MB; larger uploads get 413 as "
+                                                               "soon as they pass it."),
+        max_files: int = typer.Option(32, "--max-files", parser=v.number(int, ge=1, le=100_000), metavar="N",
+                                      help="Most images in one request (413 beyond)."),
+        workers: int | None = typer.Option(None, "--workers", parser=v.number(int, ge=1, le=256), metavar="N",
+                                           help="Decoder threads in the one server process (default: up to 4). The "
+                                                "model is loaded once; this does not start more processes."),
+        top_k: int = typer.Option(5, "--top-k", "-k", parser=v.POSITIVE_INT, metavar="K",
+                                  help="Classes per image when a request has no ?top_k=."),
         device: str = device_option(),
-        tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the image and its horizontal flip."),
+        tta: bool = typer.Option(False, "--tta",
+                                 help="Test-time augmentation: average the image and its horizontal flip."),
         threads: int | None = threads_option(),
         engine_name: str = engine_option(),
-        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS), help="fp32; int8 (static int8 on onnxruntime, calibrated on --calib or on the set a trained model file records); bf16 (OpenVINO on CPUs with AVX-512 BF16 or AMX)."),
-        calib: Path | None = typer.Option(None, "--calib", metavar="DIR", help="Folder of calibration images for --precision int8."),
+        precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS),
+                                      help="fp32; int8 (static int8 on onnxruntime, calibrated on --calib or on the "
+                                           "set a trained model file records); bf16 (OpenVINO on CPUs with AVX-512 "
+                                           "BF16 or AMX)."),
+        calib: Path | None = typer.Option(None, "--calib", metavar="DIR",
+                                          help="Folder of calibration images for --precision int8."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:
         """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /docs, and a page at /.

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from cnncli.core.errors import CnncliError
+from cnncli.core.paths import written_in_place
 
 TMP_SUFFIX = ".tmp"
 _TMP_PATTERN = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.tmp$")
@@ -59,14 +60,32 @@ def _create(tmp: Path) -> int:
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
 
 
-def _commit(tmp: Path, path: Path, mode: int) -> None:
+def _commit(tmp: Path, path: Path, mode: int, replace: bool = True) -> bool:
+    """fsync ``tmp`` and put it in place as ``path``, then fsync the folder. With ``replace=False`` an existing
+    ``path`` is kept (a hard link never replaces) and False is returned."""
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
         if stat.S_IMODE(os.fstat(fh.fileno()).st_mode) != mode:  # a library replaced our file with its own 0600 one
             os.fchmod(fh.fileno(), mode)
-    os.replace(tmp, path)
-    try:  # the rename itself survives a power cut once the folder is synced
-        fd = os.open(path.parent, os.O_RDONLY)
+    if replace:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)  # atomic and never replaces: the file is written once
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+    _sync_folder(path.parent)
+    return True
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename itself survives a power cut once the folder is synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -97,22 +116,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def is_special_file(path: str | Path) -> bool:
-    """An existing path that is not a regular file or folder (a FIFO, a device such as /dev/stdout)."""
+def write_bytes_atomic(path: str | Path, data: bytes, replace: bool = True) -> bool:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`). With ``replace=False`` an existing file is
+    kept and never replaced, so concurrent writers of the same file write it exactly once; returns whether this
+    call wrote it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
     try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+        fd = _create(tmp)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0666 less the umask
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return _commit(tmp, path, mode, replace)
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path) from None
+        raise
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = "") -> Iterator[IO]:
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
+                newline: str | None = "") -> Iterator[IO]:
     """Open ``path`` for writing through a temporary file beside it (see :func:`atomic_path`); the target appears,
     complete, when the block ends without an exception. Missing parent folders are created. A device or FIFO
     (``-o /dev/stdout``) is written directly, since it cannot be replaced."""
@@ -122,8 +150,9 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
 
         raise UsageError(f"{path} is a folder; pass a file name to write to (e.g. {path / 'predictions.json'}).")
     sweep_stale_temporaries(path.parent, target=path.name)  # a killed earlier run's half-written file
-    if is_special_file(path):
-        with open(path, mode, encoding=None if "b" in mode else encoding, newline=None if "b" in mode else newline) as fh:
+    if written_in_place(path):  # a FIFO or device (-o /dev/stdout)
+        binary = "b" in mode
+        with open(path, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
             yield fh
         return
     with atomic_path(path) as tmp:

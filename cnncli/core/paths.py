@@ -41,6 +41,18 @@ def special_file_problem(path: str | Path) -> str | None:
     return None if stat.S_ISREG(mode) else kind_of(mode)
 
 
+STREAM_FOLDERS = ("/dev/", "/proc/")
+
+
+def written_in_place(path: str | Path) -> bool:
+    """Whether an output path must be written directly rather than replaced by a renamed temporary file: a FIFO,
+    a device or a socket, or any path in /dev or /proc (``/dev/stdout`` is a link to a regular file when stdout is
+    redirected to one, and replacing it would replace the link)."""
+    if special_file_problem(path) not in (None, "a folder"):
+        return True
+    return os.path.abspath(path).startswith(STREAM_FOLDERS)
+
+
 def require_regular_file(path: str | Path, what: str = "model file") -> Path:
     """``path`` if it is a regular file; MissingFileError (exit 2) when it does not exist, ModelFileError when it
     is a folder, FIFO, device or socket."""

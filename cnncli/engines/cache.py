@@ -13,11 +13,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from cnncli import __version__
+from cnncli.core.locks import FileLock
 from cnncli.export.calibration import calibration_images, files_fingerprint  # noqa: F401 - re-exported
 from cnncli.models.names import DEFAULT_ARCH, TIMM_PREFIX
 from cnncli.models.weights import NO_WEIGHTS, PRETRAINED_ALIASES, is_weights_path, read_descriptor, sha256_of
@@ -69,20 +68,6 @@ def cached_path(spec: str | None, weights: str | None, precision: str = "fp32",
     return cache_dir() / "onnx" / f"{safe}-{precision}-{cache_key(fingerprint, precision, calib_fingerprint)}.onnx"
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (a sidecar lock file), so concurrent processes prepare a cache entry once."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _usable(path: Path) -> bool:
     """The cached file exists and onnxruntime can load it (a truncated or corrupt file is not usable)."""
     if not path.is_file() or path.stat().st_size == 0:
@@ -114,7 +99,7 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
         return None
     if path.is_file() and path.stat().st_size > 0:
         return path  # the hot path: the engine's own load reports corruption (see open_cached_engine)
-    with file_lock(path.with_suffix(".lock")):
+    with FileLock(path.with_suffix(".lock")):
         if _usable(path):  # another process made it while we waited for the lock
             return path
         start = time.perf_counter()

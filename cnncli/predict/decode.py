@@ -14,6 +14,7 @@ import numpy as np
 
 from cnncli.core.cpus import usable_cores
 from cnncli.core.errors import ImageError
+from cnncli.core.processes import exit_with_parent
 from cnncli.data.images import load_pixels, normalize
 from cnncli.data.inputs import InputItem
 from cnncli.models.card import Preprocessing
@@ -76,22 +77,10 @@ def _lower_priority() -> None:
         pass
 
 
-PARENT_CHECK_SECONDS = 0.2
-
-
 def _decoder_init(parent_pid: int) -> None:
-    """Set up a decoder process: lower its priority, and make it exit when its parent is gone (killed with
-    SIGKILL, the parent cannot stop its pool; the pool's pipes stay open, so only this check ends the worker)."""
+    """Set up a decoder process: lower its priority, and make it exit when its parent is gone."""
     _lower_priority()
-    import threading
-    import time
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_CHECK_SECONDS)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="cnncli-parent-watch", daemon=True).start()
+    exit_with_parent(parent_pid)
 
 
 def default_workers() -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnncli.core.cpus import usable_cores
+from cnncli.core.processes import exit_with_parent
 from cnncli.data.inputs import InputItem
 from cnncli.predict.decode import decode_pixels
 
@@ -53,21 +54,8 @@ _ENGINE = None  # the engine of this replica process
 
 def _start_replica(recipe: tuple, threads: int, parent_pid: int) -> None:
     global _ENGINE
-    _watch_parent(parent_pid)
+    exit_with_parent(parent_pid)  # a SIGKILLed parent cannot stop its pool
     _ENGINE = open_recipe(recipe, threads)
-
-
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the parent is gone (a SIGKILLed parent cannot stop its pool)."""
-    import threading
-    import time
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.2)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="cnncli-parent-watch", daemon=True).start()
 
 
 def open_recipe(recipe: tuple, threads: int):

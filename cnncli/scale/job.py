@@ -4,9 +4,13 @@ report progress, and return the exit code (0 all classified, 1 some images faile
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
+from cnncli.core.atomic import atomic_open
 from cnncli.core.cpus import usable_cores
 from cnncli.core.errors import UsageError
 from cnncli.scale.uris import is_uri
@@ -34,6 +38,7 @@ class ScaleOptions:
     shard_size: int = 1000
     resume: bool = False
     ray: str | None = None  # "local" for a local Ray, or an address
+    summary_only: bool = False
 
 
 def model_identity_of(spec: str | None, weights: str | None) -> str:
@@ -89,8 +94,9 @@ def _open_engine(opts: ScaleOptions, for_ray: bool):
 
 def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int:
     from cnncli.core.console import info
+    from cnncli.core.progress import JobProgress
     from cnncli.scale.parts import Job, OutputFolder, check_output, inputs_fingerprint, shard_bounds
-    from cnncli.scale.progress import JobProgress, print_summary
+    from cnncli.scale.progress import print_parts_summary
     from cnncli.scale.shards import warm_up_writer
 
     warm_up_writer()  # pyarrow's imports before the clock starts (seconds on a cold start)
@@ -132,7 +138,7 @@ def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int
     finally:
         if ray is not None:
             ray.shutdown()
-    print_summary(progress, folder.location, parts_written=written, parts_skipped=len(done))
+    print_parts_summary(progress, folder.location, parts_written=written, parts_skipped=len(done))
     return 1 if progress.failed else 0
 
 
@@ -152,43 +158,36 @@ def _run_local(engine, opts, job, folder, paths, bounds, todo, progress) -> int:
 
 
 def _run_stream(opts: ScaleOptions, paths: list[str]) -> int:
-    """table/json/jsonl/csv for URI inputs or a URI --output: one process, results in input order; a URI output
-    is uploaded whole when the job is done (nothing half-written appears under its name)."""
-    import sys
-    import tempfile
-
-    from cnncli.core.console import warn
-    from cnncli.predict.writers import PredictionWriter
-    from cnncli.scale.progress import JobProgress, print_summary
+    """table/json/jsonl/csv for URI inputs or a URI --output: the one predict job of local predict, in one
+    process, results in input order; a local --output appears complete, a URI one is uploaded whole when the job
+    is done (nothing half-written appears under its name)."""
+    from cnncli.predict.job import run_predict_job
     from cnncli.scale.shards import ShardPredictor
 
     engine = _open_engine(opts, for_ray=False)
     predictor = ShardPredictor(engine, opts.top_k, opts.batch_size, decode_threads=_decode_threads(opts.workers))
-    target = None
-    if opts.output and is_uri(opts.output):
-        from cnncli.scale.sources import filesystem
-
-        target = filesystem(opts.output)
-        stream = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
-    elif opts.output:
-        stream = open(opts.output, "w", encoding="utf-8", newline="")
-    else:
-        stream = sys.stdout
-    writer = PredictionWriter(opts.fmt, stream, opts.top_k)
     try:
-        with JobProgress(len(paths)) as progress:
-            for pred in predictor.predict(paths, on_batch=progress.advance):
-                if pred.error is not None:
-                    warn(pred.error)
-                writer.write(pred)
-        writer.close()
-        if target is not None:
-            fs, key = target
-            stream.seek(0)
-            fs.pipe_file(key, stream.read().encode("utf-8"))
+        result = run_predict_job(predictor.predict(paths), total=len(paths), fmt=opts.fmt, top_k=opts.top_k,
+                                 output=opts.output, summary_only=opts.summary_only, open_output=open_output)
     finally:
         predictor.close()
-        if stream is not sys.stdout:
-            stream.close()
-    print_summary(progress, opts.output or "stdout")
-    return 1 if progress.failed else 0
+    return result.report()
+
+
+@contextmanager
+def open_output(location: str) -> Iterator[IO[str]]:
+    """A text stream for --output: a local file through :func:`cnncli.core.atomic.atomic_open`; a URI through a
+    temporary file that is uploaded in one piece when the block ends without an exception."""
+    if not is_uri(location):
+        with atomic_open(location) as stream:
+            yield stream
+        return
+    import tempfile
+
+    from cnncli.scale.sources import filesystem
+
+    fs, key = filesystem(location)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as stream:
+        yield stream
+        stream.seek(0)
+        fs.pipe_file(key, stream.read().encode("utf-8"))

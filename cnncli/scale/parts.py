@@ -15,11 +15,11 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from cnncli import __version__
+from cnncli.core.atomic import DiskFullError, write_bytes_atomic
 from cnncli.core.errors import UsageError
 from cnncli.scale.uris import is_uri
 
@@ -154,36 +154,15 @@ class OutputFolder:
             # a single PUT: the object appears under its final key only once complete
             self.fs.pipe_file(self._key(name), data)
             return True
-        folder = Path(self.root)
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / name
-        temp = folder / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the user's umask applies
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if replace:
-                os.replace(temp, final)
-                return True
-            try:
-                os.link(temp, final)  # atomic and never replaces: a part is written once
-                return True
-            except FileExistsError:
-                return False
-            except OSError:  # a file system without hard links
-                if final.exists():
-                    return False
-                os.replace(temp, final)
-                return True
-        finally:
-            temp.unlink(missing_ok=True)
+        # locally: a temporary file beside the target, fsynced, then hard-linked (or renamed) into place
+        return write_bytes_atomic(Path(self.root) / name, data, replace=replace)
 
     def write_manifest(self, job: Job) -> None:
         """The job's first write: a folder or bucket that cannot be written to fails here, before any work."""
         try:
             self.write_bytes(MANIFEST, (json.dumps(job.manifest(), indent=2) + "\n").encode(), replace=True)
+        except DiskFullError:
+            raise
         except Exception as exc:  # noqa: BLE001 - OSError locally; botocore/aiohttp errors on object stores
             from cnncli.scale.sources import describe_failure
 

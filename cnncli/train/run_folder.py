@@ -10,74 +10,36 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from cnncli.core.atomic import sweep_stale_temporaries
 from cnncli.core.errors import UsageError
+from cnncli.core.locks import FileLock, LockHeld
 
 LOCK_NAME = ".cnncli.lock"
 RUN_MARKERS = ("args.json", "train_state.pt", "best.safetensors", "last.safetensors", "results.csv")
 STATE_FILE = "train_state.pt"
 
 
-class RunLock:
+class RunLock(FileLock):
     """Exclusive ownership of a run folder while this process trains in it."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
-        self.fd: int | None = None
+        super().__init__(self.folder / LOCK_NAME)
         self.preexisting: set[str] = set()  # entries that were in the folder before this run claimed it
 
     def acquire(self) -> RunLock:
-        import fcntl
-
+        """Take the folder, or refuse at once (UsageError) while another run holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = _read_owner(fd)
-                os.close(fd)
-                raise UsageError(f"{self.folder} is in use by another cnncli run{owner}; wait for it to finish or "
-                                 "choose another -o/--output.") from None
-            try:  # the file may have been removed by its previous owner between our open and our lock
-                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
         try:
-            os.unlink(self.path)  # removed while still locked, so a waiting process cannot take a stale inode
-        except OSError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _read_owner(fd: int) -> str:
-    try:
-        text = os.pread(fd, 32, 0).decode().strip()
-        return f" (process {int(text)})" if text else ""
-    except (OSError, ValueError):
-        return ""
+            super().acquire(wait=False)
+        except LockHeld as held:
+            owner = f" (process {held.owner_pid})" if held.owner_pid else ""
+            raise UsageError(f"{self.folder} is in use by another cnncli run{owner}; wait for it to finish or "
+                             "choose another -o/--output.") from None
+        return self
 
 
 def _contents(folder: Path) -> list[Path]:
