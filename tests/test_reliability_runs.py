@@ -121,7 +121,7 @@ def test_non_finite_weights_are_never_saved_and_the_message_is_true(digits, tmp_
 def test_ctrl_c_in_the_first_epoch_gives_advice_that_works(digits, tmp_path, monkeypatch):
     """Issue 14 "Ctrl-C during epoch 1 advises --resume to a folder that cannot be resumed. Advice must work when
     followed": the advice is followed here. Fails on the old main (it advised --resume, which then failed)."""
-    import cnncli.train.loop as loop
+    import cnncli.train.run as loop
 
     out = tmp_path / "run"
     real_epoch = loop._train_epoch

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def changed(before: dict, after: dict, names) -> set[str]:
 
 
 def lenet_cfg(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=str(data), arch="lenet5", grayscale=True, augment="none", epochs=3, batch_size=16, lr=3e-3, out=str(out))
+    base = dict(data=str(data), arch="lenet5", grayscale=True, augment="none", epochs=3, batch_size=16, lr=3e-3,
+                out=str(out))
     base.update(QUIET)
     base.update(kw)
     return TrainConfig(**base)
@@ -94,7 +96,8 @@ def _card(path: Path) -> dict:
 
 def test_bn_train_lets_frozen_batchnorm_statistics_adapt(textures, tmp_path):
     cfg = TrainConfig(data=str(textures), command="finetune", arch="resnet18", weights="none", trainable="head",
-                      bn="train", image_size=32, augment="none", epochs=1, batch_size=8, out=str(tmp_path / "run"), **QUIET)
+                      bn="train", image_size=32, augment="none", epochs=1, batch_size=8, out=str(tmp_path / "run"),
+                      **QUIET)
     (before, after), _ = run_with_snapshots(cfg)
     stats = [n for n in before if n.endswith("running_mean")]
     assert changed(before, after, stats) == set(stats)
@@ -171,13 +174,41 @@ def test_seed_resume_outputs_and_finetune_of_the_result(digits, textures, tmp_pa
 
     # finetune of that cnncli model on another class set: its architecture, a new head, and a note saying so
     said: list[str] = []
-    tuned = run_training(TrainConfig(data=str(textures), command="finetune", arch=None, weights=str(run / "best.safetensors"),
-                                     trainable="head", augment="none", epochs=1, out=str(tmp_path / "ft"), workers=0),
+    tuned = run_training(TrainConfig(data=str(textures), command="finetune", arch=None,
+                                     weights=str(run / "best.safetensors"), trainable="head", augment="none", epochs=1,
+                                     out=str(tmp_path / "ft"), workers=0),
                          log=said.append)
     assert any("new 3-class head" in line for line in said)
     card = _card(tmp_path / "ft" / "best.safetensors")
     assert card["arch"] == "lenet5" and card["classes"] == ["brick", "grass", "gravel"]
     assert tuned.trainable_params == 84 * 3 + 3
+
+
+def test_resume_restores_the_random_generators_it_saved(digits, tmp_path):
+    """--resume puts back python's, numpy's and torch's generators as they were when the last epoch's files were
+    written: what an on_epoch_end hook draws after epoch 1 and after epoch 2 is the same whether the run went
+    straight on or was stopped by Ctrl-C in epoch 2 and resumed. Fails when the state is saved but not restored."""
+
+    def drawing(draws: dict, stop_after: int | None = None):
+        def on_epoch_end(epoch, _model):
+            draws[epoch] = (random.random(), float(np.random.random()), float(torch.rand(1)))
+            if epoch == stop_after:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return on_epoch_end
+
+    straight: dict = {}
+    run_training(lenet_cfg(digits, tmp_path / "straight", epochs=2), on_epoch_end=drawing(straight))
+    stopped: dict = {}
+    with pytest.raises(TrainingInterrupted):
+        run_training(lenet_cfg(digits, tmp_path / "stopped", epochs=2), on_epoch_end=drawing(stopped, stop_after=1))
+    assert stopped == {0: straight[0], 1: straight[1]}
+    resumed: dict = {}
+    run_training(TrainConfig(data=str(digits), resume=str(tmp_path / "stopped"), quiet=True),
+                 on_epoch_end=drawing(resumed))
+    assert resumed == {1: straight[1], 2: straight[2]}
+    saved = torch.load(tmp_path / "stopped" / "train_state.pt", weights_only=True)["rng"]
+    assert {"python", "numpy", "torch"} <= set(saved)
 
 
 def test_corrupt_image_is_skipped_and_counted(digits, tmp_path):
@@ -247,7 +278,8 @@ def test_schedules_warm_up_and_save_with_weights_only(tmp_path, schedule):
     from cnncli.train.optim import build_optimizer, build_scheduler, param_groups
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
-    cfg = TrainConfig(data="-", optimizer="sgd", lr=0.1, schedule=schedule, warmup_epochs=1, epochs=4, step_epochs=1, gamma=0.5)
+    cfg = TrainConfig(data="-", optimizer="sgd", lr=0.1, schedule=schedule, warmup_epochs=1, epochs=4, step_epochs=1,
+                      gamma=0.5)
     groups = param_groups(model, ["1.weight", "1.bias"], ["0.weight", "0.bias", "1.weight", "1.bias"], 0.1, 0.1)
     opt = build_optimizer(groups, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch=5)
@@ -260,16 +292,19 @@ def test_schedules_warm_up_and_save_with_weights_only(tmp_path, schedule):
     assert all(b == pytest.approx(0.1 * h) for h, b in lrs)  # discriminative rate: backbone = 0.1 x head
     torch.save(sched.state_dict(), tmp_path / "s.pt")
     state = torch.load(tmp_path / "s.pt", weights_only=True)
-    fresh = build_scheduler(build_optimizer(param_groups(model, ["1.weight", "1.bias"], ["0.weight", "0.bias", "1.weight", "1.bias"], 0.1, 0.1), cfg), cfg, 5)
+    fresh = build_scheduler(build_optimizer(param_groups(model, ["1.weight", "1.bias"],
+                                                         ["0.weight", "0.bias", "1.weight", "1.bias"], 0.1, 0.1), cfg),
+                            cfg, 5)
     fresh.load_state_dict(state)
     assert fresh.get_last_lr() == pytest.approx(sched.get_last_lr())
 
 
 def test_mixup_cutmix_balance_hinge_and_smoothing_runs(digits, tmp_path):
     mixed = run_training(lenet_cfg(digits, tmp_path / "m", epochs=1, mixup=0.2, cutmix=1.0, balance="sampler",
-                                   label_smoothing=0.1, optimizer="sgd", nesterov=True, schedule="onecycle", accumulate=2,
-                                   clip_grad=1.0))
-    hinge = run_training(lenet_cfg(digits, tmp_path / "h", epochs=1, loss="hinge", balance="weights", optimizer="rmsprop"))
+                                   label_smoothing=0.1, optimizer="sgd", nesterov=True, schedule="onecycle",
+                                   accumulate=2, clip_grad=1.0))
+    hinge = run_training(lenet_cfg(digits, tmp_path / "h", epochs=1, loss="hinge", balance="weights",
+                                   optimizer="rmsprop"))
     for result in (mixed, hinge):
         assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])
     with pytest.raises(UsageError, match="hinge"):

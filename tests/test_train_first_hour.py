@@ -143,7 +143,8 @@ def test_resume_needs_only_the_run_folder_and_honours_more_epochs(digits3, tmp_p
     assert "re-planned over 2 epochs" in " ".join(extended.err.split())
     rows = read_results_csv(run / "results.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert float(rows[1]["lr"]) == pytest.approx(float(read_results_csv(start / "runs" / "straight" / "results.csv")[1]["lr"]))
+    straight_rows = read_results_csv(start / "runs" / "straight" / "results.csv")
+    assert float(rows[1]["lr"]) == pytest.approx(float(straight_rows[1]["lr"]))
     assert 0 < float(rows[1]["lr"]) < 3e-3
     assert json.loads((run / "args.json").read_text())["epochs"] == 2
     fewer = run_cli("train", "--resume", run, "--epochs", "1")

@@ -131,6 +131,8 @@ def config_from(command: str, values: dict, config: str | None, given: frozenset
     """The run's TrainConfig: the options, or with --config the saved settings overridden by the given options.
 
     A re-run gets a new run folder unless --output names one; --resume is never taken from a saved run."""
+    from dataclasses import replace
+
     from cnncli.core.errors import UsageError
     from cnncli.train.config import TrainConfig
 
@@ -148,9 +150,7 @@ def config_from(command: str, values: dict, config: str | None, given: frozenset
     settings.update({k: values[k] for k in given if k in values})
     if not settings.get("data"):
         raise UsageError(f"{config} names no dataset; pass DATA.")
-    cfg = TrainConfig.from_dict(settings)
-    cfg.explicit = given
-    return cfg
+    return replace(TrainConfig.from_dict(settings), explicit=given)
 
 
 def check_machine_limits(cfg) -> None:

@@ -97,9 +97,9 @@ def train_transform(pre: Preprocessing, plan: AugmentPlan):
         # pad by replicating the border, jitter, crop the centre back: the corners a shift or a rotation uncovers
         # show the image's own edge, not a colour it never had
         pad = int(np.ceil(0.3 * max(size)))
+        shift = (SHIFT * size[1] / (size[1] + 2 * pad), SHIFT * size[0] / (size[0] + 2 * pad))  # of the padded image
         steps = [EvalFraming(pre), v2.Pad(pad, padding_mode="edge"),
-                 v2.RandomAffine(DEGREES, translate=(SHIFT * size[1] / (size[1] + 2 * pad), SHIFT * size[0] / (size[0] + 2 * pad)),
-                                 scale=SCALE, interpolation=interp),
+                 v2.RandomAffine(DEGREES, translate=shift, scale=SCALE, interpolation=interp),
                  v2.CenterCrop(size)]
     else:
         steps = [v2.RandomResizedCrop(size, scale=(CROP_AREA[plan.preset], 1.0), interpolation=interp, antialias=True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """The settings of one run, fixed once parsed: derived settings are new copies (``dataclasses.replace``)."""
+
     data: str
     command: str = "train"  # "train" (random init) or "finetune" (pretrained backbone)
     arch: str | None = "lenet5"  # finetune: None = the --weights file's architecture, else efficientnet_lite0
@@ -85,7 +87,8 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     def validate(self) -> TrainConfig:
-        """Refuse impossible combinations with one sentence each (UsageError, exit 2)."""
+        """This configuration, checked and with --log normalised; impossible combinations are refused with one
+        sentence each (UsageError, exit 2)."""
         if self.arch is None and self.command == "train":
             raise UsageError("train needs --arch (e.g. --arch simplecnn); `cnncli models` lists them.")
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS, "loss": LOSSES,
@@ -102,22 +105,27 @@ class TrainConfig:
         if not 0 < self.val_split < 1:
             raise UsageError(f"--val-split must be between 0 and 1 (e.g. 0.2), not {self.val_split}.")
         if self.loss == "hinge" and (self.mixup or self.cutmix or self.label_smoothing):
-            raise UsageError("--loss hinge takes hard labels; drop --mixup/--cutmix/--label-smoothing or use --loss ce.")
+            raise UsageError("--loss hinge takes hard labels; drop --mixup/--cutmix/--label-smoothing or use "
+                             "--loss ce.")
         if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs and self.freeze_epochs:
-            raise UsageError(f"--freeze-epochs must be between 0 and --epochs - 1 ({self.epochs - 1}), not {self.freeze_epochs}.")
+            raise UsageError(f"--freeze-epochs must be between 0 and --epochs - 1 ({self.epochs - 1}), "
+                             f"not {self.freeze_epochs}.")
         if self.cache_features:
             if self.trainable != "head" or self.freeze_epochs:
-                raise UsageError("--cache-features needs a fully frozen backbone: use it with --trainable head and no --freeze-epochs.")
+                raise UsageError("--cache-features needs a fully frozen backbone: use it with --trainable head and "
+                                 "no --freeze-epochs.")
             if self.augment != "none" or self.mixup or self.cutmix:
-                raise UsageError("--cache-features computes each image's features once, so it needs --augment none and no --mixup/--cutmix.")
+                raise UsageError("--cache-features computes each image's features once, so it needs --augment none "
+                                 "and no --mixup/--cutmix.")
             if self.bn != "frozen":
-                raise UsageError("--cache-features needs --bn frozen (with --bn train the backbone's features change every step).")
+                raise UsageError("--cache-features needs --bn frozen (with --bn train the backbone's features change "
+                                 "every step).")
         from cnncli.train.tracking import check_backends
 
-        self.log = check_backends(self.log)
+        log = check_backends(self.log)
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}.")
-        return self
+        return replace(self, log=log)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,8 +1,8 @@
 """Torch datasets over :class:`cnncli.data.layout.Sample` lists.
 
-Training images get the torchvision.transforms.v2 augmentation of :mod:`cnncli.train.augment`; evaluation images get exactly
-:func:`cnncli.data.images.load_and_preprocess`, the preprocessing every engine uses. An image that cannot be read is
-skipped (the batch is one shorter), counted, and its path reported: never a crash hours into training.
+Training images get the torchvision.transforms.v2 augmentation of :mod:`cnncli.train.augment`; evaluation images get
+exactly :func:`cnncli.data.images.load_and_preprocess`, the preprocessing every engine uses. An image that cannot be
+read is skipped (the batch is one shorter), counted, and its path reported: never a crash hours into training.
 """
 
 from __future__ import annotations

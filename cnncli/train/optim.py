@@ -13,7 +13,8 @@ from torch import nn
 from cnncli.train.config import TrainConfig
 
 
-def param_groups(model: nn.Module, head: list[str], include: list[str], lr: float, backbone_lr_mult: float) -> list[dict]:
+def param_groups(model: nn.Module, head: list[str], include: list[str], lr: float,
+                 backbone_lr_mult: float) -> list[dict]:
     """Two groups: the head at ``lr`` and the backbone parameters in ``include`` at ``lr * backbone_lr_mult``."""
     params = dict(model.named_parameters())
     head_set = set(head)
@@ -27,7 +28,8 @@ def param_groups(model: nn.Module, head: list[str], include: list[str], lr: floa
 def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     wd, name = cfg.weight_decay, cfg.optimizer
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=wd)
+        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=wd)
     if name == "adam":
         return torch.optim.Adam(groups, lr=cfg.learning_rate, weight_decay=wd)
     if name == "adamw":

@@ -122,7 +122,8 @@ class Trackers:
             try:
                 getattr(tracker, method)(*args)
             except Exception as exc:  # noqa: BLE001 - tracking must not end a training run
-                self.warn(f"{name} logging stopped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                self.warn(f"{name} logging stopped: {type(exc).__name__}: {first_line}")
                 self.active.remove((name, tracker))
 
     def start(self, settings: dict) -> None:
