@@ -6,7 +6,10 @@
    builds pydantic adapters), opening the engine (onnxruntime import and InferenceSession), decoding the image,
    the forward pass, and the rest (output, exit).
 
-    uv run python benchmarks/cold_start.py [--runs 5]
+    uv run python benchmarks/cold_start.py [--runs 5] [--against OTHER_CHECKOUT/.venv/bin/python]
+
+``--against`` times another installation's ``cnncli predict`` (an older checkout's venv, say) interleaved with this
+one, run for run, each with its own warm cache, and prints the ratio: a baseline measured in the same run.
 """
 
 from __future__ import annotations
@@ -64,22 +67,35 @@ for a, b in zip(names, names[1:]):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--against", metavar="PYTHON", help="another installation's python to time the same way")
     args = parser.parse_args()
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ.setdefault("CNNCLI_CACHE", tempfile.mkdtemp(prefix="cnncli-cold-"))
     with tempfile.TemporaryDirectory() as tmp:
         one = str(write_jpeg_folder(Path(tmp), 1)[0])
-        cmd = [sys.executable, "-m", "cnncli", "predict", one]
-        subprocess.run(cmd, capture_output=True, check=True)  # the cache and bytecode, once
-        walls, cpus = [], []
+        pythons = [("this checkout", sys.executable)] + ([("--against", args.against)] if args.against else [])
+        env_of = {name: {**os.environ, "CNNCLI_CACHE": tempfile.mkdtemp(prefix="cnncli-cold-")} if i else None
+                  for i, (name, _) in enumerate(pythons)}
+        for name, python in pythons:  # the cache and bytecode, once each
+            subprocess.run([python, "-m", "cnncli", "predict", one], capture_output=True, check=True, env=env_of[name])
+        walls: dict[str, list[float]] = defaultdict(list)
+        cpus: dict[str, list[float]] = defaultdict(list)
         for _ in range(args.runs):
-            before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-            subprocess.run(cmd, capture_output=True, check=True)
-            walls.append(time.perf_counter() - start)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-        print(f"cnncli predict one.jpg (cached onnx): wall {statistics.median(walls):.3f} s, CPU "
-              f"{statistics.median(cpus):.3f} s (median of {args.runs}; load {os.getloadavg()[0]:.1f})")
+            for name, python in pythons:  # interleaved, so a change of load hits both alike
+                before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                subprocess.run([python, "-m", "cnncli", "predict", one], capture_output=True, check=True,
+                               env=env_of[name])
+                walls[name].append(time.perf_counter() - start)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpus[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        for name, python in pythons:
+            print(f"cnncli predict one.jpg (cached onnx), {name} ({python}): "
+                  f"wall {statistics.median(walls[name]):.3f} s, CPU {statistics.median(cpus[name]):.3f} s "
+                  f"(median of {args.runs}; load {os.getloadavg()[0]:.1f})")
+        if args.against:
+            wall_ratio = statistics.median(walls["this checkout"]) / statistics.median(walls["--against"])
+            cpu_ratio = statistics.median(cpus["this checkout"]) / statistics.median(cpus["--against"])
+            print(f"this checkout / --against: wall {wall_ratio:.3f}x, CPU {cpu_ratio:.3f}x")
 
         done = subprocess.run([sys.executable, "-X", "importtime", "-m", "cnncli", "predict", one], capture_output=True,
                               text=True, check=True)
