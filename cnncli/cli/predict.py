@@ -72,6 +72,9 @@ def register(app: typer.Typer) -> None:
                                             "with HOST:PORT, join that cluster. Writes --format parquet."),
         shard_size: int = typer.Option(1000, "--shard-size", parser=v.POSITIVE_INT, metavar="N",
                                        help="Images per parquet part file (the unit of resuming)."),
+        threshold: float | None = typer.Option(None, "--threshold", parser=v.UNIT_INTERVAL, metavar="P",
+                                               help="Multi-label models: report the classes with probability >= P "
+                                                    "(default: the per-class thresholds tuned on val, in the card)."),
         resume: bool = typer.Option(False, "--resume",
                                     help="Continue a --format parquet job in --output, skipping its finished parts "
                                          "(also automatic when the folder's manifest matches)."),
@@ -93,7 +96,7 @@ def register(app: typer.Typer) -> None:
                 inputs=specs, models=list(model or [None]), weights=weights, top_k=top_k, batch_size=batch_size,
                 device=device, fmt=fmt, output=output, recursive=recursive, workers=workers, tta=tta, threads=threads,
                 engine=engine_name, precision=precision, calib=str(calib) if calib else None, shard_size=shard_size,
-                resume=resume, ray=ray, summary_only=summary_only))
+                resume=resume, ray=ray, summary_only=summary_only, threshold=threshold))
             if code:
                 raise typer.Exit(code)
             return
@@ -106,12 +109,15 @@ def register(app: typer.Typer) -> None:
         items = collect_inputs(specs, recursive=recursive)
         engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,
                               engine=engine_name, precision=precision, calib=str(calib) if calib else None)
+        from cnncli.predict.multilabel import check_threshold_option
+
+        check_threshold_option(engine.card, threshold, (model or ["the default model"])[0])
         pre = engine.card.preprocessing
         n_workers = default_workers() if workers is None else workers
         v.check_batch_memory(batch_size, pre.input_size, pre.channels, in_flight=n_workers + PREFETCH_BATCHES + 2)
-        predictions = predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers)
+        predictions = predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers, threshold=threshold)
         result = run_predict_job(predictions, total=len(items), fmt=fmt, top_k=top_k, output=output,
-                                 summary_only=summary_only, root=common_root(specs))
+                                 summary_only=summary_only, root=common_root(specs), multilabel=engine.card.multilabel)
         code = result.report()
         if code:
             raise typer.Exit(code)

@@ -29,6 +29,9 @@ class EnsembleEngine:
         geometry = ("input_size", "resize_mode", "crop_pct", "interpolation", "channels")
         for engine, name in zip(engines[1:], names[1:]):
             card = engine.card
+            if card.task != first.task:
+                raise UsageError(f"cannot ensemble {names[0]} ({first.task}) and {name} ({card.task}): an ensemble "
+                                 "averages probabilities of models of one task.")
             if card.classes != first.classes:
                 order = " in another order" if sorted(card.classes) == sorted(first.classes) else ""
                 raise UsageError(

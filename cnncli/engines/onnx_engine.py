@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.core.errors import ModelFileError, UsageError
-from cnncli.core.numeric import softmax
+from cnncli.core.numeric import to_probabilities
 from cnncli.export.onnx_io import CPU, CUDA, INPUT_NAME, OUTPUT_NAME, run_onnx, session_options  # noqa: F401 - re-exported
 from cnncli.models.card import METADATA_KEY, ModelCard, Preprocessing
 
@@ -183,4 +183,4 @@ class OnnxEngine:
         return run_onnx(self.session, np.ascontiguousarray(batch, dtype=np.float32))
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.predict_logits(batch))
+        return to_probabilities(self.predict_logits(batch), self.card.task)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.core.errors import ModelFileError, UsageError
-from cnncli.core.numeric import softmax
+from cnncli.core.numeric import to_probabilities
 from cnncli.models.card import ModelCard
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # --precision -> OpenVINO's inference precision
@@ -94,7 +94,7 @@ class OpenVinoEngine:
         return np.concatenate(outs) if outs else np.zeros((0, self.card.num_classes), np.float32)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.predict_logits(batch))
+        return to_probabilities(self.predict_logits(batch), self.card.task)
 
 
 def _card_from_model(model, path: Path) -> ModelCard:

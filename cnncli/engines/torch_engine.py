@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnncli.core.errors import UsageError
-from cnncli.core.numeric import softmax
+from cnncli.core.numeric import to_probabilities
 from cnncli.models.card import ModelCard
 from cnncli.models.spec import load_for_inference
 
@@ -64,4 +64,4 @@ class TorchEngine:
         return logits.float().cpu().numpy()
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.predict_logits(batch))
+        return to_probabilities(self.predict_logits(batch), self.card.task)

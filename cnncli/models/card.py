@@ -19,6 +19,7 @@ METADATA_KEY = "cnncli"  # key of the JSON card in safetensors metadata and ONNX
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("crop", "pad", "squash")
+TASKS = ("single", "multilabel")  # single: softmax over classes, one label; multilabel: a sigmoid per class
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
@@ -93,6 +94,12 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. trainable policy, calibration set
     cnncli_version: str = __version__
     format_version: int = FORMAT_VERSION
+    task: str = "single"  # "multilabel": sigmoid outputs, labels over per-class thresholds
+    thresholds: list[float] | None = None  # multilabel: one decision threshold per class (tuned on val for max F1)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
 
     @property
     def num_classes(self) -> int:
@@ -116,6 +123,8 @@ class ModelCard:
             "weights": self.weights,
             "training": self.training,
             "extra": self.extra,
+            # only multi-label cards carry these, so a single-label file is byte-identical to before
+            **({"task": self.task, "thresholds": self.thresholds} if self.multilabel else {}),
         }
 
     def to_json(self) -> str:
@@ -143,6 +152,8 @@ class ModelCard:
                 extra=d.get("extra") or {},
                 cnncli_version=d.get("cnncli_version", "unknown"),
                 format_version=version,
+                task=d.get("task", "single"),
+                thresholds=[float(t) for t in d["thresholds"]] if d.get("thresholds") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{_where(source)}the model's cnncli metadata is malformed ({exc}); "
@@ -220,6 +231,13 @@ def check_card_fields(d: Any, source: str | None = None) -> None:
     for name in ("training", "extra"):
         if d.get(name) is not None and not isinstance(d[name], dict):
             raise bad(name, f"must be an object, not {_short(d[name])}")
+    task = d.get("task", "single")
+    if task not in TASKS:
+        raise bad("task", f"must be one of {', '.join(TASKS)}, not {_short(task)}")
+    thresholds = d.get("thresholds")
+    if thresholds is not None and (not isinstance(thresholds, list) or len(thresholds) != len(classes)
+                                   or not all(_is_number(t) and 0 <= t <= 1 for t in thresholds)):
+        raise bad("thresholds", f"must be {len(classes)} numbers in [0, 1], one per class, not {_short(thresholds)}")
     pre = d.get("preprocessing")
     if pre is None:
         raise bad("preprocessing", "is missing (input size, resize, mean and std)")

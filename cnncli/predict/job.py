@@ -46,7 +46,7 @@ class PredictJobResult:
 
 
 def run_predict_job(predictions: Iterable[Prediction], total: int, fmt: str, top_k: int, output: str | None = None,
-                    summary_only: bool = False, root: str | None = None,
+                    summary_only: bool = False, root: str | None = None, multilabel: bool = False,
                     open_output: Callable[[str], AbstractContextManager[IO[str]]] = atomic_open) -> PredictJobResult:
     """Write ``predictions`` (``total`` of them, consumed lazily) in ``fmt`` to ``output`` (stdout when None,
     nothing with ``summary_only``); each failure is warned about as it comes. ``root``: the folder table paths
@@ -56,7 +56,7 @@ def run_predict_job(predictions: Iterable[Prediction], total: int, fmt: str, top
     # a file is written beside the target and renamed at the end: a kill or a full disk leaves the previous one
     target = nullcontext(None) if summary_only else open_output(output) if output else nullcontext(sys.stdout)
     with target as stream:
-        writer = PredictionWriter(fmt, stream, top_k, root=root) if stream is not None else None
+        writer = PredictionWriter(fmt, stream, top_k, root=root, multilabel=multilabel) if stream is not None else None
         with progress:
             for pred in predictions:
                 if pred.error is not None:

@@ -17,6 +17,7 @@ class Prediction:
     path: str
     top: list[dict] = field(default_factory=list)  # [{"label", "index", "prob"}], best first
     error: str | None = None
+    labels: list[str] | None = None  # multi-label models: the classes over their thresholds, best first
 
     @property
     def ok(self) -> bool:
@@ -25,6 +26,8 @@ class Prediction:
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
+        if self.labels is not None:
+            return {"path": self.path, "labels": self.labels, "top": self.top}
         return {"path": self.path, "top": self.top}
 
 
@@ -34,6 +37,15 @@ def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
     return [{"label": classes[i], "index": int(i), "prob": float(probs[i])} for i in order]
 
 
+def scored(probs: np.ndarray, classes: list[str], k: int, pick=None) -> dict:
+    """``top`` (and with a multi-label ``pick``, ``labels``) for one image's probabilities: the top-k, widened
+    to hold every selected label."""
+    if pick is None:
+        return {"top": top_k(probs, classes, k)}
+    labels = pick(probs)
+    return {"top": top_k(probs, classes, max(k, len(labels))), "labels": labels}
+
+
 def predict_items(
     engine: Engine,
     items: list[InputItem],
@@ -41,17 +53,22 @@ def predict_items(
     batch_size: int = 32,
     workers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    threshold: float | None = None,
 ) -> Iterator[Prediction]:
     """Predict every item, yielding results in input order as soon as each batch is done. On CPU engines that
     replicate (onnxruntime, OpenVINO), worker processes each decode and run their own batches
-    (:mod:`cnncli.predict.replicas`); otherwise decoder processes feed the engine in this process."""
+    (:mod:`cnncli.predict.replicas`); otherwise decoder processes feed the engine in this process. A multi-label
+    model's predictions also get ``labels`` (:mod:`cnncli.predict.multilabel`; ``threshold`` overrides the card's)."""
+    from cnncli.predict.multilabel import label_picker
+
     classes = engine.card.classes
+    pick = label_picker(engine.card, threshold)
     for batch in probability_batches(engine, items, batch_size, workers):
         probs = batch.probs
         row = 0
         for path, ok in zip(batch.paths, batch.ok):
             if ok:
-                yield Prediction(path=path, top=top_k(probs[row], classes, k))
+                yield Prediction(path=path, **scored(probs[row], classes, k, pick))
                 row += 1
             else:
                 yield Prediction(path=path, error=batch.errors[path])

@@ -24,13 +24,14 @@ NEXT_SHOWN = 2  # classes after the first shown in a several-image table
 class PredictionWriter:
     """Streams predictions in one of FORMATS to ``stream``."""
 
-    def __init__(self, fmt: str, stream: IO[str], top_k: int, root: str | None = None) -> None:
+    def __init__(self, fmt: str, stream: IO[str], top_k: int, root: str | None = None,
+                 multilabel: bool = False) -> None:
         self.fmt, self.stream, self.top_k, self.root = fmt, stream, top_k, root
         self.rows: list = []
         self.first = True
         self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
         if self.csv:
-            self.csv.writerow(CSV_COLUMNS)
+            self.csv.writerow(CSV_COLUMNS + (["selected"] if multilabel else []))
 
     def write(self, pred) -> None:
         if self.fmt == "jsonl":
@@ -42,7 +43,9 @@ class PredictionWriter:
             if pred.error is not None:
                 self.csv.writerow([pred.path, "", "", "", "", pred.error])
             for rank, t in enumerate(pred.top, 1):
-                self.csv.writerow([pred.path, rank, t["label"], t["index"], f"{t['prob']:.6f}", ""])
+                # a multi-label model's rows end with selected: 1 for a class over its threshold, else 0
+                selected = [] if pred.labels is None else [int(t["label"] in pred.labels)]
+                self.csv.writerow([pred.path, rank, t["label"], t["index"], f"{t['prob']:.6f}", "", *selected])
             self.stream.flush()
         else:
             self.rows.append(pred)
@@ -88,17 +91,21 @@ def render_prediction_table(preds: list, top_k: int, stream: IO[str], root: str 
         table.add_column("label", overflow="fold")
         table.add_column("index", justify="right")
         table.add_column("prob", justify="right")
+        if pred.labels is not None:  # a multi-label model: which classes are over their thresholds
+            table.add_column("selected", justify="center")
         for rank, t in enumerate(pred.top, 1):
-            table.add_row(str(rank), t["label"], str(t["index"]), f"{t['prob']:.4f}")
+            selected = [] if pred.labels is None else ["yes" if t["label"] in pred.labels else ""]
+            table.add_row(str(rank), t["label"], str(t["index"]), f"{t['prob']:.4f}", *selected)
         console.print(table)
         return
     if root is None and len(preds) > 1:
         root = common_folder([p.path for p in preds])
     elif root is not None and os.path.abspath(root) == os.getcwd():
         root = None
+    multilabel = any(p.labels is not None for p in good)
     table = Table()
     table.add_column("image", overflow="fold", ratio=3)
-    table.add_column("top-1", overflow="fold", ratio=2)
+    table.add_column("labels" if multilabel else "top-1", overflow="fold", ratio=2)
     table.add_column("prob", justify="right", no_wrap=True)
     if top_k > 1:
         table.add_column("next", overflow="fold", ratio=3)
@@ -109,6 +116,8 @@ def render_prediction_table(preds: list, top_k: int, stream: IO[str], root: str 
             continue
         first = pred.top[0]
         cells = [name, first["label"], f"{first['prob']:.4f}"]
+        if multilabel:  # the labels over their thresholds, and the top probability
+            cells[1] = ", ".join(pred.labels) or "(none)"
         if top_k > 1:
             cells.append(", ".join(f"{t['label']} {t['prob']:.3f}" for t in pred.top[1 : 1 + NEXT_SHOWN]))
         table.add_row(*cells)

@@ -39,6 +39,7 @@ class ScaleOptions:
     resume: bool = False
     ray: str | None = None  # "local" for a local Ray, or an address
     summary_only: bool = False
+    threshold: float | None = None  # multi-label models: one threshold for every class instead of the card's
 
 
 def model_identity_of(spec: str | None, weights: str | None) -> str:
@@ -102,6 +103,8 @@ def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int
     warm_up_writer()  # pyarrow's imports before the clock starts (seconds on a cold start)
     settings = {"top_k": opts.top_k, "tta": opts.tta, "precision": opts.precision,
                 "weights": opts.weights, "recursive": opts.recursive}
+    if opts.threshold is not None:  # only then: a single-label job's manifest stays as it was
+        settings["threshold"] = opts.threshold
     job = Job(inputs_sha256=inputs_fingerprint(paths), inputs=len(paths),
               model=[model_identity_of(m, opts.weights) for m in (opts.models or [None])],
               settings=settings, shard_size=opts.shard_size)
@@ -145,7 +148,8 @@ def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int
 def _run_local(engine, opts, job, folder, paths, bounds, todo, progress) -> int:
     from cnncli.scale.shards import ShardPredictor, run_shard
 
-    predictor = ShardPredictor(engine, opts.top_k, opts.batch_size, decode_threads=_decode_threads(opts.workers))
+    predictor = ShardPredictor(engine, opts.top_k, opts.batch_size, decode_threads=_decode_threads(opts.workers),
+                                threshold=opts.threshold)
     written = 0
     try:
         for index in todo:
@@ -165,9 +169,11 @@ def _run_stream(opts: ScaleOptions, paths: list[str]) -> int:
     from cnncli.scale.shards import ShardPredictor
 
     engine = _open_engine(opts, for_ray=False)
-    predictor = ShardPredictor(engine, opts.top_k, opts.batch_size, decode_threads=_decode_threads(opts.workers))
+    predictor = ShardPredictor(engine, opts.top_k, opts.batch_size, decode_threads=_decode_threads(opts.workers),
+                                threshold=opts.threshold)
     try:
         result = run_predict_job(predictor.predict(paths), total=len(paths), fmt=opts.fmt, top_k=opts.top_k,
+                                 multilabel=engine.card.multilabel,
                                  output=opts.output, summary_only=opts.summary_only, open_output=open_output)
     finally:
         predictor.close()

@@ -128,7 +128,8 @@ class ShardActor:
             engines.append(OnnxEngine(path, device=device, threads=threads, allow_spinning=False, verbose=False))
         engine = engines[0] if len(engines) == 1 else EnsembleEngine(engines)
         engine = FlipTTAEngine(engine) if tta else engine
-        self.predictor = ShardPredictor(engine, top_k, batch_size, decode_threads=0)
+        self.predictor = ShardPredictor(engine, top_k, batch_size, decode_threads=0,
+                                        threshold=(job.get("settings") or {}).get("threshold"))
         warm_up_writer()
         self.output = OutputFolder(output)
         self.job = Job(**job)

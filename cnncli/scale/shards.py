@@ -12,7 +12,7 @@ import numpy as np
 
 from cnncli.core.errors import ImageError
 from cnncli.data.images import load_pixels, load_pixels_from_bytes, normalize
-from cnncli.predict.run import Prediction, top_k
+from cnncli.predict.run import Prediction, scored
 from cnncli.scale.uris import is_uri
 
 
@@ -46,8 +46,13 @@ class ShardPredictor:
     """Predictions for lists of inputs with one engine; ``decode_threads`` > 0 decodes the next batch while the
     engine runs the current one (PIL releases the GIL while decoding and resizing)."""
 
-    def __init__(self, engine, top_k: int, batch_size: int = 32, decode_threads: int = 0) -> None:
+    def __init__(self, engine, top_k: int, batch_size: int = 32, decode_threads: int = 0,
+                 threshold: float | None = None) -> None:
+        from cnncli.predict.multilabel import check_threshold_option, label_picker
+
+        check_threshold_option(engine.card, threshold)
         self.engine, self.k, self.batch_size = engine, top_k, batch_size
+        self.pick = label_picker(engine.card, threshold)  # None for a single-label model
         self.pre = engine.card.preprocessing
         self.classes = engine.card.classes
         self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 0 else None
@@ -80,7 +85,7 @@ class ShardPredictor:
                     failed += 1
                     yield Prediction(path=path, error=item)
                 else:
-                    yield Prediction(path=path, top=top_k(probs[row], self.classes, self.k))
+                    yield Prediction(path=path, **scored(probs[row], self.classes, self.k, self.pick))
                     row += 1
             if on_batch is not None:
                 on_batch(len(chunk), failed)
@@ -102,6 +107,9 @@ def part_bytes(preds: list[Prediction], metadata: dict[str, str]) -> bytes:
         ("probs", pa.list_(pa.float32())),
         ("error", pa.string()),
     ], metadata={k.encode(): v.encode() for k, v in metadata.items()})
+    multilabel = any(p.labels is not None for p in preds)
+    if multilabel:  # a multi-label model: also the labels over their thresholds
+        schema = schema.insert(4, pa.field("selected", pa.list_(pa.string())))
     ok = [p.error is None for p in preds]
     columns = [
         [p.path for p in preds],
@@ -110,6 +118,8 @@ def part_bytes(preds: list[Prediction], metadata: dict[str, str]) -> bytes:
         [[t["prob"] for t in p.top] if good else None for p, good in zip(preds, ok)],
         [p.error for p in preds],
     ]
+    if multilabel:
+        columns.insert(4, [p.labels if good else None for p, good in zip(preds, ok)])
     table = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, schema)], schema=schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")

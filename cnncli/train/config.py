@@ -13,7 +13,8 @@ from cnncli.core.errors import UsageError
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("cosine", "step", "exponential", "onecycle", "constant")
 AUGMENTS = ("none", "light", "standard", "strong")
-LOSSES = ("ce", "hinge")
+LOSSES = ("ce", "hinge", "bce", "asl")  # bce, asl: multi-label data only
+TASKS = ("auto", "single", "multilabel")  # auto: multilabel when a CSV manifest row holds two labels
 BALANCES = ("none", "sampler", "weights")
 BN_MODES = ("frozen", "train")
 INITS = ("default", "kaiming", "xavier")
@@ -69,6 +70,7 @@ class TrainConfig:
     clip_grad: float | None = None
     accumulate: int = 1
     loss: str = "ce"
+    task: str = "auto"
     # lifecycle
     patience: int | None = None
     monitor: str = "val_loss"
@@ -92,7 +94,8 @@ class TrainConfig:
         if self.arch is None and self.command == "train":
             raise UsageError("train needs --arch (e.g. --arch simplecnn); `cnncli models` lists them.")
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS, "loss": LOSSES,
-                   "balance": BALANCES, "bn": BN_MODES, "init": INITS, "monitor": MONITORS, "amp": AMP_MODES}
+                   "balance": BALANCES, "bn": BN_MODES, "init": INITS, "monitor": MONITORS, "amp": AMP_MODES,
+                   "task": TASKS}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -130,6 +133,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("explicit")
+        if d["task"] == "auto":  # not recorded unless decided: a single-label run's args.json is as it was
+            d.pop("task")
         return d
 
     def save(self, path: str | Path) -> None:

@@ -16,4 +16,6 @@ def run_training(cfg: TrainConfig, log=None, on_epoch_end=None) -> TrainResult:
     ``log`` replaces the per-epoch log printer; ``on_epoch_end(epoch, model)`` is called before the first epoch
     (with the last finished epoch, 0 for a new run) and after each epoch's files are written.
     """
-    return TrainingRun.prepare(cfg, log).fit(on_epoch_end)
+    from cnncli.train.multilabel_run import run_class_for
+
+    return run_class_for(cfg, default=TrainingRun).prepare(cfg, log).fit(on_epoch_end)

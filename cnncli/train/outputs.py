@@ -11,11 +11,14 @@ from pathlib import Path
 from cnncli.core.atomic import write_bytes_atomic
 
 RESULT_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "seconds")
+EXTRA_COLUMNS = ("val_map",)  # a multi-label run's validation mAP
 
 
 def write_results_csv(path: Path, history: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    extra = [c for c in EXTRA_COLUMNS if history and c in history[0]]  # only runs that have them (multi-label)
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS + tuple(extra), extrasaction="ignore",
+                            lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -346,7 +346,7 @@ class TrainingRun:
         train_seconds = time.perf_counter() - t0
         if flag.stop:
             self._interrupted(epoch)
-        val = validate(self.val)
+        val = self._validate()
         if not (math.isfinite(trained.loss) and math.isfinite(val["loss"])):
             self._diverged(f"the {'validation' if math.isfinite(trained.loss) else 'training'} loss became "
                            f"{val['loss'] if math.isfinite(trained.loss) else trained.loss} at epoch {epoch}")
@@ -355,8 +355,16 @@ class TrainingRun:
         row = {"epoch": epoch, "lr": lr, "train_loss": trained.loss,
                "train_acc": trained.acc, "val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"],
                "seconds": round(time.perf_counter() - t0, 2), "train_img_s": trained.seen / max(train_seconds, 1e-9)}
-        score = -val["loss"] if cfg.monitor == "val_loss" else val["acc"]
+        row, score = self._scored_row(row, val)
         return EpochOutcome(row, self.record.add(row, score))
+
+    def _validate(self) -> dict:
+        """The validation pass of an epoch (the multi-label run scores mAP and tunes thresholds instead)."""
+        return validate(self.val)
+
+    def _scored_row(self, row: dict, val: dict) -> tuple[dict, float]:
+        """The epoch's results row and the score --monitor picks the best epoch by (higher is better)."""
+        return row, (-val["loss"] if self.cfg.monitor == "val_loss" else val["acc"])
 
     def _interrupted(self, epoch: int) -> None:
         if not self.dist.main:
@@ -453,6 +461,9 @@ class TrainingRun:
             self.folder.lock.release()
             self.folder.lock = None
 
+    def _final_outputs(self, finished: FinishedRun, val: ValStep) -> dict:
+        return write_final_outputs(finished, self.model, val, self.val_ds)
+
     def finish(self, stopped: str) -> TrainResult:
         """metrics.json and the plots for the best epoch (rank 0), the summary, and the process group's end."""
         dist, record, skipped = self.dist, self.record, self.skipped
@@ -470,7 +481,7 @@ class TrainingRun:
             finished = FinishedRun(out=self.folder.path, history=history, best_epoch=best_epoch, stopped=stopped,
                                    trainable=self.cfg.trainable, trainable_params=self.final_params, skipped=skipped,
                                    classes=self.classes)
-            result.metrics = write_final_outputs(finished, self.model, val, self.val_ds)
+            result.metrics = self._final_outputs(finished, val)
             if skipped.count:
                 warn(f"{skipped.count} unreadable image(s) were skipped; first: {'; '.join(skipped.first(3))}")
         dist.barrier()
