@@ -63,6 +63,16 @@ def register(app: typer.Typer) -> None:
             n_errors = int(errors)
         else:
             raise UsageError(f"--errors takes a number of images or 'all', not {errors!r}.")
+        from cnncli.evaluate.multilabel import multilabel_card_of
+
+        multilabel = multilabel_card_of(model)
+        if multilabel is not None:  # a multi-label model: mAP, F1 at the thresholds, exact match (its own module)
+            from cnncli.evaluate.multilabel import run_multilabel_evaluation
+
+            run_multilabel_evaluation(model, data, multilabel, split=split, fmt=fmt, n_errors=n_errors, plots=plots,
+                                      batch_size=batch_size, device=device, workers=workers, engine=engine,
+                                      precision=precision, allow_outside=allow_outside)
+            return
         figures = None
         if precision == "fp32":
             result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers,

@@ -74,7 +74,9 @@ def _options(command: str):
         clip_grad: float | None = typer.Option(None, "--clip-grad", parser=v.POSITIVE_FLOAT, metavar="NORM", help="Clip the gradient norm to this value (> 0)."),
         accumulate: int = typer.Option(1, "--accumulate", parser=v.POSITIVE_INT, metavar="N", help="Accumulate gradients over N batches."),
         loss: Loss = typer.Option("ce", "--loss", metavar=choices(*LOSSES), help="ce: cross-entropy (multi-label data: binary cross-entropy per class, also bce); hinge: multi-class hinge; asl: asymmetric loss (multi-label)."),
-        task: str = typer.Option("auto", "--task", metavar="[auto|single|multilabel]", help="multilabel: several labels per image (sigmoid per class); auto: multilabel when a CSV manifest row holds two labels (a|b)."),
+        task: str = typer.Option("auto", "--task", metavar="[auto|single|multilabel]",
+                                 help="multilabel: several labels per image (a sigmoid per class); auto: multilabel "
+                                      "when a CSV manifest row holds two labels (a|b)."),
         balance: Balance = typer.Option("none", "--balance", metavar=choices(*BALANCES), help="Imbalanced classes."),
         augment: Augment = typer.Option("light", "--augment", metavar=choices(*AUGMENTS), help="light (default, safe for any task: small shifts, scaling and rotation scaled to the input size); standard (random-resized crops, colour jitter: natural photos); strong (+ TrivialAugment, random erasing: large photo datasets, long runs); none."),
         flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Random horizontal flip (default: only when fine-tuning ImageNet weights on colour images; mirrored digits and text change meaning)."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -155,6 +156,28 @@ def compute_multilabel_metrics(probs: np.ndarray, targets: np.ndarray, classes: 
 # ------------------------------------------------------------------------------------------- running a model
 
 
+def multilabel_card_of(model: str):
+    """The card of a multi-label model file (.safetensors or .onnx), else None (a single-label model, or a
+    registry name)."""
+    path = Path(model)
+    if not path.is_file():
+        return None
+    if path.suffix == ".safetensors":
+        from cnncli.models.checkpoint import read_card
+
+        card = read_card(path)
+    elif path.suffix.lower() == ".onnx":
+        import onnx
+
+        from cnncli.export.to_onnx import card_from_onnx_metadata
+
+        graph = onnx.load(str(path), load_external_data=False)
+        card = card_from_onnx_metadata({p.key: p.value for p in graph.metadata_props})
+    else:
+        return None
+    return card if card is not None and card.multilabel else None
+
+
 def evaluate_multilabel_model(model: str, data: str, card, split: str = "auto", batch_size: int = 32,
                               device: str = "auto", workers: int | None = None, engine: str = "auto",
                               n_errors: int | None = None, allow_outside: bool = False,
@@ -183,7 +206,8 @@ def evaluate_multilabel_model(model: str, data: str, card, split: str = "auto", 
     if not samples:
         raise UsageError(f"no images to score in {data} for --split {split}.")
     opened = open_engine(model, device=device, engine=engine)
-    probs, _, paths, unreadable = engine_probabilities(opened, samples, batch_size, workers)
+    unlabelled = [SimpleNamespace(path=s.path, label=0) for s in samples]  # the targets are multi-hot: below
+    probs, _, paths, unreadable = engine_probabilities(opened, unlabelled, batch_size, workers)
     if not paths:
         raise UsageError(f"none of the {len(samples)} images could be read; check the dataset with `cnncli inspect`.")
     by_path = {str(s.path): s for s in samples}
@@ -263,3 +287,27 @@ def save_multilabel_plots(result: MultiLabelResult, folder: str | Path) -> list[
         made.append(save_figure(fig, folder / "pr_curves.png"))
     made.append(plot_confusion_matrix(folder / "co_occurrence.png", result.co_occurrence, result.classes))
     return made
+
+
+def run_multilabel_evaluation(model: str, data: str, card, split: str, fmt: str, n_errors: int | None,
+                              plots: str | None, precision: str = "fp32", **options) -> None:
+    """``cnncli evaluate`` for a multi-label model: the table or JSON on stdout, the plots in ``plots``."""
+    import sys
+
+    from cnncli.core.console import info, to_text, warn
+
+    if precision != "fp32":
+        raise UsageError("--precision int8/bf16 judging of a multi-label model is done by `cnncli export "
+                         "--precision int8` (per-class agreement at the thresholds); evaluate it as fp32 or pass the "
+                         "exported .onnx file.")
+    result = evaluate_multilabel_model(model, data, card, split=split, n_errors=n_errors, **options)
+    for bad in result.unreadable[:5]:
+        warn(f"skipped: {bad['error']}")
+    if fmt == "json":
+        info(f"scored {result.n_images} images: {result.split['description']}")
+        sys.stdout.write(to_text(result.to_dict()) + "\n")
+    else:
+        render_multilabel(result, sys.stdout, errors_shown=n_errors, root=str(Path(data).parent))
+    if plots:
+        made = save_multilabel_plots(result, plots)
+        info("plots: " + ", ".join(str(p) for p in made))

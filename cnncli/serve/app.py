@@ -30,7 +30,8 @@ from starlette.requests import ClientDisconnect
 from cnncli.core.errors import ImageError, ImageTooLargeError
 from cnncli.data.images import load_pixels_from_bytes, max_image_pixels
 from cnncli.predict.run import Prediction
-from cnncli.predict.run import top_k as top_k_of
+from cnncli.predict.multilabel import label_picker
+from cnncli.predict.run import scored
 from cnncli.serve.batcher import DynamicBatcher
 
 MB = 1024 * 1024
@@ -71,6 +72,7 @@ class Classified(BaseModel):
     """One image's result, as in ``cnncli predict --format json``: ``top`` or, for an unreadable image, ``error``."""
 
     path: str
+    labels: list[str] | None = None  # multi-label models: the classes over their thresholds, best first
     top: list[TopClass] | None = None
     error: str | None = None
 
@@ -166,6 +168,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     decoders = ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="cnncli-decode",
                                   initializer=_lower_thread_priority)
     card = engine.card
+    pick = label_picker(card)  # None for a single-label model
     counters = {"requests": 0, "answered": 0, "refused_busy": 0, "in_flight": 0, "body_bytes": 0}
 
     @asynccontextmanager
@@ -356,7 +359,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
             good = [px for px in decoded if isinstance(px, np.ndarray)]
             rows = iter(await asyncio.gather(*(batcher.classify(px) for px in good)))
             results = [
-                Prediction(name, top=top_k_of(next(rows), card.classes, top_k)).to_dict()
+                Prediction(name, **scored(next(rows), card.classes, top_k, pick)).to_dict()
                 if isinstance(item, np.ndarray) else Prediction(name, error=str(item)).to_dict()
                 for name, item in zip(names, decoded)
             ]
