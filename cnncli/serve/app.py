@@ -29,9 +29,8 @@ from starlette.requests import ClientDisconnect
 
 from cnncli.core.errors import ImageError, ImageTooLargeError
 from cnncli.data.images import load_pixels_from_bytes, max_image_pixels
-from cnncli.predict.run import Prediction
 from cnncli.predict.multilabel import label_picker
-from cnncli.predict.run import scored
+from cnncli.predict.run import Prediction, scored
 from cnncli.serve.batcher import DynamicBatcher
 
 MB = 1024 * 1024
