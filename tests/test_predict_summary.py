@@ -90,6 +90,17 @@ def test_stdin_list_in_process(run_cli, folder, tiny_model_file, monkeypatch):
     assert code == 0 and json.loads(out)[0]["path"] == str(folder / "coffee.jpg")
 
 
+def test_dash_twice_is_refused_before_stdin_is_read(run_cli, folder, tiny_model_file, monkeypatch):
+    """Issue 25 item 12: `predict - -` said "`-` read no image paths from stdin" though the first `-` had read
+    them. stdin holds one list: a second `-` is a usage error, in one sentence, before stdin is read."""
+    stdin = io.StringIO(f"{folder / 'coffee.jpg'}\n")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = run_cli("predict", "-", "-", "-m", tiny_model_file, "-f", "json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "`-` is given 2 times" in err and "read no image paths" not in err
+    assert stdin.tell() == 0  # refused before reading: nothing was consumed
+
+
 @pytest.mark.parametrize("spec", ["https://example.com/cat.jpg", "HTTP://example.com/a.png"])
 def test_web_addresses_are_refused_in_one_sentence(run_cli, tiny_model_file, spec, tmp_path):
     code, _, err = run_cli("predict", spec, "-m", tiny_model_file)

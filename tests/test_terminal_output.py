@@ -86,3 +86,46 @@ def test_inspect_model_and_dataset_fit(run_cli, long_named):
     assert_fits(out)
     assert "the_same_image_under_another_label.png" in out.replace("\n", "")
     assert str(dataset) + "/" not in out  # paths relative to the dataset
+
+
+def test_a_long_error_wraps_to_the_terminal_and_stays_one_line_in_a_pipe(tmp_path):
+    """Issue 19: "the refusal is also one 335-column line". On a terminal (a real pty, 60 columns) the error
+    sentence is wrapped at word boundaries to the terminal's width, on stderr; into a pipe it stays one line for
+    grep and logs. The words are the same either way."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    command = [sys.executable, "-m", "cnncli", "predict", "a_missing_photo.jpg", "another_missing_photo.jpg",
+               "a_third_missing_photo.jpg"]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env.update(TERM="xterm", PYTHONPATH=os.getcwd())
+    piped = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert piped.returncode == 2 and piped.stderr.count("\n") == 1 and len(piped.stderr) > 120, piped.stderr
+    assert piped.stderr.startswith("error: ") and "Nothing to predict." in piped.stderr
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=env,
+                          cwd=tmp_path, timeout=120)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the other end is closed and everything is read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode()).replace("\r\n", "\n")
+    lines = shown.strip("\n").split("\n")
+    assert done.returncode == 2 and done.stdout == b""
+    assert len(lines) >= 3 and all(len(line) <= 60 for line in lines), lines
+    assert " ".join(line.strip() for line in lines) == piped.stderr.strip()  # the same sentence, wrapped

@@ -1,5 +1,5 @@
 """The ``cnncli`` Typer app: registers the subcommands and turns cnncli errors and usage errors (a bad option
-value, a missing argument) into one line and an exit code.
+value, a missing argument) into one sentence on stderr (wrapped to a terminal's width) and an exit code.
 
 ``--debug`` (anywhere on the command line, or CNNCLI_DEBUG=1) shows the traceback instead. Old option spellings
 kept as hidden aliases (``--out``, ``--input-size``) are rewritten to today's names before parsing.
@@ -65,7 +65,8 @@ def rewrite_aliases(argv: list[str]) -> list[str]:
 
 
 def usage_line(exc) -> str:
-    """One sentence for a click usage error: which option or argument, what is wrong, where the help is."""
+    """One sentence for a click usage error (printed after ``error:``): which option or argument, what is wrong,
+    where the help is."""
     from typer._click.exceptions import BadParameter, MissingParameter
 
     command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "cnncli"
@@ -79,7 +80,7 @@ def usage_line(exc) -> str:
             message = f"unknown {name} {choice.group(1)!r}; choose one of: {allowed}"
         else:
             message = f"invalid {name}: {detail}"
-    return f"error: {message.rstrip('.')}. See `{command} --help`."
+    return f"{message.rstrip('.')}. See `{command} --help`."
 
 
 def _register() -> None:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = with_ray_address(argv)
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+    from cnncli.core.console import error, info
     from cnncli.core.errors import CnncliError
 
     try:
@@ -117,24 +119,24 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except typer.Abort:
-        typer.echo("aborted.", err=True)
+        info("aborted.")
         sys.exit(1)
     except ClickException as exc:
         if debug:
             raise
-        typer.echo(usage_line(exc), err=True)
+        error(usage_line(exc))
         sys.exit(exc.exit_code)
     except CnncliError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        error(str(exc))  # literal text (a path with `[` or an escape stays as it is), wrapped on a terminal
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted.", err=True)
+        info("interrupted.")
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: still one line, unless --debug
         if debug:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        typer.echo(f"error: {type(exc).__name__}: {first} (run again with --debug for the traceback).", err=True)
+        error(f"{type(exc).__name__}: {first} (run again with --debug for the traceback).")
         sys.exit(1)

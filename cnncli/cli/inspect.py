@@ -58,7 +58,9 @@ def register(app: typer.Typer) -> None:
             report = check_dataset(target, val_split=val_split, seed=seed, val_csv=val_csv, allow_outside=allow_outside)
             render_dataset_report(report, fmt, sys.stdout)
             if report.problems:
-                typer.echo(f"{len(report.problems)} problems found in {target}.", err=True)
+                from cnncli.core.console import info
+
+                info(f"{len(report.problems)} problems found in {target}.")
                 raise typer.Exit(1)
             return
         from cnncli.inspect.run import inspect_model
@@ -84,5 +86,7 @@ def _render(result: dict, fmt: str) -> None:
         from cnncli.inspect.render import render_model_summary, render_onnx_summary
 
         (render_onnx_summary if isinstance(summary, OnnxSummary) else render_model_summary)(summary)
+    from cnncli.core.text import visible
+
     for picture in drawn:
-        typer.echo(f"{picture.kind}: {picture.path}")
+        typer.echo(visible(f"{picture.kind}: {picture.path}"))

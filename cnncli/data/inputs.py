@@ -80,10 +80,6 @@ def collect_inputs(specs: Iterable[str], recursive: bool = True) -> list[InputIt
     return items
 
 
-
-
-
-
 WEB_URL = re.compile(r"^https?://", re.IGNORECASE)
 
 
@@ -108,7 +104,12 @@ def _read_lines(stream: IO[str], origin: str) -> list[str]:
 
 
 def expand_input_lists(specs: Iterable[str], stdin: IO[str] | None = None) -> list[str]:
-    """``specs`` with ``-`` replaced by the paths read from ``stdin`` and ``@FILE`` by the paths in FILE."""
+    """``specs`` with ``-`` replaced by the paths read from ``stdin`` and ``@FILE`` by the paths in FILE. stdin
+    holds one list and is read once, so ``-`` may be given once (refused, before reading, when given again)."""
+    specs = list(specs)
+    if specs.count("-") > 1:
+        raise UsageError(f"`-` is given {specs.count('-')} times, but stdin holds one list of image paths and is "
+                         "read once; give `-` once.")
     expanded: list[str] = []
     for spec in specs:
         if spec == "-":

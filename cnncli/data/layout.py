@@ -289,7 +289,7 @@ def stratified_split(files_by_class: dict[str, list[Path]], val_split: float, se
     val: dict[str, list[Path]] = {}
     for name, files in files_by_class.items():
         n_val = round(len(files) * val_split)  # 0 for a tiny class: assemble_splits names it
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8", "surrogateescape"))])
         chosen = set(rng.permutation(len(files))[:n_val].tolist())
         val[name] = [f for i, f in enumerate(files) if i in chosen]
         train[name] = [f for i, f in enumerate(files) if i not in chosen]

@@ -226,12 +226,12 @@ def render_multilabel(result: MultiLabelResult, stream, errors_shown: int | None
                       root: str | None = None) -> None:
     """The summary line, the per-class table (AP, threshold, precision, recall, F1, support), the averages and
     the images with the highest loss."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cnncli.core.console import terminal_console
     from cnncli.predict.writers import shown_path
 
-    console = Console(file=stream, highlight=False, soft_wrap=False)
+    console = terminal_console(stream)  # class names and paths are literal text, never markup
     if result.split:
         console.print(f"scored {result.n_images} images: {result.split['description']}")
     console.print(f"{result.n_images} images, {len(result.classes)} classes (multi-label): mAP {result.mAP:.4f}, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnncli.core.atomic import atomic_path
+from cnncli.core.text import visible
 
 
 def pyplot():
@@ -62,8 +63,9 @@ def plot_confusion_matrix(path: Path, matrix, classes: list[str]) -> Path:
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(m, cmap="Blues")
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="confusion matrix")
-    ax.set_xticklabels(classes, rotation=90)
-    ax.set_yticklabels(classes)
+    labels = [visible(name) for name in classes]  # literal: no mathtext from a `$`, non-UTF-8 bytes escaped
+    ax.set_xticklabels(labels, rotation=90, parse_math=False)
+    ax.set_yticklabels(labels, parse_math=False)
     if n <= 30:
         peak = m.max() if m.size else 0
         for i in range(n):
@@ -104,7 +106,9 @@ def error_gallery_figure(errors: list[dict], total: int | None = None, columns: 
     for ax, err in zip(axes.flat, errors):
         name = Path(err["path"]).name
         name = name if len(name) <= 28 else name[:12] + "..." + name[-13:]
-        ax.set_title(f"{name}\ntrue {err['true']}\npred {err['predicted']} ({err['prob']:.2f})", fontsize=8)
+        caption = [visible(text) for text in (name, err["true"], err["predicted"])]
+        ax.set_title(f"{caption[0]}\ntrue {caption[1]}\npred {caption[2]} ({err['prob']:.2f})", fontsize=8,
+                     parse_math=False)
         try:
             ax.imshow(load_image(err["path"], 3))
         except (ImageError, OSError):

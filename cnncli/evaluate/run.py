@@ -236,10 +236,12 @@ def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TAB
     ``errors_shown`` most confidently wrong images (None: all; paths relative to the dataset folder ``root``),
     all within the terminal's width."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=stream, highlight=False, soft_wrap=False)
+    from cnncli.core.console import terminal_console
+    from cnncli.core.text import visible
+
+    console = terminal_console(stream)  # class names and paths are literal text, never markup
     if result.split:
         console.print(f"scored {result.n_images} images: {result.split['description']}")
     top5 = "n/a (5 classes or fewer)" if result.top5 is None else f"{result.top5:.4f}"
@@ -259,14 +261,15 @@ def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TAB
     if len(names) < len(result.classes):
         console.print(f"({len(result.classes) - len(names)} classes with no images and no predictions are not shown; "
                       "--format json lists all)")
-    if len(names) <= 30 and not _matrix_fits(names, matrix, console.width):
+    if len(names) <= 30 and not _matrix_fits([visible(name) for name in names], matrix, console.width):
         console.print(f"(the {len(names)}x{len(names)} confusion matrix is wider than the terminal; --plots DIR draws "
                       "it, --format json lists it)")
     elif len(names) <= 30:
         # Class names head the columns when they fit the terminal; otherwise the columns are numbered as the rows.
         digits = len(str(matrix.max(initial=0)))
-        named = max(map(len, names)) + sum(max(len(name), digits) + 1 for name in names) < console.width
-        headers = names if named else [str(number) for number in range(len(names))]
+        labels = [visible(name) for name in names]  # as the console shows them (control characters escaped)
+        named = max(map(len, labels)) + sum(max(len(name), digits) + 1 for name in labels) < console.width
+        headers = labels if named else [str(number) for number in range(len(names))]
         cm = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False)
         cm.add_column("", no_wrap=True, max_width=24)
         for header in headers:

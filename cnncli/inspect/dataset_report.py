@@ -1,17 +1,18 @@
 """Rendering a :class:`~cnncli.data.check.DatasetReport` for ``cnncli inspect DATA``: rich tables for people,
-JSON (the report's keys) for programs."""
+JSON (the report's keys) for programs. Class names and paths are literal text (:mod:`cnncli.core.console`):
+never markup, control characters and non-UTF-8 bytes of file names as visible escapes; JSON keeps them exact."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import IO
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from cnncli.core.console import styled, terminal_console, to_text
 from cnncli.data.check import DatasetReport
 
 DATASET_FORMATS = ("table", "json")
@@ -21,27 +22,28 @@ LIST_LIMIT = 20  # rows shown per list in the table; JSON always has all of them
 def render_dataset_report(report: DatasetReport, fmt: str, stream: IO[str]) -> None:
     """Write ``report`` to ``stream`` as "table" (rich) or "json" (DatasetReport.to_dict())."""
     if fmt == "json":
-        json.dump(report.to_dict(), stream, indent=2, ensure_ascii=False)
-        stream.write("\n")
+        stream.write(to_text(report.to_dict()) + "\n")
         stream.flush()
         return
-    console = Console(file=stream, highlight=False, soft_wrap=False)
+    console = terminal_console(stream)
     _print_summary(console, report)
     _print_lists(console, report)
     for note in report.notes:
-        console.print(f"note: {note}", markup=False, overflow="fold")
+        console.print(f"note: {note}", overflow="fold")
+    console.print()
     if report.problems:
-        console.print(f"\n[bold red]{len(report.problems)} problem{'s' if len(report.problems) > 1 else ''} found:[/]")
+        console.print(styled(f"{len(report.problems)} problem{'s' if len(report.problems) > 1 else ''} found:",
+                             "bold red"))
         for problem in report.problems:
-            console.print(f"  - {problem}", markup=False, overflow="fold")
+            console.print(f"  - {problem}", overflow="fold")
     else:
-        console.print("\n[green]no problems found.[/]")
+        console.print(styled("no problems found.", "green"))
     stream.flush()
 
 
 def _print_summary(console: Console, report: DatasetReport) -> None:
-    console.print(f"dataset {report.root}", markup=False, overflow="fold")
-    console.print(f"layout: {report.layout}; {len(report.classes)} classes; {report.n_images} images", markup=False)
+    console.print(f"dataset {report.root}", overflow="fold")
+    console.print(f"layout: {report.layout}; {len(report.classes)} classes; {report.n_images} images")
     splits = list(report.counts)
     table = Table(title="classes (index order)", title_justify="left")
     table.add_column("#", justify="right")
@@ -49,15 +51,15 @@ def _print_summary(console: Console, report: DatasetReport) -> None:
     for split in splits:
         table.add_column(split, justify="right")
     for index, name in enumerate(report.classes):
-        table.add_row(str(index), escape(name), *[_count_cell(report.counts[split].get(name, 0)) for split in splits])
+        table.add_row(str(index), name, *[_count_cell(report.counts[split].get(name, 0)) for split in splits])
     table.add_section()
     table.add_row("", "total", *[str(sum(report.counts[split].values())) for split in splits])
     console.print(table)
     ratio = report.imbalance_ratio
     ratio_text = f"{ratio:.2f}" if math.isfinite(ratio) else "n/a (no train images)"
-    console.print(f"imbalance ratio (train images, largest / smallest non-empty class): {ratio_text}", markup=False)
-    console.print("image sizes: " + (_counts_text(report.sizes) or "none readable"), markup=False)
-    console.print("modes: " + (_counts_text(report.modes) or "none readable"), markup=False)
+    console.print(f"imbalance ratio (train images, largest / smallest non-empty class): {ratio_text}")
+    console.print("image sizes: " + (_counts_text(report.sizes) or "none readable"))
+    console.print("modes: " + (_counts_text(report.modes) or "none readable"))
 
 
 def _print_lists(console: Console, report: DatasetReport) -> None:
@@ -77,31 +79,33 @@ def _print_lists(console: Console, report: DatasetReport) -> None:
                   for item in report.unreadable])
     _print_lines(console, "empty class folders", [rel(p) for p in report.empty_classes])
     _print_lines(console, "groups of identical files within a split",
-                 ["group " + str(n) + ":\n" + "\n".join(f"    {rel(p)}" for p in group)
-                  for n, group in enumerate(report.duplicates, 1)])
+                 [[f"group {n}:", *(f"    {rel(p)}" for p in group)] for n, group in enumerate(report.duplicates, 1)])
     _print_lines(console, "same image in more than one split",
-                 [f"sha256 {leak['hash'][:16]}:\n" + "\n".join(f"    {split}: {rel(p)}" for split, paths in leak.items()
-                                                        if split != "hash" for p in paths)
+                 [[f"sha256 {leak['hash'][:16]}:", *(f"    {split}: {rel(p)}" for split, paths in leak.items()
+                                                     if split != "hash" for p in paths)]
                   for leak in report.leaks])
     _print_lines(console, "hidden files and folders (ignored)", [rel(p) for p in report.hidden_ignored])
 
 
-def _print_lines(console: Console, title: str, lines: list[str]) -> None:
-    if not lines:
+def _print_lines(console: Console, title: str, entries: list[str | list[str]]) -> None:
+    """``title (n):`` and the first LIST_LIMIT entries, each a line or a list of lines (a heading and its paths);
+    a newline inside a path is shown as ``\\n``, never as a line break."""
+    if not entries:
         return
-    console.print(f"{title} ({len(lines)}):", markup=False)
-    for line in lines[:LIST_LIMIT]:
-        console.print(f"  {line}", markup=False, overflow="fold")
-    _more(console, len(lines))
+    console.print(f"{title} ({len(entries)}):")
+    for entry in entries[:LIST_LIMIT]:
+        for line in [entry] if isinstance(entry, str) else entry:
+            console.print(f"  {line}", overflow="fold")
+    _more(console, len(entries))
 
 
 def _more(console: Console, total: int) -> None:
     if total > LIST_LIMIT:
-        console.print(f"  ... and {total - LIST_LIMIT} more (--format json lists all).", markup=False)
+        console.print(f"  ... and {total - LIST_LIMIT} more (--format json lists all).")
 
 
-def _count_cell(count: int) -> str:
-    return "[red]0[/]" if count == 0 else str(count)
+def _count_cell(count: int) -> str | Text:
+    return styled("0", "red") if count == 0 else str(count)
 
 
 def _counts_text(counts: dict[str, int]) -> str:

@@ -1,12 +1,14 @@
-"""Rendering model and ONNX summaries as rich tables (for people) or JSON (for programs)."""
+"""Rendering model and ONNX summaries as rich tables (for people) or JSON (for programs). Names from the file
+(layers, ONNX inputs, card fields, class names) are literal text on the console (:mod:`cnncli.core.console`)."""
 
 from __future__ import annotations
 
 import sys
 from typing import IO
 
-from rich.console import Console
 from rich.table import Table
+
+from cnncli.core.console import LiteralConsole, styled, terminal_console
 
 
 def human(n: float, unit: str = "") -> str:
@@ -34,9 +36,8 @@ def _pair_text(v) -> str:
     return str(v[0]) if len(set(v)) == 1 else "x".join(str(x) for x in v)
 
 
-def _console(stream: IO[str] | None) -> Console:
-    stream = stream or sys.stdout
-    return Console(file=stream, highlight=False, soft_wrap=False)
+def _console(stream: IO[str] | None) -> LiteralConsole:
+    return terminal_console(stream or sys.stdout)
 
 
 def render_model_summary(summary, stream: IO[str] | None = None) -> None:
@@ -51,9 +52,9 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
             ksp = "/".join(_pair_text(v) for v in (layer.kernel_size, layer.stride, layer.padding, layer.dilation))
         status = layer.trainable
         if status == "frozen":
-            status = "[cyan]frozen[/]"
+            status = styled("frozen", "cyan")
         elif status == "partly frozen":
-            status = "[yellow]partly frozen[/]"
+            status = styled("partly frozen", "yellow")
         table.add_row("  " * (layer.depth - 1) + layer.name, layer.type, ksp, shape_text(layer.output_shape),
                       f"{layer.params:,}" if layer.params else "", status, human(layer.macs) if layer.macs else "")
     console.print(table)
@@ -89,7 +90,7 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
             n = extra.get("trainable_params")
             lines.append(f"policy       {extra['trainable']}" + (f" ({n:,} trainable)" if isinstance(n, int) else ""))
     for line in lines:
-        console.print(line, markup=False)
+        console.print(line)
 
 
 def _brief(d: dict, limit: int = 8) -> str:
@@ -100,7 +101,7 @@ def _brief(d: dict, limit: int = 8) -> str:
 def render_onnx_summary(summary, stream: IO[str] | None = None) -> None:
     console = _console(stream)
     console.print(f"{summary.path}: ONNX IR {summary.ir_version}, opset {summary.opset}"
-                  f"{' (' + summary.producer + ')' if summary.producer else ''}", markup=False)
+                  f"{' (' + summary.producer + ')' if summary.producer else ''}")
     io_table = Table(title="inputs and outputs", title_justify="left")
     for col in ("", "name", "type", "shape"):
         io_table.add_column(col)
@@ -114,12 +115,12 @@ def render_onnx_summary(summary, stream: IO[str] | None = None) -> None:
     for op, n in summary.node_counts.items():
         nodes.add_row(op, str(n))
     console.print(nodes)
-    console.print(f"parameters   {summary.total_params:,} in {summary.initializer_count} initializers", markup=False)
+    console.print(f"parameters   {summary.total_params:,} in {summary.initializer_count} initializers")
     meta = summary.metadata
     if meta:
         classes = meta.get("classes") or []
         console.print(f"cnncli card  {meta.get('arch')}, {len(classes)} classes "
                       f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}), "
-                      f"input {'x'.join(str(s) for s in meta['preprocessing']['input_size'])}", markup=False)
+                      f"input {'x'.join(str(s) for s in meta['preprocessing']['input_size'])}")
     else:
-        console.print("no cnncli metadata in this file.", markup=False)
+        console.print("no cnncli metadata in this file.")

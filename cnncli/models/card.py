@@ -12,6 +12,7 @@ from typing import Any
 
 from cnncli import __version__
 from cnncli.core.errors import ModelFileError
+from cnncli.core.text import json_text
 
 FORMAT_VERSION = 1
 METADATA_KEY = "cnncli"  # key of the JSON card in safetensors metadata and ONNX metadata_props
@@ -128,7 +129,7 @@ class ModelCard:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        return json_text(self.to_dict())  # a class folder's non-UTF-8 byte as its JSON escape
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str | None = None) -> ModelCard:

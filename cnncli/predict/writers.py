@@ -1,16 +1,21 @@
 """Writing predictions: rich tables for people, JSON / JSON Lines / CSV for programs. Machine formats go to
-stdout (or --output) and are written as each image finishes."""
+stdout (or --output) and are written as each image finishes.
+
+Paths and labels are data, never markup: tables show them literally (control characters and non-UTF-8 bytes of
+file names as visible escapes, :mod:`cnncli.core.text`); JSON keeps the exact string (a non-UTF-8 byte as its
+``\\udcXX`` escape); CSV writes it as it is (a non-UTF-8 byte as that very byte)."""
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from typing import IO
 
 from rich.table import Table
 
-from cnncli.core.console import terminal_console
+from cnncli.core.console import styled, terminal_console
+from cnncli.core.text import json_text
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -31,14 +36,16 @@ class PredictionWriter:
         self.first = True
         self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
         if self.csv:
+            if isinstance(stream, io.TextIOWrapper):  # a file name's non-UTF-8 bytes are written back as they were
+                stream.reconfigure(errors="surrogateescape")
             self.csv.writerow(CSV_COLUMNS + (["selected"] if multilabel else []))
 
     def write(self, pred) -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(pred.to_dict(), ensure_ascii=False) + "\n")
+            self.stream.write(json_text(pred.to_dict()) + "\n")
             self.stream.flush()
         elif self.fmt == "json":
-            self.stream.write(("[\n" if self.first else ",\n") + "  " + json.dumps(pred.to_dict(), ensure_ascii=False))
+            self.stream.write(("[\n" if self.first else ",\n") + "  " + json_text(pred.to_dict()))
         elif self.fmt == "csv":
             if pred.error is not None:
                 self.csv.writerow([pred.path, "", "", "", "", pred.error])
@@ -112,7 +119,7 @@ def render_prediction_table(preds: list, top_k: int, stream: IO[str], root: str 
     for pred in preds:
         name = shown_path(pred.path, root)
         if pred.error is not None:
-            table.add_row(name, "[red]error[/]", "", *([pred.error] if top_k > 1 else []))
+            table.add_row(name, styled("error", "red"), "", *([pred.error] if top_k > 1 else []))
             continue
         first = pred.top[0]
         cells = [name, first["label"], f"{first['prob']:.4f}"]

@@ -196,4 +196,4 @@ def open_output(location: str) -> Iterator[IO[str]]:
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as stream:
         yield stream
         stream.seek(0)
-        fs.pipe_file(key, stream.read().encode("utf-8"))
+        fs.pipe_file(key, stream.read().encode("utf-8", "surrogateescape"))  # CSV: a file name's bytes as they are

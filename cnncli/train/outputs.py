@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from cnncli.core.atomic import write_bytes_atomic
+from cnncli.core.text import json_text
 
 RESULT_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "seconds")
 EXTRA_COLUMNS = ("val_map",)  # a multi-label run's validation mAP
@@ -31,4 +31,4 @@ def read_results_csv(path: Path) -> list[dict]:
 
 
 def write_json(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+    write_bytes_atomic(path, (json_text(obj, indent=2) + "\n").encode())  # a non-UTF-8 file name: its JSON escape
