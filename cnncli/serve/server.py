@@ -30,7 +30,6 @@ BACKLOG = 2048  # connections the kernel holds for us while we are at the cap
 HEADER_TIMEOUT_S = 10.0  # request line and headers, at most (and never more than --timeout)
 KEEP_ALIVE_S = 5  # an idle kept-alive connection closes after this
 MIN_FREE_DESCRIPTORS = 16  # kept free for the model, spooled uploads, logs: at least this, or 1/8 of the limit
-_OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -159,26 +158,25 @@ class Listener:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
-                    if exc.errno in _OUT_OF_DESCRIPTORS:
-                        self._warn(exc)
-                        await asyncio.sleep(0.1)
-                        break
                     if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                         continue  # the client gave up between SYN and accept
-                    raise
+                    # out of descriptors (EMFILE, ENFILE) or memory: the connection waits in the backlog
+                    self._warn(f"cannot accept connections for now ({exc.strerror}); they wait in the backlog.")
+                    await asyncio.sleep(0.1)
+                    break
                 self.stats.accepted += 1
                 try:
                     await loop.connect_accepted_socket(self.make_protocol, conn)
-                except OSError:
+                except Exception as exc:  # this connection only: the listener must keep accepting
+                    self._warn(f"dropped a connection ({type(exc).__name__}: {exc}).")
                     conn.close()
                 self.stats.open = len(self.connections)
 
-    def _warn(self, exc: OSError) -> None:
+    def _warn(self, message: str) -> None:
         now = time.monotonic()
-        if now - self._warned_at > 10:
+        if now - self._warned_at > 10:  # at most one line per 10 s
             self._warned_at = now
-            print(f"warning: cannot accept connections for now ({exc.strerror}); they wait until files are free.",
-                  file=sys.stderr, flush=True)
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class OneLineLog(logging.Filter):
