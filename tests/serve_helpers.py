@@ -31,12 +31,28 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+SERVE_ENGINES = Path(__file__).with_name("serve_engines.py")
+
+
+def open_files_limit(n: int):
+    """A preexec_fn: the child starts with at most ``n`` open files (soft and hard RLIMIT_NOFILE), as `ulimit -n`."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 class ServeProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+                 engine: str | None = None, preexec_fn=None) -> None:
+        """`cnncli serve --port 0 ARGS`; with ``engine`` (a KIND of tests/serve_engines.py), that script instead,
+        serving the misbehaving engine through the same server code (ARGS: the model, then its options)."""
         # no --host: every test also checks that the default is loopback only (URL_LINE wants 127.0.0.1)
-        cmd = [sys.executable, "-m", "cnncli", "serve", "--port", "0", *map(str, args)]
+        if engine is None:
+            cmd = [sys.executable, "-m", "cnncli", "serve", "--port", "0", *map(str, args)]
+        else:
+            cmd = [sys.executable, str(SERVE_ENGINES), engine, *map(str, args)]
         self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self._url = threading.Event()
         self.url = ""

@@ -110,6 +110,10 @@ BAD_INPUTS = {
     "too many files": ("five files", 413, "too many files in one request; the limit is 4"),
     "malformed multipart": (dict(content=b"--x\r\ngarbage", headers={"content-type": "multipart/form-data"}), 400,
                             "multipart body could not be read"),
+    "truncated multipart": (dict(content=b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+                                         b"Content-Type: image/jpeg\r\n\r\n" + b"\xff\xd8\xff" * 100,
+                                 headers={"content-type": "multipart/form-data; boundary=b"}), 400,
+                            "the multipart body could not be read (it is truncated"),
     "top_k 0": (dict(params={"top_k": 0}), 422, "top_k: Input should be greater than or equal to 1"),
     "top_k text": (dict(params={"top_k": "many"}), 422, "top_k: Input should be a valid integer"),
     "unknown route": ("GET /v2/classify", 404, "no such endpoint: GET /v2/classify"),

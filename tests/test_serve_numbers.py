@@ -12,6 +12,10 @@ import pytest
     ("--max-batch", "0", "must be in [1, 4096]"), ("--max-wait-ms", "nan", "must be a finite number"),
     ("--max-queue", "-1", "must be in [1, 1000000]"), ("--max-upload-mb", "0", "must be in [0.001, 100000]"),
     ("--max-files", "inf", "must be a whole number"), ("--workers", "0", "must be in [1, 256]"),
+    # issue 25 item 12: nan is "not a finite number", not "should be <= 100000"
+    ("--max-upload-mb", "nan", "must be a finite number in [0.001, 100000], not nan"),
+    ("--timeout", "0", "must be in (0, 86400], not 0"), ("--timeout", "nan", "must be a finite number"),
+    ("--timeout", "soon", "must be a number in (0, 86400]"), ("--max-connections", "0", "must be in [1, 1000000]"),
 ])
 def test_serve_refuses_bad_numbers_like_every_command(run_cli, option, value, says):
     code, _, err = run_cli("serve", option, value)

@@ -33,8 +33,17 @@ def register(app: typer.Typer) -> None:
         max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", parser=v.number(float, ge=0, le=10_000), metavar="MS",
                                           help="How long the first image of a batch waits for others to join it."),
         max_queue: int = typer.Option(256, "--max-queue", parser=v.number(int, ge=1, le=1_000_000), metavar="N",
-                                      help="Most images in the service at once (uploading, decoding, queued, in the "
-                                           "engine); beyond it requests get 503 with Retry-After."),
+                                      help="Most images in the service at once (decoding, queued, in the engine; a "
+                                           "request is admitted once its upload is complete); beyond it requests "
+                                           "get 503 with Retry-After."),
+        timeout: float = typer.Option(30.0, "--timeout", parser=v.number(float, gt=0, le=86_400), metavar="S",
+                                      help="Longest one request may take from its headers to its answer (upload, "
+                                           "queue, engine): past it 408 if the client had not sent its body, else "
+                                           "503. Headers must arrive within 10 s (or S, if less)."),
+        max_connections: int = typer.Option(1000, "--max-connections", parser=v.number(int, ge=1, le=1_000_000),
+                                            metavar="N",
+                                            help="Most connections open at once (lowered to fit the open-file limit); "
+                                                 "at the cap the one idle longest is closed, or new ones wait."),
         max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", parser=v.number(float, ge=0.001, le=100_000),
                                             metavar="MB", help="Largest request body in MB; larger uploads get 413 as "
                                                                "soon as they pass it."),
@@ -61,7 +70,7 @@ def register(app: typer.Typer) -> None:
         """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /docs, and a page at /.
 
         Concurrent requests are batched for the engine (--max-batch, --max-wait-ms). Stop with Ctrl-C or SIGTERM:
-        requests in flight are answered first, then it exits 0.
+        requests in flight get up to 5 s to be answered, then it exits 0.
         """
 
         from cnncli.core.errors import CnncliError
@@ -74,22 +83,15 @@ def register(app: typer.Typer) -> None:
             raise CnncliError(f"cnncli serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing); "
                               "install them with: pip install 'cnncli[serve]'.") from None
         from cnncli.engines.base import open_engines
-        from cnncli.serve.server import bind_socket, url_of
+        from cnncli.serve.app import ServeSettings
+        from cnncli.serve.server import serve_engine
 
         specs = list(models or []) + list(model or [])
         engine = open_engines(specs or [None], device=device, weights=weights, threads=threads, tta=tta,
                               engine=engine_name, precision=precision, calib=str(calib) if calib else None)
-        sock = bind_socket(host, port)
-        from cnncli.serve.app import ServeSettings, create_app
-        from cnncli.serve.server import serve as run_server
-
         settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                  max_upload_mb=max_upload_mb, max_files=max_files,
                                  workers=workers or min(4, usable_cores()), default_top_k=top_k,
-                                 models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet)
-        url = url_of(sock)
-        card = engine.card
-        exposed = "" if host in ("127.0.0.1", "localhost", "::1") else " (reachable from the network)"
-        banner = (f"cnncli serve: {card.arch} ({card.num_classes} classes) on {engine.name}, {precision}; "
-                  f"listening on {url}{exposed}; API docs {url}/docs; Ctrl-C stops.")
-        run_server(create_app(engine, settings), sock, banner)
+                                 models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet,
+                                 timeout=timeout)
+        serve_engine(engine, settings, host, port, max_connections=max_connections)

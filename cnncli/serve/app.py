@@ -2,8 +2,10 @@
 ``files``), ``GET /v1/model``, ``/v1/stats``, ``/healthz``, ``/readyz``, the browser page at ``/``, and JSON errors
 ``{"error": "one sentence"}`` for everything that goes wrong, with one log line per request on stderr.
 
-Uploads are read as a stream and refused (413) as soon as they pass ``--max-upload-mb``; images are decoded in a
-thread pool with :mod:`cnncli.data.images` (the same pixels as ``predict``) while the batcher runs the engine.
+Uploads are read as a stream (:mod:`.uploads`) and refused (413) as soon as they pass ``--max-upload-mb``; a request
+is admitted to the batch queue only once its body is complete; images are decoded in a thread pool with
+:mod:`cnncli.data.images` (the same pixels as ``predict``) while the batcher runs the engine. Each request is bounded
+by ``--timeout`` (:mod:`.deadline`); an answer sent before the request's body was read closes the connection.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from cnncli.core.errors import ImageError, ImageTooLargeError
 from cnncli.data.images import load_pixels_from_bytes, max_image_pixels
 from cnncli.predict.multilabel import label_picker
 from cnncli.predict.run import Prediction, scored
-from cnncli.serve.batcher import DynamicBatcher
-
-MB = 1024 * 1024
-RETRY_AFTER_S = 1
+from cnncli.serve.batcher import BatchFailed, DynamicBatcher
+from cnncli.serve.deadline import DeadlinePassed, Deadlines
+from cnncli.serve.errors import RETRY_AFTER_S, ServiceError, busy
+from cnncli.serve.protocol import ConnectionStats
+from cnncli.serve.uploads import MB, UploadReader
 
 
 @dataclass
@@ -50,6 +52,8 @@ class ServeSettings:
     precision: str = "fp32"
     tta: bool = False
     log: bool = True
+    timeout: float = 30.0  # the longest one request may take once its headers are in (--timeout)
+    max_connections: int | None = None  # as the server set it (shown by /v1/model)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -80,25 +84,8 @@ class ErrorBody(BaseModel):
     error: str
 
 
-class ServiceError(Exception):
-    """A request that gets a JSON error answer instead of results."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _busy(what: str) -> ServiceError:
-    return ServiceError(503, f"the service is at capacity ({what}); retry in {RETRY_AFTER_S} s.",
-                        {"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _lower_thread_priority() -> None:
@@ -119,9 +106,16 @@ def page_html() -> str:
     return resources.files("cnncli.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+def _has_body(scope) -> bool:
+    headers = dict(scope.get("headers") or ())
+    return b"transfer-encoding" in headers or headers.get(b"content-length", b"0").strip() not in (b"0", b"")
+
+
 class RequestLog:
     """ASGI middleware: one line per request on stderr (client, method, path, status, images, ms), and a JSON 500
-    instead of a traceback for anything unexpected; the service keeps serving."""
+    instead of a traceback for anything unexpected; the service keeps serving. An answer that starts before the
+    request's body was read to its end says ``Connection: close``, so a client still sending (or stalled) cannot
+    keep the connection."""
 
     def __init__(self, app, enabled: bool = True) -> None:
         self.app, self.enabled = app, enabled
@@ -130,24 +124,35 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        info: dict[str, Any] = {"images": 0, "status": None}
+        # the protocol may have noted a status already (a request h11 refused mid-body, before this ran)
+        info: dict[str, Any] = {"images": 0, "status": None, **scope.get("cnncli", {})}
         scope["cnncli"] = info
         start = time.perf_counter()
+        body_read = [not _has_body(scope)]
+
+        async def receive_and_note():
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read[0] = True  # the last chunk, or the client is gone
+            return message
 
         async def send_and_note(message) -> None:
             if message["type"] == "http.response.start":
-                info["status"] = message["status"]
+                if info["status"] is None:
+                    info["status"] = message["status"]
+                if not body_read[0]:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive_and_note, send_and_note)
         except Exception as exc:  # the last line of defence: answer, log one line, keep serving
             info["note"] = f"{type(exc).__name__}: {exc}"
             if info["status"] is None:
                 response = error_response(500, f"internal error ({type(exc).__name__}); the service keeps running, "
                                                "see its log.")
                 try:
-                    await response(scope, receive, send_and_note)
+                    await response(scope, receive_and_note, send_and_note)
                 except Exception:  # the client is gone: nothing is left to answer
                     pass
         finally:
@@ -168,7 +173,9 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
                                   initializer=_lower_thread_priority)
     card = engine.card
     pick = label_picker(card)  # None for a single-label model
-    counters = {"requests": 0, "answered": 0, "refused_busy": 0, "in_flight": 0, "body_bytes": 0}
+    counters = {"requests": 0, "answered": 0, "refused_busy": 0, "timed_out": 0, "in_flight": 0, "body_bytes": 0}
+    deadlines = Deadlines(settings.timeout)
+    connections = ConnectionStats()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -187,6 +194,8 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.batcher = batcher
+    app.state.deadlines = deadlines  # the server calls begin_stopping() on SIGTERM
+    app.state.connections = connections  # the server's protocol counts into it
     app.add_middleware(RequestLog, enabled=settings.log)
 
     # ------------------------------------------------------------------ errors as JSON
@@ -218,13 +227,20 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     async def page() -> HTMLResponse:
         return HTMLResponse(page_html())
 
-    @app.get("/healthz", summary="The process is up.")
-    async def healthz() -> dict:
+    @app.get("/healthz", summary="The process is up (503 once its batcher has stopped: restart it).",
+             responses={503: {"model": ErrorBody}})
+    async def healthz():
+        if batcher.failure:
+            return error_response(503, f"the batcher stopped ({batcher.failure}); restart the service.")
         return {"status": "ok"}
 
     @app.get("/readyz", summary="The model is loaded and warmed up with one forward pass.",
              responses={503: {"model": ErrorBody}})
     async def readyz():
+        if batcher.failure:
+            return error_response(503, f"the batcher stopped ({batcher.failure}); restart the service.")
+        if deadlines.stopping:
+            return error_response(503, "the service is stopping.")
         if batcher.warmup_error:
             return error_response(503, f"the model failed its warm-up forward pass ({batcher.warmup_error}).")
         if not batcher.ready:
@@ -242,53 +258,16 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
             "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                          "max_queue": settings.max_queue},
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_files": settings.max_files,
-                       "max_pixels": max_image_pixels()},
+                       "max_pixels": max_image_pixels(), "timeout_s": settings.timeout,
+                       "max_connections": settings.max_connections},
         }
 
     @app.get("/v1/stats", summary="Counters: requests, engine batches and their sizes, what is in flight.")
     async def stats() -> dict:
         return {**counters, "ready": batcher.ready, "queued": batcher.queued, "reserved": batcher.reserved,
-                **batcher.stats.to_dict()}
+                **batcher.stats.to_dict(), "connections": connections.to_dict()}
 
     # ------------------------------------------------------------------ classify
-    async def body_chunks(request: Request, held: list[int]) -> AsyncIterator[bytes]:
-        """The request body, refused past the upload limit or the service's body budget while it streams."""
-        async for chunk in request.stream():
-            held[0] += len(chunk)
-            counters["body_bytes"] += len(chunk)
-            if held[0] > settings.max_upload_bytes:
-                raise _BodyTooLarge
-            if counters["body_bytes"] > settings.body_budget_bytes:
-                counters["refused_busy"] += 1
-                raise _busy("too many uploads in progress")
-            yield chunk
-
-    async def read_uploads(request: Request, held: list[int]) -> list[tuple[str, bytes]]:
-        """(name, bytes) per image: the raw body (named '-') or each multipart file part, in order."""
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data"):
-            parser = MultiPartParser(request.headers, body_chunks(request, held), max_files=settings.max_files,
-                                     max_fields=64, max_part_size=64 * 1024)
-            try:
-                form = await parser.parse()
-            except MultiPartException as exc:
-                if exc.message.startswith("Too many files"):
-                    raise ServiceError(413, f"too many files in one request; the limit is {settings.max_files} "
-                                            "(--max-files).") from None
-                raise ServiceError(400, f"the multipart body could not be read ({exc.message.rstrip('.')}).") from None
-            try:
-                uploads = []
-                for _, value in form.multi_items():
-                    if not isinstance(value, str):
-                        uploads.append((value.filename or "-", await value.read()))
-            finally:
-                await form.close()
-            return uploads
-        data = bytearray()
-        async for chunk in body_chunks(request, held):
-            data += chunk
-        return [("-", bytes(data))] if data else []
-
     def decode(data: bytes, name: str):
         try:
             return load_pixels_from_bytes(data, name, card.preprocessing)
@@ -324,54 +303,64 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
             raise ServiceError(413, f"the upload is {int(declared) / MB:.1f} MB, over the "
                                     f"{settings.max_upload_mb:g} MB limit (--max-upload-mb).")
-        if not batcher.try_reserve(1):
-            counters["refused_busy"] += 1
-            raise _busy(f"{settings.max_queue} images in progress, --max-queue")
-        slots, held = 1, [0]
+        uploads = UploadReader(request, max_upload_mb=settings.max_upload_mb, max_files=settings.max_files,
+                               counters=counters, budget_bytes=settings.body_budget_bytes)
         counters["in_flight"] += 1
         try:
-            try:
-                uploads = await read_uploads(request, held)
-            except _BodyTooLarge:
-                raise ServiceError(413, f"the upload is over the {settings.max_upload_mb:g} MB limit "
-                                        "(--max-upload-mb).") from None
-            except ClientDisconnect:
-                info["note"] = "client disconnected during the upload"
-                return error_response(499, "the client disconnected.")
-            if not uploads:
-                raise ServiceError(422, "no image in the request; send the image as the body (curl --data-binary "
-                                        "@cat.jpg) or as multipart field file (several: files).")
-            if len(uploads) > settings.max_files:
-                raise ServiceError(413, f"too many files in one request; the limit is {settings.max_files} "
-                                        "(--max-files).")
-            info["images"] = len(uploads)
-            if len(uploads) > 1:
-                if not batcher.try_reserve(len(uploads) - 1):
-                    counters["refused_busy"] += 1
-                    raise _busy(f"{settings.max_queue} images in progress, --max-queue")
-                slots = len(uploads)
-            loop = asyncio.get_running_loop()
-            names = [name for name, _ in uploads]
-            decoded = await asyncio.gather(*(loop.run_in_executor(decoders, decode, data, name)
-                                             for name, data in uploads))
-            del uploads
-            good = [px for px in decoded if isinstance(px, np.ndarray)]
-            rows = iter(await asyncio.gather(*(batcher.classify(px) for px in good)))
-            results = [
-                Prediction(name, **scored(next(rows), card.classes, top_k, pick)).to_dict()
-                if isinstance(item, np.ndarray) else Prediction(name, error=str(item)).to_dict()
-                for name, item in zip(names, decoded)
-            ]
-            bad = [item for item in decoded if not isinstance(item, np.ndarray)]
-            if bad and not good:
-                status = 413 if all(isinstance(b, ImageTooLargeError) for b in bad) else 422
-                message = str(bad[0]) if len(bad) == 1 else f"none of the {len(bad)} images could be read; {bad[0]}"
-                return JSONResponse({"error": message, "results": results}, status_code=status)
-            counters["answered"] += 1
-            return JSONResponse(results)
+            return await deadlines.run(answer(uploads, top_k, info), lambda: uploads.complete)
+        except DeadlinePassed as exc:
+            counters["timed_out"] += 1
+            info["note"] = "--timeout passed before the body arrived" if exc.status == 408 else "--timeout passed"
+            raise
         finally:
             counters["in_flight"] -= 1
-            counters["body_bytes"] -= held[0]
+            uploads.release()
+
+    async def answer(uploads: UploadReader, top_k: int, info: dict):
+        try:
+            images = await uploads.read()
+        except ClientDisconnect:
+            info.setdefault("note", "client disconnected during the upload")
+            return error_response(499, "the client disconnected.")
+        if not images:
+            raise ServiceError(422, "no image in the request; send the image as the body (curl --data-binary "
+                                    "@cat.jpg) or as multipart field file (several: files).")
+        if len(images) > settings.max_files:
+            raise ServiceError(413, f"too many files in one request; the limit is {settings.max_files} "
+                                    "(--max-files).")
+        info["images"] = len(images)
+        # admission to the batch queue only now that the body is complete: a stalled upload holds no slot
+        if not batcher.try_reserve(len(images)):
+            counters["refused_busy"] += 1
+            raise busy(f"{settings.max_queue} images in progress, --max-queue")
+        slots = len(images)
+        try:
+            return await classify_admitted(images, top_k)
+        finally:
             batcher.release(slots)
+
+    async def classify_admitted(images: list[tuple[str, bytes]], top_k: int) -> JSONResponse:
+        loop = asyncio.get_running_loop()
+        names = [name for name, _ in images]
+        decoded = await asyncio.gather(*(loop.run_in_executor(decoders, decode, data, name)
+                                         for name, data in images))
+        images.clear()  # the encoded bytes are no longer needed (the caller's list is this one)
+        good = [px for px in decoded if isinstance(px, np.ndarray)]
+        try:
+            rows = iter(await asyncio.gather(*(batcher.classify(px) for px in good)))
+        except BatchFailed as exc:
+            raise ServiceError(500, str(exc)) from None
+        results = [
+            Prediction(name, **scored(next(rows), card.classes, top_k, pick)).to_dict()
+            if isinstance(item, np.ndarray) else Prediction(name, error=str(item)).to_dict()
+            for name, item in zip(names, decoded)
+        ]
+        bad = [item for item in decoded if not isinstance(item, np.ndarray)]
+        if bad and not good:
+            status = 413 if all(isinstance(b, ImageTooLargeError) for b in bad) else 422
+            message = str(bad[0]) if len(bad) == 1 else f"none of the {len(bad)} images could be read; {bad[0]}"
+            return JSONResponse({"error": message, "results": results}, status_code=status)
+        counters["answered"] += 1
+        return JSONResponse(results)
 
     return app
