@@ -63,6 +63,10 @@ def register(app: typer.Typer) -> None:
             n_errors = int(errors)
         else:
             raise UsageError(f"--errors takes a number of images or 'all', not {errors!r}.")
+        if plots:
+            from cnncli.core.paths import check_output_location
+
+            check_output_location(plots, "--plots", folder=True)
         figures = None
         if precision == "fp32":
             result = evaluate_model(model, data, split=split, batch_size=batch_size, device=device, workers=workers,
