@@ -4,6 +4,8 @@ must be (``image.jpg/x.jsonl``, a file named ``RUN/tensorboard``), a folder wher
 one sentence naming the user's path (never a temporary file), exit 2, before the model is loaded. And an
 unwritable cache (CNNCLI_CACHE=/proc/x, or a file) falls back to a temporary cache for the run, with a warning."""
 
+# ruff: noqa: F811 - the tiny_onnx fixture imported from scale_helpers is used by name as an argument, which
+# pyflakes reads as a redefinition (as for tests/test_scale*.py in pyproject.toml)
 from __future__ import annotations
 
 import os
