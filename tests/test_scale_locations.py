@@ -101,3 +101,16 @@ def test_a_good_output_uri_is_written_and_leaves_no_probe(run_cli, s3_env, tiny_
     assert [k for k in _keys(s3_env) if k.startswith("results/")] == ["results/p.jsonl"]
     body = s3_env.get_object(Bucket=BUCKET, Key="results/p.jsonl")["Body"].read().decode()
     assert len(jsonl_rows(body)) == 3
+
+
+def test_local_names_with_brackets_are_literal(run_cli, tiny_onnx, tmp_path):
+    """The same rule for local files, on the plain path and at scale: an existing name is that file."""
+    images = write_images(tmp_path / "src", 3)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, image in zip(["[bold]y.jpg", "[brackets].jpg"], images[1:3]):
+        (folder / name).write_bytes(image.read_bytes())
+    for extra in ([], ["-o", tmp_path / "p.jsonl"], ["-f", "parquet", "-o", tmp_path / "parts"]):
+        result = run_cli("predict", folder / "[bold]y.jpg", "--model", tiny_onnx, "-f", "jsonl", *extra)
+        assert result.code == 0, result.err
+    assert list(jsonl_rows((tmp_path / "p.jsonl").read_text())) == [str(folder / "[bold]y.jpg")]
