@@ -180,3 +180,33 @@ def kill_after_parts(args: list, folder: Path, parts: int, total: int, env: dict
     found = len([n for n in os.listdir(folder) if n.startswith("part-")])
     assert found < total, "the job finished before the kill: nothing to resume"
     return found
+
+
+def _stat(pid: int) -> tuple[str, int, int, str] | None:
+    """(state, parent id, start time, name) of a live process from /proc, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            head, _, rest = fh.read().rpartition(b")")
+    except OSError:
+        return None
+    fields = rest.split()
+    return fields[0].decode(), int(fields[1]), int(fields[19]), head.split(b"(", 1)[1].decode(errors="replace")
+
+
+def descendants(pid: int) -> dict[tuple[int, int], str]:
+    """The live descendants of ``pid``: (id, start time) -> name."""
+    table = {int(n): s for n in os.listdir("/proc") if n.isdigit() and (s := _stat(int(n))) is not None}
+    found, todo = {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (_, ppid, started, name) in table.items():
+            if ppid == parent:
+                found[(child, started)] = name
+                todo.append(child)
+    return found
+
+
+def still_running(process: tuple[int, int]) -> bool:
+    """Whether the process (id, start time) is alive and not a zombie (the same process, not a reused id)."""
+    now = _stat(process[0])
+    return now is not None and now[2] == process[1] and now[0] != "Z"

@@ -232,15 +232,60 @@ def test_bytes_decoding_gives_the_file_pixels(small_set):
         assert np.array_equal(load_pixels_from_bytes(path.read_bytes(), str(path), pre), expected)
 
 
-def test_ray_takes_an_optional_address():
-    """`--ray` alone (last, or before an input or another option) is a local Ray; a HOST:PORT after it joins."""
+def test_ray_takes_an_optional_address(tmp_path, monkeypatch):
+    """`--ray` alone (last, or before an input or another option) is `--ray=` (RAY_ADDRESS, else a local Ray); a
+    HOST:PORT after it joins; a word with a colon that is no path is taken as the address (and refused later)."""
     from cnncli.scale.uris import with_ray_address
 
-    assert with_ray_address(["predict", "--ray", "imgs/", "-o", "p"]) == ["predict", "--ray=local", "imgs/", "-o", "p"]
-    assert with_ray_address(["predict", "imgs", "--ray"]) == ["predict", "imgs", "--ray=local"]
-    assert with_ray_address(["predict", "imgs", "--ray", "--format", "parquet"])[2] == "--ray=local"
-    for address in ("10.0.0.5:6379", "ray://head:10001", "auto", "[::1]:6379"):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "odd:name").mkdir()
+    assert with_ray_address(["predict", "--ray", "imgs/", "-o", "p"]) == ["predict", "--ray=", "imgs/", "-o", "p"]
+    assert with_ray_address(["predict", "imgs", "--ray"]) == ["predict", "imgs", "--ray="]
+    assert with_ray_address(["predict", "imgs", "--ray", "--format", "parquet"])[2] == "--ray="
+    assert with_ray_address(["predict", "--ray", "s3://b/in/"]) == ["predict", "--ray=", "s3://b/in/"]
+    assert with_ray_address(["predict", "--ray", "odd:name"]) == ["predict", "--ray=", "odd:name"]  # it exists
+    for address in ("10.0.0.5:6379", "ray://head:10001", "auto", "local", "[::1]:6379", "garbage::::"):
         assert with_ray_address(["predict", "imgs", "--ray", address]) == ["predict", "imgs", "--ray", address]
+
+
+def test_ray_address_resolution_and_form():
+    from cnncli.scale.ray_runner import _host_port, resolve_address
+
+    assert resolve_address("local") == (None, "--ray")
+    assert resolve_address("10.0.0.5:6379") == ("10.0.0.5:6379", "--ray")
+    os.environ.pop("RAY_ADDRESS", None)
+    assert resolve_address("") == (None, "RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = "head:6379"
+    try:
+        assert resolve_address("") == ("head:6379", "RAY_ADDRESS")
+        assert resolve_address("local") == (None, "--ray")  # an explicit local Ray ignores RAY_ADDRESS
+    finally:
+        del os.environ["RAY_ADDRESS"]
+    assert _host_port("ray://[::1]:10001") == ("::1", 10001) and _host_port("head:6379/") == ("head", 6379)
+    for bad in ("garbage::::", "head:0", "head:70000", "head", ":6379", "a b:1"):
+        assert _host_port(bad) is None, bad
+
+
+@pytest.mark.parametrize("how, message", [
+    ("env", "cannot reach the Ray cluster at 127.0.0.1:{port} (from RAY_ADDRESS"),
+    ("garbage", "--ray 'garbage::::' is not a Ray address"),
+])
+def test_ray_addresses_are_checked_before_any_work(run_cli, small_set, tiny_onnx, tmp_path, monkeypatch, how,
+                                                   message):
+    """Issue 25 item 6: RAY_ADDRESS is honoured by a bare --ray (it used to start a local Ray and exit 0), and a
+    malformed address is refused (it used to be read as an input path): exit 2 in seconds, nothing written."""
+    port = free_port()
+    if how == "env":
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        args = ["--ray"]
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        args = ["--ray", "garbage::::"]
+    start = time.monotonic()
+    result = run_cli("predict", small_set, "--model", tiny_onnx, "--format", "parquet", "-o", tmp_path / "o", *args)
+    assert result.code == 2 and message.format(port=port) in " ".join(result.err.split()), result.err
+    assert len(result.err.strip().splitlines()) == 1 and time.monotonic() - start < 20
+    assert not (tmp_path / "o").exists()
 
 
 def test_progress_bar_shows_rate_eta_and_failures(monkeypatch):

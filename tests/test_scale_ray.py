@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scale_helpers import (  # noqa: F401 - tiny_onnx is a pytest fixture: tests take it by name
+    descendants,
     free_port,
     kill_after_parts,
     moto_s3,
     read_parts,
     run_cnncli,
+    still_running,
     tiny_onnx,
     upload_folder,
     write_images,
@@ -178,3 +180,44 @@ def test_ray_cluster_reads_and_writes_s3(ray_cluster, small_set, tiny_onnx, sing
     assert len(keys) == 7
     by_local = {str(small_set / p[len("s3://photos/imgs/"):]): r for p, r in rows.items()}
     _assert_same_rows(by_local, single_process_rows)
+
+
+def test_no_process_of_a_local_ray_outlives_its_killed_driver(tiny_onnx, tmp_path):
+    """Issue 25 item 6: a `--ray` driver killed with SIGKILL mid-job used to leave ray::DashboardAgent and
+    ray::RuntimeEnvAgent running for minutes. Every process the driver's local Ray started (seen as its
+    descendants while it runs) must be gone within 10 s of the kill."""
+    images = tmp_path / "imgs"
+    write_images(images, 120, seed=5)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "predict", str(images), "--model", str(tiny_onnx),
+                             "--format", "parquet", "--output", str(out), "--shard-size", "4", "--batch-size", "1",
+                             "--ray"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**env, **RAY_ENV})
+    seen: dict[tuple[int, int], str] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while not (out.is_dir() and any(n.startswith("part-") for n in os.listdir(out))):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no part appeared in time"
+            time.sleep(0.1)
+        for _ in range(10):  # the actors and agents are running now: note them all
+            seen.update(descendants(proc.pid))
+            time.sleep(0.1)
+        assert any("raylet" in n for n in seen.values()), seen  # a real local Ray ran
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stderr.close()
+    deadline = time.monotonic() + 10
+    alive = [p for p in seen if still_running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if still_running(p)]
+    survivors = [f"{pid} {seen[(pid, started)]}" for pid, started in alive]
+    for pid, _ in alive:  # do not leave them to the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"outlived their driver by 10 s: {survivors}"

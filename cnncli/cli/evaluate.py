@@ -63,6 +63,10 @@ def register(app: typer.Typer) -> None:
             n_errors = int(errors)
         else:
             raise UsageError(f"--errors takes a number of images or 'all', not {errors!r}.")
+        if plots:
+            from cnncli.core.paths import check_output_location
+
+            check_output_location(plots, "--plots", folder=True)
         from cnncli.evaluate.multilabel import multilabel_card_of
 
         multilabel = multilabel_card_of(model)

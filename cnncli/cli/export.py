@@ -55,6 +55,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"unknown --int8 {int8!r}; use static or dynamic.")
         if output is not None and output.suffix.lower() != ".onnx":
             raise UsageError(f"{output}: the output file must end in .onnx.")
+        if output is not None:
+            from cnncli.core.paths import check_output_location
+
+            check_output_location(output, "--output")
         precision = "fp16" if fp16 else f"int8-{int8}" if int8 else "fp32"
         from cnncli.core.console import warn
         from cnncli.export.to_onnx import export_model

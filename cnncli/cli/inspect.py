@@ -66,6 +66,10 @@ def register(app: typer.Typer) -> None:
         from cnncli.inspect.run import inspect_model
 
         kinds = [k.strip() for k in what.split(",") if k.strip()]
+        if any(kind != "summary" for kind in kinds):  # pictures go to --output
+            from cnncli.core.paths import check_output_location
+
+            check_output_location(out, "--output", folder=True)
         result = inspect_model(target, kinds, input_size=input_size, depth=depth, weights=weights, image=image,
                                layer=layer, out_dir=out)
         _render(result, fmt)

@@ -100,12 +100,15 @@ def register(app: typer.Typer) -> None:
             if code:
                 raise typer.Exit(code)
             return
+        from cnncli.core.paths import check_output_location
         from cnncli.data.inputs import collect_inputs
         from cnncli.engines.base import open_engines
         from cnncli.predict.decode import default_workers
         from cnncli.predict.job import run_predict_job
         from cnncli.predict.run import predict_items
 
+        if output is not None:  # at scale, cnncli.scale.destinations.check_output does this (URIs too)
+            check_output_location(output, "--output")
         items = collect_inputs(specs, recursive=recursive)
         engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,
                               engine=engine_name, precision=precision, calib=str(calib) if calib else None)

@@ -110,6 +110,9 @@ def _options(command: str):
         values = {k: v for k, v in dict(locals()).items() if k in fields and k not in ("command", "explicit")}
         cfg = config_from(command, values, config, given=given_on_command_line(ctx))
         check_machine_limits(cfg)
+        from cnncli.core.paths import check_run_outputs
+
+        check_run_outputs(cfg.out or cfg.resume, ["tensorboard"] if "tensorboard" in cfg.log else [])
         from cnncli.train.loop import run_training
 
         result = run_training(cfg)

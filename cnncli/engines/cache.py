@@ -5,6 +5,10 @@ name carries a key derived from the model's content hash (the weights file, or t
 default weights), the cnncli version and the export settings, so a changed model or a new cnncli makes a new
 export. Files are written atomically under a lock, verified when made, and re-made when missing or corrupt.
 When the cached file exists, nothing here imports torch.
+
+A cache folder that cannot be written (``CNNCLI_CACHE=/proc/x``, a read-only HOME, a file in its place) is not
+fatal: a cached file already there is still used, and a new export goes to a temporary cache for this run, with
+a warning that names the folder, ``CNNCLI_CACHE`` and ``--engine torch`` (:func:`writable_cache_dir`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,66 @@ CACHE_FORMAT = 2  # 2: simplified with onnxslim
 PRECISIONS = ("fp32", "int8")
 
 
-def cache_dir() -> Path:
+_temporary_cache: Path | None = None  # this run's cache, once the configured one proved unwritable
+
+
+def configured_cache_dir() -> Path:
+    """``CNNCLI_CACHE``, else the user cache folder (XDG, via platformdirs)."""
     override = os.environ.get("CNNCLI_CACHE")
     if override:
         return Path(override).expanduser()
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("cnncli"))
+
+
+def cache_dir() -> Path:
+    """Where cached files are looked for: the configured cache, or this run's temporary one if it replaced it."""
+    return _temporary_cache or configured_cache_dir()
+
+
+def _cache_problem(folder: Path) -> str | None:
+    from cnncli.core.paths import output_location_problem
+
+    try:
+        (folder / "onnx").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return output_location_problem(folder / "onnx", folder=True)
+
+
+def writable_cache_dir() -> Path:
+    """The cache folder to write into: the configured one when files can be made in it (its folders are created);
+    else a temporary cache for this run (removed at exit), with a warning. UsageError (exit 2) when not even a
+    temporary folder can be made."""
+    global _temporary_cache
+    if _temporary_cache is not None:
+        return _temporary_cache
+    configured = configured_cache_dir()
+    problem = _cache_problem(configured)
+    if problem is None:
+        return configured
+    import atexit
+    import shutil
+    import tempfile
+
+    from cnncli.core.atomic import sweep_stale_work_folders, work_folder_prefix
+    from cnncli.core.console import warn
+    from cnncli.core.errors import UsageError
+
+    named = f"CNNCLI_CACHE={os.environ['CNNCLI_CACHE']}" if os.environ.get("CNNCLI_CACHE") else \
+        f"the cache folder {configured} (set CNNCLI_CACHE to choose another)"
+    try:
+        sweep_stale_work_folders(tempfile.gettempdir())  # temporary caches of runs that were killed
+        _temporary_cache = Path(tempfile.mkdtemp(prefix=work_folder_prefix() + "cache-"))
+    except OSError as exc:
+        raise UsageError(f"{named} cannot be written ({problem}), and no temporary folder can be made either "
+                         f"({exc.strerror or exc}); set CNNCLI_CACHE to a folder you can write to, or use "
+                         "--engine torch, which needs no cache.") from None
+    atexit.register(shutil.rmtree, _temporary_cache, ignore_errors=True)
+    warn(f"{named} cannot be written ({problem}); using a temporary cache for this run, so the fast path is "
+         "exported again next time: set CNNCLI_CACHE to a folder you can write to, or use --engine torch.")
+    return _temporary_cache
 
 
 def model_identity(spec: str | None, weights: str | None) -> tuple[str, str]:
@@ -99,6 +156,7 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
         return None
     if path.is_file() and path.stat().st_size > 0:
         return path  # the hot path: the engine's own load reports corruption (see open_cached_engine)
+    path = writable_cache_dir() / "onnx" / path.name  # this run's temporary cache when the configured one is read-only
     with FileLock(path.with_suffix(".lock")):
         if _usable(path):  # another process made it while we waited for the lock
             return path

@@ -28,9 +28,9 @@ def openvino_available() -> bool:
 
 
 def openvino_cache_dir() -> Path:
-    from cnncli.engines.cache import cache_dir
+    from cnncli.engines.cache import writable_cache_dir
 
-    return cache_dir() / "openvino"
+    return writable_cache_dir() / "openvino"
 
 
 class OpenVinoEngine:

@@ -37,7 +37,7 @@ class ScaleOptions:
     calib: str | None = None
     shard_size: int = 1000
     resume: bool = False
-    ray: str | None = None  # "local" for a local Ray, or an address
+    ray: str | None = None  # "" (a bare --ray: RAY_ADDRESS or a local Ray), "local", or an address
     summary_only: bool = False
     threshold: float | None = None  # multi-label models: one threshold for every class instead of the card's
 
@@ -76,9 +76,13 @@ def run(opts: ScaleOptions) -> int:
     if opts.ray is not None:
         from cnncli.scale.ray_runner import check_reachable, resolve_address
 
-        address = resolve_address(opts.ray)
+        address, source = resolve_address(opts.ray)
         if address is not None:
-            check_reachable(address)  # before listing: an unreachable cluster fails in seconds
+            check_reachable(address, source)  # before listing: an unreachable cluster fails in seconds
+    if opts.output is not None:  # before the model and the listing: a bad location fails in seconds
+        from cnncli.scale.destinations import check_output
+
+        check_output(opts.output, folder=opts.fmt == "parquet")
     paths = list_inputs(opts.inputs, recursive=opts.recursive)
     if opts.fmt != "parquet":
         return _run_stream(opts, paths)
@@ -140,7 +144,9 @@ def _run_parts(opts: ScaleOptions, paths: list[str], address: str | None) -> int
                 written = _run_local(engine, opts, job, folder, paths, bounds, todo, progress)
     finally:
         if ray is not None:
-            ray.shutdown()
+            from cnncli.scale.ray_runner import disconnect
+
+            disconnect(ray)
     print_parts_summary(progress, folder.location, parts_written=written, parts_skipped=len(done))
     return 1 if progress.failed else 0
 
@@ -196,4 +202,10 @@ def open_output(location: str) -> Iterator[IO[str]]:
     with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as stream:
         yield stream
         stream.seek(0)
-        fs.pipe_file(key, stream.read().encode("utf-8", "surrogateescape"))  # CSV: a file name's bytes as they are
+        try:
+            fs.pipe_file(key, stream.read().encode("utf-8", "surrogateescape"))  # CSV: a file name's bytes as they are
+        except Exception as exc:  # botocore/aiohttp errors: one sentence, not a traceback
+            from cnncli.core.errors import CnncliError
+            from cnncli.scale.sources import describe_failure
+
+            raise CnncliError(f"the upload at the end failed: {describe_failure(location, exc)}") from None

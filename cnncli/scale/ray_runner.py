@@ -2,7 +2,9 @@
 per actor, or one GPU with ``--device cuda``) and writing the parts of the shards it is handed.
 
 Without an address (and without RAY_ADDRESS) a local Ray starts on this machine's cores, on 127.0.0.1 and without
-the dashboard; with one, the driver joins that cluster. Only the core actor API is used (``ray.init``,
+the dashboard, and none of its processes outlives the driver (:mod:`cnncli.scale.ray_reaper`); with one, the driver
+joins that cluster. An address, from ``--ray`` or RAY_ADDRESS, is checked (its form, then a TCP connect of a few
+seconds) before any work. Only the core actor API is used (``ray.init``,
 ``ray.remote``, ``ray.put``, ``ray.wait``, ``ray.kill``), which is the same in every Ray the lock allows (>= 2.9);
 Ray-version-specific switches are environment variables set before Ray is imported. The driver holds the input
 list and shard boundaries, never image data: each actor reads its own images and writes its own part.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections import deque
 from pathlib import Path
@@ -27,35 +30,45 @@ IN_FLIGHT_PER_ACTOR = 2
 REPLACEMENTS_PER_ACTOR = 2  # an actor that dies (out of memory, a lost node) is replaced this often, per slot
 
 
-def resolve_address(address: str | None) -> str | None:
-    """The cluster to join (``host:port``, ``ray://host:port`` or ``auto``), or None to start a local Ray."""
-    if address in (None, "", "local"):
-        address = None if address == "local" else os.environ.get("RAY_ADDRESS") or None
-    return address
+_HOST_PORT = re.compile(r"^(?:ray://)?(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})/?$")
+
+
+def resolve_address(address: str | None) -> tuple[str | None, str]:
+    """(the cluster to join: ``host:port``, ``ray://host:port`` or ``auto``, or None to start a local Ray; where it
+    came from, for messages). A bare ``--ray`` (``""``) takes RAY_ADDRESS when it is set, as ``ray.init`` does;
+    ``--ray local`` always starts a local Ray."""
+    if address == "local":
+        return None, "--ray"
+    if address in (None, ""):
+        env = os.environ.get("RAY_ADDRESS", "").strip()
+        return (None if env in ("", "local") else env), "RAY_ADDRESS"
+    return address, "--ray"
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
-    text = address.split("://", 1)[-1].rstrip("/")
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    match = _HOST_PORT.match(address.strip())
+    if not match or not 1 <= int(match["port"]) <= 65535:
         return None
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return match["ip6"] or match["host"], int(match["port"])
 
 
-def check_reachable(address: str) -> None:
-    """UsageError in one sentence, within seconds, when nothing listens at ``address`` (Ray itself waits a minute)."""
+def check_reachable(address: str, source: str = "--ray") -> None:
+    """UsageError in one sentence, within seconds, when ``address`` is not a Ray address or nothing listens there
+    (Ray itself waits a minute). ``source``: the option or variable it came from."""
     if address == "auto":
         return
     hp = _host_port(address)
     if hp is None:
-        raise UsageError(f"--ray {address!r} is not a Ray address; use HOST:PORT (e.g. 10.0.0.5:6379), "
-                         "ray://HOST:PORT, or --ray alone for a local Ray.")
+        raise UsageError(f"{source} {address!r} is not a Ray address; use HOST:PORT (e.g. 10.0.0.5:6379), "
+                         "ray://HOST:PORT, auto, or local for a local Ray.")
     try:
         with socket.create_connection(hp, timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
-                         "`ray start --head` or check the address.") from None
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        hint = "unset RAY_ADDRESS for a local Ray" if source == "RAY_ADDRESS" else "check the address"
+        raise UsageError(f"cannot reach the Ray cluster at {address} (from {source}: {reason}); start it with "
+                         f"`ray start --head` or {hint}.") from None
 
 
 def _prepare_environment(address: str | None) -> None:
@@ -80,6 +93,9 @@ def connect(address: str | None):
     quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address is None:
+            from cnncli.scale.ray_reaper import start_reaper
+
+            start_reaper()  # nothing of this local Ray outlives the driver, even after kill -9
             ray.init(address="local", num_cpus=usable_cores(), **quiet)
         else:
             quiet.pop("include_dashboard")
@@ -89,6 +105,16 @@ def connect(address: str | None):
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UsageError(f"cannot start or join {where} ({type(exc).__name__}: {first}).") from None
     return ray
+
+
+def disconnect(ray) -> None:
+    """``ray.shutdown()``, then whatever is left of a local Ray is stopped (its reaper; nothing for a cluster)."""
+    from cnncli.scale.ray_reaper import stop_reaper
+
+    try:
+        ray.shutdown()
+    finally:
+        stop_reaper()
 
 
 def onnx_files(engine) -> list[Path]:
