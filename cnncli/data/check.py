@@ -77,6 +77,11 @@ def read_file_facts(path: Path, decode: bool = True) -> FileFacts:
         data = path.read_bytes()
     except OSError as exc:
         return FileFacts(error=f"cannot read the file ({exc.strerror or exc}).")
+    return facts_of_bytes(data, decode)
+
+
+def facts_of_bytes(data: bytes, decode: bool = True) -> FileFacts:
+    """:func:`read_file_facts` for bytes already read (an object fetched from a store, a tar member). Never raises."""
     facts = FileFacts(digest=hashlib.sha256(data).hexdigest())
     if not data:
         facts.error = "the file is empty (0 bytes)."
