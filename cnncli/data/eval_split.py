@@ -62,6 +62,12 @@ def scan_fingerprint(scan: DatasetScan) -> str:
 def split_record(data: str | Path, layout: str, val_split: float, seed: int, val_csv: str | Path | None,
                  n_train: int, n_val: int, allow_outside: bool = False) -> dict:
     """What ``train`` records in the card so ``evaluate`` can rebuild its split (see the module docstring)."""
+    from cnncli.data.stream_source import is_stream_source
+
+    if is_stream_source(data):
+        from cnncli.data.stream_source import open_stream_source
+
+        return open_stream_source(str(data), val_split, seed).record
     scan = scan_dataset(data, val_csv, allow_outside)
     return {"dataset": str(Path(data).expanduser().resolve()), "layout": layout, "val_split": val_split, "seed": seed,
             "val_csv": str(Path(val_csv).expanduser().resolve()) if val_csv else None,

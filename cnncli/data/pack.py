@@ -5,8 +5,9 @@ seed and ``--val-split``), and refused for the same reasons before anything is w
 cut into shards of ``shard_size`` images in that order (shard ``i`` holds the readable images among samples
 ``i*N .. i*N+N-1``, so its content depends on those inputs only); train's samples are shuffled by the seed first, so
 each shard holds every class (a stream's shuffle buffer mixes only nearby samples). Every file is read once:
-hashed, decoded to find the unreadable ones (reported, counted, left out) and written as it was (:mod:`cnncli.data.shards`). Duplicates
-within a split and images in two splits are reported as ``inspect DATA`` reports them.
+hashed, decoded to find the unreadable ones (reported, counted, left out) and written as it was
+(:mod:`cnncli.data.shards`). Duplicates within a split and images in two splits are reported as ``inspect``
+reports them.
 
 Each shard is written whole (the atomic writer locally, one upload on a store), then a small record of it in
 ``OUT/.pack/`` (counts, what was left out, a short digest per image for the duplicate checks); ``dataset.json``
