@@ -60,22 +60,26 @@ class PlannedShard:
 def _source_splits(data: str, val_split: float, seed: int, val_csv, allow_outside: bool):
     """(splits, base for relative paths, URI -> size) of the dataset to pack; UsageError where train would refuse."""
     if is_uri(data):
-        from cnncli.data.store_scan import scan_store
+        from cnncli.data.store_scan import scan_store, store_fingerprint
 
         scan, sizes = scan_store(data)
         base = str(scan.root).rstrip("/") + "/"
+        fingerprint = store_fingerprint(scan, sizes)
     else:
         if has_manifest(data):
             raise UsageError(f"{data} is already a packed dataset ({MANIFEST}); train on it directly.")
         scan = scan_dataset(data, val_csv, allow_outside)
+        from cnncli.data.eval_split import scan_fingerprint
+
         sizes = None
         base = str((scan.root.parent if scan.layout == "csv" else scan.root).resolve())
+        fingerprint = scan_fingerprint(scan)
     splits, refusals = assemble_splits(scan, val_split, seed)
     if refusals:
         raise refusal_error(refusals, data)
     for message in splits.warnings:
         warn(message)
-    return splits, base, sizes
+    return splits, base, sizes, fingerprint
 
 
 def _relative(path, base: str) -> str:
@@ -177,7 +181,7 @@ def pack_dataset(data: str, out: str, shard_size: int = DEFAULT_SHARD_SIZE, val_
 
     if shard_size < 1:
         raise UsageError(f"--shard-size must be at least 1 image, not {shard_size}.")
-    splits, base, sizes = _source_splits(data, val_split, seed, val_csv, allow_outside)
+    splits, base, sizes, fingerprint = _source_splits(data, val_split, seed, val_csv, allow_outside)
     if not is_uri(out):
         out_path = Path(out).expanduser()
         if out_path.exists() and not out_path.is_dir():
@@ -205,7 +209,7 @@ def pack_dataset(data: str, out: str, shard_size: int = DEFAULT_SHARD_SIZE, val_
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION, "classes": list(splits.classes),
         "source": {"dataset": str(data) if is_uri(data) else str(Path(data).expanduser().resolve()),
-                   "layout": splits.layout, "val_split": val_split, "seed": seed,
+                   "layout": splits.layout, "val_split": val_split, "seed": seed, "fingerprint": fingerprint,
                    "val_csv": str(Path(val_csv).resolve()) if val_csv else None},
         "shard_size": shard_size,
         "splits": {},

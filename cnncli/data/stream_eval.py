@@ -30,6 +30,10 @@ def choose_stream_split(data: str, split: str, classes: list[str] | None, record
     seed = int(recorded.get("seed") or 0)
     source = open_stream_source(data, val_split, seed)
     same = bool(recorded) and recorded.get("fingerprint") == source.record["fingerprint"]
+    packed_from = source.record.get("source") or {}
+    split_the_same = all(recorded.get(k) == packed_from.get(k) for k in ("seed", "val_split"))
+    if recorded and recorded.get("fingerprint") == packed_from.get("fingerprint") and split_the_same:
+        same = True  # trained on the very dataset this was packed from, split the same way: its val is the hold-out
     packed = source.layout == PACKED_LAYOUT
     folders = source.layout == "split-folders"  # a store prefix with train/ val/ test/: never part of train
     if split == "auto" and (packed or folders):

@@ -94,7 +94,8 @@ def _packed(location: str) -> StreamSource:
         raise UsageError(f"{join(location, MANIFEST)} has no train images; pack a dataset with a train split.")
     record = {"dataset": location, "layout": PACKED_LAYOUT, "val_split": source.get("val_split"),
               "seed": source.get("seed"), "val_csv": None, "fingerprint": manifest.fingerprint(),
-              "n_images": sum(counts.values()), "n_train": counts.get("train", 0), "n_val": counts.get("val", 0)}
+              "n_images": sum(counts.values()), "n_train": counts.get("train", 0), "n_val": counts.get("val", 0),
+              "source": {k: source.get(k) for k in ("dataset", "fingerprint", "seed", "val_split")}}
     notes = [f"{location} is packed: its split was made when it was packed (seed {source.get('seed')}, "
              f"--val-split {source.get('val_split')}); --val-split and --seed do not change it."]
     problems = [str(p) for p in manifest.data.get("problems", [])]
@@ -105,6 +106,10 @@ def _store_folders(location: str, val_split: float, seed: int) -> StreamSource:
     from cnncli.data.store_scan import scan_store, store_fingerprint
 
     scan, sizes = scan_store(location)
+    tars = [p for p in scan.non_image_files if str(p).endswith(".tar")]
+    if tars and not sizes:
+        raise UsageError(f"{location} holds {len(tars)} .tar shards but no {MANIFEST}; pass the prefix that `cnncli "
+                         "data pack` wrote (with its dataset.json), or pack the dataset again.")
     splits, refusals = assemble_splits(scan, val_split, seed)
     if refusals:
         raise refusal_error(refusals, location)
@@ -268,10 +273,15 @@ def unit_samples(unit: Unit, n_classes: int, cache: ShardCache, start: int = 0, 
         if index >= start:
             produced += 1
             yield sample
-    missing = stop - start - produced
-    for _ in range(missing):  # a shard that broke off or holds fewer samples than recorded
-        yield TarSample(key="", error=f"{unit.uri or unit.name}: fewer samples than dataset.json records; "
-                                      "the missing ones are skipped.")
+    for i in range(start + produced, stop):  # a shard that broke off or holds fewer samples than recorded
+        yield TarSample(key="", error=f"{unit.uri or unit.name} sample {i + 1}: missing (the shard holds fewer "
+                                      "samples than dataset.json records); skipped.")
+
+
+def _failed(unit: Unit, why: str):
+    """One error sample per image of ``unit`` (each its own message, so each is counted)."""
+    for i in range(unit.count):
+        yield TarSample(key="", error=f"{unit.uri} (image {i + 1} of {unit.count}): {why}")
 
 
 def _raw_samples(unit: Unit, n_classes: int, cache: ShardCache):
@@ -281,15 +291,12 @@ def _raw_samples(unit: Unit, n_classes: int, cache: ShardCache):
     try:
         fileobj = cache.open(unit)
     except ShardMismatch:
-        message = (f"{unit.uri}: its sha256 differs from the one dataset.json records, so its {unit.count} images "
-                   "are skipped; pack the dataset again or copy the shard back.")
-        for _ in range(unit.count):
-            yield TarSample(key="", error=message)
+        why = (f"its sha256 differs from the one dataset.json records, so its {unit.count} images are skipped; pack "
+               "the dataset again or copy the shard back.")
+        yield from _failed(unit, why)
         return
     except Exception as exc:  # a network or file error: this shard's samples are skipped, the run goes on
-        message = f"{unit.uri}: cannot read the shard ({type(exc).__name__}: {exc}); its images are skipped."
-        for _ in range(unit.count):
-            yield TarSample(key="", error=message)
+        yield from _failed(unit, f"cannot read the shard ({type(exc).__name__}: {exc}); its images are skipped.")
         return
     with fileobj:
         for sample in read_tar_samples(fileobj, unit.uri, n_classes):
