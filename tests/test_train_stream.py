@@ -202,7 +202,8 @@ def test_a_corrupt_member_and_an_unknown_label_are_skipped_and_counted(packed, r
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["skipped_images"] == 2
     said = " ".join(metrics["skipped_examples"])
-    assert "label 42 is outside the 10 classes" in said and "cannot" in said
+    assert "label 42 is outside the 10 classes" in said and "not an image file" in said
+    assert said.count(f"{bad / entry['name']}/") == 2  # each names its shard and key
 
 
 @pytest.mark.slow
@@ -222,3 +223,42 @@ def test_shards_reach_the_accuracy_of_the_folder_within_one_point(tmp_path):
         accuracy[name] = run.history[-1]["val_acc"]
     assert accuracy["folder"] > 0.9
     assert abs(accuracy["folder"] - accuracy["shards"]) <= 0.01, accuracy
+
+
+def test_shards_are_split_disjointly_across_ranks_and_workers_in_a_seeded_epoch_order(packed):
+    """Every train image once per epoch over 2 ranks x 2 workers (equal shares per rank, whole batches per worker),
+    the order fixed by the seed and different each epoch; a real 2-worker DataLoader yields len(loader) batches."""
+    from torch.utils.data import DataLoader
+
+    from cnncli.data.stream_source import ShardCache, open_stream_source, unit_samples
+    from cnncli.models.card import Preprocessing
+    from cnncli.train.datasets import collate
+    from cnncli.train.streaming import StreamDataset
+
+    _, local = packed
+    source = open_stream_source(str(local))
+    total = source.count("train")
+    pre = Preprocessing(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.5,))
+    base = StreamDataset(source, "train", pre, seed=5, train=True, shuffle_buffer=10)
+
+    def epoch_paths(dataset, epoch):
+        dataset.set_epoch(epoch)
+        per_rank = []
+        for rank in range(2):
+            mine = dataset.for_loader(rank, 2, 2, 16)
+            paths = [s.path for w in range(2) for unit, lo, hi in mine.segments(w, 2)
+                     for s in unit_samples(unit, 10, ShardCache(0), lo, hi)]
+            assert len(paths) == len(mine) == total // 2
+            per_rank.append(paths)
+        return per_rank
+
+    first = epoch_paths(base, 1)
+    everything = first[0] + first[1]
+    assert len(set(everything)) == len(everything) == total // 2 * 2  # disjoint; at most world-1 left out
+    assert epoch_paths(StreamDataset(source, "train", pre, seed=5, train=True), 1) == first  # same seed, same order
+    assert epoch_paths(base, 2) != first  # another epoch, another order
+
+    one = base.for_loader(0, 1, 2, 16)
+    loader = DataLoader(one, batch_size=16, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    assert len(batches) == len(loader) and sum(len(b) for b in batches) == total

@@ -300,8 +300,8 @@ def _raw_samples(unit: Unit, n_classes: int, cache: ShardCache):
         return
     with fileobj:
         for sample in read_tar_samples(fileobj, unit.uri, n_classes):
-            if sample.path is None and sample.key:
-                sample.path = f"{unit.uri}/{sample.key}"
+            if sample.key:  # where it is: the shard and key, and the file it was packed from
+                sample.path = f"{unit.uri}/{sample.key}" + (f" ({sample.path})" if sample.path else "")
             yield sample
 
 
