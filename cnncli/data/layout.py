@@ -417,15 +417,9 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_cs
     """Find the dataset's images, classes (natural order, or ``classes`` when given) and train/val/test split.
 
     Refuses with a one-sentence UsageError: missing path, no images, a single class, a class folder with no
-    images, a val split that leaves a class empty. Does not decode images. A packed dataset or an object-store
-    prefix gives splits that are read as a stream (:func:`cnncli.data.stream_source.stream_splits`).
+    images, a val split that leaves a class empty. Does not decode images. (A packed dataset or an object-store
+    prefix: :func:`cnncli.data.stream_source.stream_splits`.)
     """
-    from cnncli.data.stream_source import is_stream_source
-
-    if is_stream_source(path):
-        from cnncli.data.stream_source import stream_splits
-
-        return stream_splits(str(path), val_split, seed)
     splits, refusals = assemble_splits(scan_dataset(path, val_csv, allow_outside), val_split, seed, classes)
     if refusals:
         raise refusal_error(refusals, path)

@@ -146,10 +146,14 @@ class TrainingRun:
 
     def _load_data(self) -> None:
         from cnncli.data.layout import load_dataset
+        from cnncli.data.stream_source import is_stream_source, stream_splits
 
         cfg = self.cfg
-        self.splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv,
-                                   allow_outside=cfg.allow_outside)
+        if is_stream_source(cfg.data):  # packed shards or an object-store prefix: splits to read as a stream
+            self.splits = stream_splits(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+        else:
+            self.splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv,
+                                       allow_outside=cfg.allow_outside)
         if self.dist.main:
             from cnncli.data.check import duplicate_warnings
 
