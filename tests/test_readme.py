@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|exit\s+(\d+))\b.*?-->")
+COMMAND_GROUPS = ("data",)  # commands whose first argument is a subcommand
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 SHIM = """#!/bin/sh
 # README test shim: `uv run X ...` runs X in the test's venv; anything else is not for the README test.
@@ -105,7 +106,10 @@ def readme_cnncli_commands(text: str) -> list[tuple[int, str, list[str]]]:
             for m in re.finditer(r"\bcnncli\s+([a-z]+)((?:\s+(?:'[^']*'|\"[^\"]*\"|[^\s|;&>]+))*)", code):
                 options = [tok.split("=")[0] for tok in m.group(2).split()
                            if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", tok)]
-                found.append((block["line"] + 1 + offset, m.group(1), options))
+                command = m.group(1)
+                if command in COMMAND_GROUPS:  # `cnncli data pack ...`: the group's subcommand takes the options
+                    command += " " + m.group(2).split()[0]
+                found.append((block["line"] + 1 + offset, command, options))
     return found
 
 
@@ -121,7 +125,7 @@ def test_readme_blocks_are_bash_and_use_real_options(run_cli):
     assert len(commands) > 10
     for line, command, options in commands:
         if command not in helps:
-            code, out, err = run_cli(command, "--help")
+            code, out, err = run_cli(*command.split(), "--help")
             assert code == 0, f"README.md line {line}: `cnncli {command}` is not a command ({err.strip()})"
             helps[command] = out
         for option in options:

@@ -84,9 +84,9 @@ def usage_line(exc) -> str:
 
 
 def _register() -> None:
-    from cnncli.cli import evaluate, export, inspect, models, predict, serve, train
+    from cnncli.cli import data, evaluate, export, inspect, models, predict, serve, train
 
-    for module in (predict, train, evaluate, export, inspect, models, serve):
+    for module in (predict, train, evaluate, export, inspect, models, serve, data):
         module.register(app)
 
 

@@ -50,7 +50,18 @@ def register(app: typer.Typer) -> None:
         (filters, feature maps, saliency, Grad-CAM). For a dataset: layout, classes and counts per split, sizes,
         modes, unreadable files, duplicates and train/val leaks. Exit 0 when clean, 1 when problems were found."""
         from cnncli.data.layout import looks_like_dataset
+        from cnncli.data.stream_source import is_stream_source
 
+        if is_stream_source(target):  # packed shards, or an object-store prefix of class folders
+            from cnncli.data.stream_check import check_stream
+            from cnncli.inspect.dataset_report import render_dataset_report
+
+            report = check_stream(target, val_split=val_split, seed=seed)
+            render_dataset_report(report, fmt, sys.stdout)
+            if report.problems:
+                typer.echo(f"{len(report.problems)} problems found in {target}.", err=True)
+                raise typer.Exit(1)
+            return
         if looks_like_dataset(target):
             from cnncli.data.check import check_dataset
             from cnncli.inspect.dataset_report import render_dataset_report

@@ -22,7 +22,9 @@ from cnncli.cli.common import (
 )
 from cnncli.train.config import AMP_MODES, AUGMENTS, BALANCES, BN_MODES, INITS, LOSSES, MONITORS, OPTIMIZERS, SCHEDULES
 
-DATA_HELP = "A folder of class sub-folders, a folder with train/ and val/ (valid/, validation/), or a CSV manifest path,label."
+DATA_HELP = ("A folder of class sub-folders, a folder with train/ and val/ (valid/, validation/), a CSV manifest "
+             "path,label, a packed dataset (a folder or URI with dataset.json, from `cnncli data pack`), or an "
+             "object-store prefix of class folders (s3://...): the last two are streamed.")
 
 Optimizer = Literal[OPTIMIZERS]
 Schedule = Literal[SCHEDULES]
@@ -93,6 +95,12 @@ def _options(command: str):
         grayscale: bool = typer.Option(False, "--grayscale", help="1-channel input."),
         image_size: int | None = image_size_option(),
         workers: int | None = workers_option("DataLoader worker processes (default: 0 for small datasets)."),
+        shuffle_buffer: int = typer.Option(1000, "--shuffle-buffer", parser=v.POSITIVE_INT, metavar="N",
+                                           help="Streamed data (packed shards, an object store): samples each "
+                                                "loader worker mixes at random."),
+        cache_size: str = typer.Option("20GB", "--cache-size", metavar="SIZE",
+                                       help="Streamed data: local cache of downloaded shards, least recently used "
+                                            "evicted (e.g. 20GB, 500MB; 0: none)."),
         patience: int | None = typer.Option(None, "--patience", parser=v.POSITIVE_INT, metavar="P", help="Early stopping after P epochs without improvement."),
         monitor: Monitor = typer.Option("val_loss", "--monitor", metavar=choices(*MONITORS), help="What picks the best checkpoint and stops early."),
         seed: int = seed_option("Random seed (same seed, same results.csv on CPU)."),

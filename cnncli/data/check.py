@@ -77,6 +77,11 @@ def read_file_facts(path: Path, decode: bool = True) -> FileFacts:
         data = path.read_bytes()
     except OSError as exc:
         return FileFacts(error=f"cannot read the file ({exc.strerror or exc}).")
+    return facts_of_bytes(data, decode)
+
+
+def facts_of_bytes(data: bytes, decode: bool = True) -> FileFacts:
+    """:func:`read_file_facts` for bytes already read (an object fetched from a store, a tar member). Never raises."""
     facts = FileFacts(digest=hashlib.sha256(data).hexdigest())
     if not data:
         facts.error = "the file is empty (0 bytes)."
@@ -240,7 +245,9 @@ def _health_problems(report: DatasetReport, splits: DatasetSplits, conflicting: 
 def duplicate_warnings(splits: DatasetSplits, workers: int | None = None) -> list[str]:
     """What ``inspect DATA`` says about identical files, for the split ``train``/``finetune`` use: duplicates within
     a split, the same image in train and val, and one image under two labels, naming the files. Only hashes are
-    computed (no decoding), once per run."""
+    computed (no decoding), once per run. A streamed dataset was checked when it was packed: nothing is read."""
+    if splits.stream is not None:
+        return []
     by_split = {"train": splits.train, "val": splits.val}
     paths = [s.path for samples in by_split.values() for s in samples]
     facts = _read_all(paths, decode=False, workers=workers, digest_only=True)

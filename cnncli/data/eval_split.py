@@ -36,9 +36,11 @@ class EvalSplit:
     classes: list[str]  # the model's classes (label indices)
     name: str  # test | val | train | all
     description: str  # one phrase: which images, and why those
+    stream: object = None  # a cnncli.data.stream_eval.StreamedSplit: read as a stream (samples is then empty)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "n_images": len(self.samples)}
+        n_images = sum(u.count for u in self.stream.units) if self.stream is not None else len(self.samples)
+        return {"name": self.name, "description": self.description, "n_images": n_images}
 
 
 def scan_fingerprint(scan: DatasetScan) -> str:
@@ -62,6 +64,12 @@ def scan_fingerprint(scan: DatasetScan) -> str:
 def split_record(data: str | Path, layout: str, val_split: float, seed: int, val_csv: str | Path | None,
                  n_train: int, n_val: int, allow_outside: bool = False) -> dict:
     """What ``train`` records in the card so ``evaluate`` can rebuild its split (see the module docstring)."""
+    from cnncli.data.stream_source import is_stream_source
+
+    if is_stream_source(data):
+        from cnncli.data.stream_source import open_stream_source
+
+        return open_stream_source(str(data), val_split, seed).record
     scan = scan_dataset(data, val_csv, allow_outside)
     return {"dataset": str(Path(data).expanduser().resolve()), "layout": layout, "val_split": val_split, "seed": seed,
             "val_csv": str(Path(val_csv).expanduser().resolve()) if val_csv else None,
@@ -78,6 +86,13 @@ def choose_eval_split(data: str | Path, split: str = "auto", classes: list[str] 
     in the data that the model does not know is refused. ``record`` is the card's ``training.split``."""
     if split not in EVAL_SPLITS:
         raise UsageError(f"unknown --split {split!r}; choose one of: {', '.join(EVAL_SPLITS)}.")
+    from cnncli.data.stream_source import is_stream_source
+
+    if is_stream_source(data):  # packed shards, or an object-store prefix of class folders
+        from cnncli.data.stream_eval import choose_stream_split
+
+        streamed, class_list, name, why = choose_stream_split(str(data), split, classes, record)
+        return EvalSplit([], class_list, name, why, stream=streamed)
     val_csv = None
     if record and record.get("val_csv") and Path(data).suffix.lower() == ".csv" and Path(record["val_csv"]).is_file():
         if Path(data).expanduser().resolve() == Path(record.get("dataset", "")):

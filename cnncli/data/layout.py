@@ -53,6 +53,7 @@ class DatasetSplits:
     test: list[Sample]  # only for split-folders with test/; used only by evaluate
     warnings: list[str] = field(default_factory=list)  # e.g. "class 'x' has no images in val"
     notes: list[str] = field(default_factory=list)  # how the split was made, when it is worth saying; not problems
+    stream: object = None  # a cnncli.data.stream_source.StreamSource: read as a stream (packed, or in a store)
 
 
 @dataclass
@@ -416,7 +417,8 @@ def load_dataset(path: str | Path, val_split: float = 0.2, seed: int = 0, val_cs
     """Find the dataset's images, classes (natural order, or ``classes`` when given) and train/val/test split.
 
     Refuses with a one-sentence UsageError: missing path, no images, a single class, a class folder with no
-    images, a val split that leaves a class empty. Does not decode images.
+    images, a val split that leaves a class empty. Does not decode images. (A packed dataset or an object-store
+    prefix: :func:`cnncli.data.stream_source.stream_splits`.)
     """
     splits, refusals = assemble_splits(scan_dataset(path, val_csv, allow_outside), val_split, seed, classes)
     if refusals:
@@ -429,7 +431,10 @@ CALIBRATION_IMAGES = 64
 
 def calibration_record(splits: DatasetSplits, n: int = CALIBRATION_IMAGES) -> dict:
     """A calibration set for int8, recorded in the model file by train/finetune: up to ``n`` training images,
-    taken class by class in turn so each class is represented; paths relative to the dataset root."""
+    taken class by class in turn so each class is represented; paths relative to the dataset root. A streamed
+    dataset has no local files to record: export --precision int8 then asks for --calib."""
+    if splits.stream is not None:
+        return {"root": str(splits.root), "files": []}
     by_class: dict[int, list[Path]] = {}
     for sample in splits.train:
         by_class.setdefault(sample.label, []).append(sample.path)

@@ -189,8 +189,15 @@ def evaluate_model(model: str, data: str | Path, split: str = "auto", batch_size
     chosen = choose_eval_split(data, split=split, classes=list(card.classes), record=(card.training or {}).get("split"),
                                allow_outside=allow_outside)
     engine = opened or open_engine(model, device=device, engine=engine)
-    result = evaluate_engine(engine, chosen.samples, chosen.classes, batch_size=batch_size, workers=workers,
-                             n_errors=n_errors)
+    if chosen.stream is not None:  # packed shards, or an object-store prefix: read as a stream
+        from cnncli.evaluate.streamed import stream_probabilities
+
+        probs, labels, paths, unreadable = stream_probabilities(engine, chosen.stream, batch_size, workers)
+        result = compute_metrics(probs, labels, chosen.classes, paths, n_errors=n_errors)
+        result.unreadable, result.engine = unreadable, engine.name
+    else:
+        result = evaluate_engine(engine, chosen.samples, chosen.classes, batch_size=batch_size, workers=workers,
+                                 n_errors=n_errors)
     result.model = str(model)
     result.split = chosen.to_dict()
     result.split["n_images"] = result.n_images  # scored (unreadable images left out)

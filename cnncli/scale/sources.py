@@ -12,47 +12,10 @@ from pathlib import PurePosixPath
 
 from cnncli.core.errors import UsageError
 from cnncli.data.images import is_image_file
+from cnncli.data.stores import container, describe_failure, filesystem
 from cnncli.scale.uris import is_uri
 
 GLOB_CHARS = set("*?[")
-# bounded waits for S3: a missing endpoint or a dead network is an error in seconds, not a hang
-S3_CONFIG = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
-
-
-def storage_options(uri: str) -> dict:
-    protocol = uri.split("://", 1)[0].lower()
-    if protocol in ("s3", "s3a"):
-        options: dict = {"config_kwargs": dict(S3_CONFIG)}
-        # botocore reads these itself; naming them here also keys fsspec's instance cache on them
-        if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
-            options["endpoint_url"] = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ["AWS_ENDPOINT_URL"]
-        if os.environ.get("AWS_PROFILE"):
-            options["profile"] = os.environ["AWS_PROFILE"]
-        return options
-    return {}
-
-
-def filesystem(uri: str):
-    """(fsspec filesystem, path inside it) for ``uri``; UsageError for a scheme no installed backend handles."""
-    import fsspec
-
-    try:
-        return fsspec.core.url_to_fs(uri, **storage_options(uri))
-    except (ImportError, ValueError) as exc:
-        scheme = uri.split("://", 1)[0]
-        raise UsageError(f"cannot open {uri}: no installed fsspec backend handles {scheme}:// ({exc}).") from None
-
-
-def describe_failure(uri: str, exc: BaseException) -> str:
-    """One sentence for a failed listing or access of ``uri`` (missing bucket, credentials, network)."""
-    text = " ".join(str(exc).split())[:200] or type(exc).__name__
-    name = type(exc).__name__
-    if isinstance(exc, FileNotFoundError):
-        return f"{uri} does not exist ({text}); check the bucket and prefix."
-    if isinstance(exc, PermissionError) or "credential" in name.lower() or "credential" in text.lower():
-        return (f"access to {uri} was refused ({text}); check the credentials (AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and AWS_ENDPOINT_URL.")
-    return f"cannot reach {uri} ({name}: {text}); check the endpoint (AWS_ENDPOINT_URL) and the network."
 
 
 def _visible(relative: str) -> bool:
@@ -98,14 +61,6 @@ def list_uri(spec: str, recursive: bool = True) -> tuple[list[str], bool]:
     finally:
         fs.invalidate_cache()  # s3fs keeps every listed key's details; the driver keeps only the names
     return [fs.unstrip_protocol(p) for p in found], missing
-
-
-def container(fs, root: str) -> str | None:
-    """The bucket of an object-store path (its first component); None for stores without buckets."""
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs") for p in protocols):
-        return root.split("/", 1)[0]
-    return None
 
 
 def list_inputs(specs: list[str], recursive: bool = True) -> list[str]:

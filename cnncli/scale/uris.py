@@ -6,14 +6,10 @@ from __future__ import annotations
 import os
 import re
 
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+from cnncli.data.stores import is_uri
+
 _RAY_ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:]+\]|[^\s/:]+):\d+/?$|^(auto|local)$")
 RAY_FROM_ENVIRONMENT = ""  # a bare --ray: RAY_ADDRESS when it is set, else a local Ray
-
-
-def is_uri(spec: object) -> bool:
-    """Whether ``spec`` names a location with a scheme (``s3://bucket/key``, ``memory://x``, ``file:///tmp``)."""
-    return isinstance(spec, str) and bool(_URI.match(spec))
 
 
 def wants_scale(inputs: list[str], output: str | None, fmt: str, ray: str | None) -> bool:

@@ -47,6 +47,8 @@ class TrainConfig:
     cutmix: float = 0.0
     balance: str = "none"
     workers: int | None = None
+    shuffle_buffer: int = 1000  # a streamed dataset (packed, or in an object store): samples mixed per worker
+    cache_size: str = "20GB"  # a streamed dataset: local cache of downloaded shards (least recently used evicted)
     # model and trainable parts
     trainable: str = "all"  # head | last:N | all
     freeze_epochs: int = 0

@@ -26,6 +26,10 @@ def make_loader(dataset, cfg: TrainConfig, dist: Dist, train: bool, generator: t
     Validation: in order, each rank taking every world-th image."""
     from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler, Subset, WeightedRandomSampler
 
+    if hasattr(dataset, "for_loader"):  # a cnncli.train.streaming.StreamDataset cuts its own rank and worker shares
+        return DataLoader(dataset.for_loader(dist.rank, dist.world, workers, cfg.batch_size), batch_size=cfg.batch_size,
+                          num_workers=workers, collate_fn=collate, generator=generator,
+                          pin_memory=device.type == "cuda")
     if train:
         if dist.enabled:
             sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)

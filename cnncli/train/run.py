@@ -101,7 +101,7 @@ def settle_config(cfg: TrainConfig) -> tuple[TrainConfig, int]:
         resumed = resume_config(cfg)
         cfg, planned = resumed.cfg, resumed.planned_epochs
     cfg = cfg.validate()
-    cfg = replace(cfg, data=str(Path(cfg.data).expanduser().resolve()),
+    cfg = replace(cfg, data=cfg.data if "://" in cfg.data else str(Path(cfg.data).expanduser().resolve()),
                   val_csv=str(Path(cfg.val_csv).expanduser().resolve()) if cfg.val_csv else cfg.val_csv)
     return cfg, planned
 
@@ -146,10 +146,14 @@ class TrainingRun:
 
     def _load_data(self) -> None:
         from cnncli.data.layout import load_dataset
+        from cnncli.data.stream_source import is_stream_source, stream_splits
 
         cfg = self.cfg
-        self.splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv,
-                                   allow_outside=cfg.allow_outside)
+        if is_stream_source(cfg.data):  # packed shards or an object-store prefix: splits to read as a stream
+            self.splits = stream_splits(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+        else:
+            self.splits = load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed, val_csv=cfg.val_csv,
+                                       allow_outside=cfg.allow_outside)
         if self.dist.main:
             from cnncli.data.check import duplicate_warnings
 
@@ -198,8 +202,14 @@ class TrainingRun:
         self.workers = cfg.workers if cfg.workers is not None else default_workers(len(self.splits.train))
         self.generator = torch.Generator()
         self.augment = plan_augmentation(cfg.augment, cfg.flip, cfg.command, cfg.weights, pre.channels)
-        self.train_ds = SampleDataset(self.splits.train, pre, None if cfg.augment == "none" else self.augment)
-        self.val_ds = SampleDataset(self.splits.val, pre)
+        if self.splits.stream is not None:  # packed shards or an object store: read as a stream
+            from cnncli.train.streaming import stream_datasets
+
+            self.train_ds, self.val_ds = stream_datasets(self.splits, cfg, pre,
+                                                         None if cfg.augment == "none" else self.augment)
+        else:
+            self.train_ds = SampleDataset(self.splits.train, pre, None if cfg.augment == "none" else self.augment)
+            self.val_ds = SampleDataset(self.splits.val, pre)
         self.skipped = SkippedImages()
 
         self.step_module: nn.Module = self.model  # what a training step calls: the model, or its head
@@ -337,7 +347,9 @@ class TrainingRun:
         epoch_seed = cfg.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
         self.generator.manual_seed(epoch_seed)
-        if self.dist.enabled:
+        if hasattr(self.train_loader.dataset, "set_epoch"):  # a stream orders its shards by (seed, epoch)
+            self.train_loader.dataset.set_epoch(epoch)
+        elif self.dist.enabled:
             self.train_loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         lr = self.step.optimizer.param_groups[0]["lr"]  # the epoch's first step's rate, before the schedule moves it
