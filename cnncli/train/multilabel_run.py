@@ -81,7 +81,8 @@ class MultiLabelTrainingRun(TrainingRun):
         n = len(self.classes)
         self.splits = SimpleNamespace(root=self.labelled.root, layout="csv", classes=self.classes,
                                       train=target_samples(self.labelled.train, n),
-                                      val=target_samples(self.labelled.val, n), warnings=self.labelled.warnings)
+                                      val=target_samples(self.labelled.val, n), warnings=self.labelled.warnings,
+                                      stream=None)  # multi-label data is read from files, never streamed
         self.folder = RunFolder(Path(cfg.resume or cfg.out or _next_run_dir(cfg.command)),
                                 default_named=not (cfg.resume or cfg.out))
         self.cfg = replace(cfg, out=str(self.folder.path))
