@@ -67,7 +67,7 @@ def test_a_folder_inside_the_training_dataset_is_scored_less_the_copies_of_train
     """The issue's case: after `train DATA`, `evaluate best.safetensors DATA/val` was refused ("is not the dataset
     this model was trained on ... its file list differs", exit 2). Now its 9 images are scored, the 2 copies of
     training images are named and left out, and the first line says which images and why. Fails on the old main
-    (the refusal) and without the hashes recorded at training time (11 images scored, nothing left out)."""
+    (the refusal)."""
     model, data = trained["model"], trained["data"]
     table = run_cli("evaluate", model, data / "val", "--workers", "0")
     assert table.code == 0, table.err
@@ -77,6 +77,9 @@ def test_a_folder_inside_the_training_dataset_is_scored_less_the_copies_of_train
     for copy in trained["copies"]:
         assert f"left out, identical to a training image: {copy}" in flat(table.err)
 
+    from cnncli.models.checkpoint import read_card
+
+    assert read_card(model).training["split"]["train_hashes"]["count"] == 18  # recorded by the training run
     report = run_cli("evaluate", model, data / "val", "-f", "json", "--workers", "0")
     assert report.code == 0, report.err
     scored = json.loads(report.out)
@@ -107,7 +110,8 @@ def test_any_other_labelled_folder_is_scored_and_an_old_model_file_falls_back_to
     """A separate labelled folder (its own test/ is preferred) is scored; copies of training images are found by
     the recorded hashes, or, for a model file from before them, by the training dataset while it is still there as
     recorded; once it is not, the first line says the copies could not be checked. Fails on the old main (refused
-    as "not the dataset this model was trained on")."""
+    as "not the dataset this model was trained on"), and without the recorded hashes (27 scored once the training
+    dataset is gone)."""
     data = trained["data"]
     other = tmp_path / "other"
     shutil.copytree(trained["pool"], other / "train")
@@ -120,13 +124,16 @@ def test_any_other_labelled_folder_is_scored_and_an_old_model_file_falls_back_to
 
     copied = tmp_path / "DATA"
     shutil.copytree(data, copied)
-    old = save_lenet(tmp_path / "old.safetensors", ["0", "1", "2"], recorded(copied))
-    card_split = old_card_without_hashes(old)
-    assert "train_hashes" not in card_split
+    new = save_lenet(tmp_path / "new.safetensors", ["0", "1", "2"], recorded(copied))
+    old = tmp_path / "old.safetensors"
+    shutil.copy(new, old)
+    assert "train_hashes" not in old_card_without_hashes(old)
     fallback = json.loads(run_cli("evaluate", old, other, "-f", "json", "--workers", "0").out)
     assert fallback["n_images"] == 9 and len(fallback["split"]["left_out"]) == 18
 
-    shutil.rmtree(copied)
+    shutil.rmtree(copied)  # the training dataset gone: the hashes still know, the old file cannot tell
+    hashed = json.loads(run_cli("evaluate", new, other, "-f", "json", "--workers", "0").out)
+    assert hashed["n_images"] == 9 and len(hashed["split"]["left_out"]) == 18
     unchecked = run_cli("evaluate", old, other, "-f", "json", "--workers", "0")
     assert unchecked.code == 0 and json.loads(unchecked.out)["n_images"] == 27
     assert ("images identical to training images could not be checked: the model file records no hashes of its "

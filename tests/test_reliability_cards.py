@@ -324,10 +324,16 @@ def test_fuzzed_card_fields_end_with_a_sentence(run_cli, base, field, data, onnx
     hostile value must be refused (exit 2, before any work), never exit 0; a sound one must work. The oracle is
     :func:`verdict`. Architecture names come from the table only: an unknown name sends the registry through
     timm's whole list (tested there). The old helper accepted exit 0 for any value."""
-    import tempfile
-
     hostile = st.sampled_from([v for v in HOSTILE[field] if v is not DELETE] or [None])
     value = data.draw(hostile if field == "arch" else JSON_VALUES | hostile)
+    check_card_value(run_cli, base, field, value, onnx_file)
+
+
+def check_card_value(run_cli, base, field: str, value, onnx_file: bool) -> None:
+    """predict, evaluate and inspect on a model file whose card holds ``value`` at ``field``: refused (exit 2)
+    where :func:`verdict` calls it hostile, exit 0 where sound, and in every case bounded, one sentence."""
+    import tempfile
+
     expected = verdict(field, value, onnx_file, base)
     card = with_field(base["card"], field, value)
     with tempfile.TemporaryDirectory(dir=base["root"]) as tmp:
