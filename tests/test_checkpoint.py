@@ -71,7 +71,7 @@ def test_pickle_model_file_is_refused_without_running_it(tmp_path, run_cli, phot
     with pytest.raises(ModelFileError, match="pickle"):
         load_model(path)
     result = run_cli("predict", photos["chelsea"], "--model", path)
-    assert result.code != 0 and "pickle" in result.err and "Traceback" not in result.err
+    assert result.code == 2 and "pickle" in result.err and "Traceback" not in result.err  # a bad model: usage error
     assert not marker.exists()
 
 

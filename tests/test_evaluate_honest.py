@@ -47,6 +47,18 @@ def recorded(data: Path, val_split: float = 0.2, seed: int = 0) -> dict:
     return {"split": split_record(data, splits.layout, val_split, seed, None, len(splits.train), len(splits.val))}
 
 
+def old_card_without_hashes(path: Path) -> dict:
+    """Rewrite ``path`` as a model file from before the hashes were recorded; returns its training.split."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as handle:
+        card = json.loads(handle.metadata()["cnncli"])
+    card["training"]["split"].pop("train_hashes")
+    save_file(load_file(str(path)), str(path), metadata={"cnncli": json.dumps(card)})
+    return card["training"]["split"]
+
+
 def test_evaluate_scores_the_recorded_hold_out_not_the_training_images(digits, tmp_path, run_cli, monkeypatch):
     """Item 1: a class-folder dataset is scored on the seeded hold-out train used, rebuilt exactly (the same
     images as train's load_dataset); the output says which split and how many. Fails on the old main, which
@@ -78,24 +90,29 @@ def test_evaluate_scores_the_recorded_hold_out_not_the_training_images(digits, t
 
 
 def test_evaluate_refuses_a_changed_dataset_and_states_the_rule_without_a_record(digits, tmp_path, run_cli):
-    """Item 1: a dataset whose file list is not the recorded one cannot rebuild the hold-out: one sentence, exit 2
-    (--split all still works); a model with no record (older file, pretrained) scores everything and says so.
-    Fails on the old main (no record, no refusal, no split named)."""
-    model = save_lenet(tmp_path / "m.safetensors", DIGITS, recorded(digits))
+    """Item 1: a dataset whose file list is not the recorded one cannot rebuild the hold-out: for a model file that
+    records no hashes of its training images (issue 19 scores the unseen images where it does:
+    test_evaluate_any_folder.py) one sentence, exit 2 (--split all still works); a model with no record (older
+    file, pretrained) scores everything and says so. Fails on the old main (no record, no refusal, no split
+    named)."""
     changed = tmp_path / "changed"
     shutil.copytree(digits, changed)
+    changed_model = save_lenet(tmp_path / "changed.safetensors", DIGITS, recorded(changed))
+    old_card_without_hashes(changed_model)
     shutil.copy(next((changed / "3").iterdir()), changed / "3" / "extra.png")
-    refused = run_cli("evaluate", model, changed, "--workers", "0")
+    refused = run_cli("evaluate", changed_model, changed, "--workers", "0")
     assert refused.code == 2 and "Traceback" not in refused.err
-    assert "not the dataset this model was trained on" in refused.err and "--split all" in refused.err
+    assert "has changed since the model was trained on it" in refused.err and "--split all" in refused.err
     assert len(refused.err.strip().splitlines()) == 1
-    assert json.loads(run_cli("evaluate", model, changed, "-f", "json", "--workers", "0",
+    assert json.loads(run_cli("evaluate", changed_model, changed, "-f", "json", "--workers", "0",
                               "--split", "all").out)["n_images"] == 101
+    model = save_lenet(tmp_path / "m.safetensors", DIGITS, recorded(digits))
 
     # the same files copied elsewhere are the same dataset: the hold-out is rebuilt
     moved = tmp_path / "moved"
     shutil.copytree(digits, moved)
-    assert json.loads(run_cli("evaluate", model, moved, "-f", "json", "--workers", "0").out)["n_images"] == 20
+    rebuilt = json.loads(run_cli("evaluate", model, moved, "-f", "json", "--workers", "0").out)
+    assert rebuilt["n_images"] == 20 and "hold-out that train used" in rebuilt["split"]["description"]
 
     old = save_lenet(tmp_path / "old.safetensors", DIGITS, training=None)
     result = run_cli("evaluate", old, digits, "--workers", "0")

@@ -321,7 +321,7 @@ def test_a_file_that_is_not_a_model(tmp_path, run_cli, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
     code, _, err = run_cli(*["inspect", str(path)])
-    assert code == 1
+    assert code == 2  # a bad model file is a usage error
     assert expected in _one_line_error(err)
 
 

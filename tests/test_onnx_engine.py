@@ -72,7 +72,7 @@ def test_device_auto_says_which_provider_ran(setup, capsys):
 
 
 @pytest.mark.parametrize("kind", ["png_renamed", "truncated", "empty"])
-def test_bad_onnx_files_are_one_sentence_exit_1(setup, tmp_path, capsys, kind):
+def test_bad_onnx_files_are_one_sentence_exit_2(setup, tmp_path, capsys, kind):
     bad = tmp_path / f"{kind}.onnx"
     if kind == "png_renamed":
         bad.write_bytes(setup["images"][0].read_bytes())
@@ -84,7 +84,7 @@ def test_bad_onnx_files_are_one_sentence_exit_1(setup, tmp_path, capsys, kind):
     with pytest.raises(ModelFileError):
         OnnxEngine(bad, device="cpu")
     code, out, err = run_cli(["predict", str(setup["images"][0]), "--model", str(bad)], capsys)
-    assert (code == 1 and err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err
+    assert (code == 2 and err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err
             and "Traceback" not in err)
 
 

@@ -16,6 +16,8 @@ from cnncli.cli.common import (
     workers_option,
 )
 
+LEFT_OUT_NAMED = 5  # images identical to a training image named on stderr (all of them in JSON)
+
 
 def register(app: typer.Typer) -> None:
     @app.command("evaluate", short_help="Accuracy, per-class metrics and confusion matrix on a dataset.")
@@ -26,8 +28,9 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Argument(..., metavar="DATA", help="A dataset folder or CSV manifest."),
         split: str = typer.Option("auto", "--split", metavar="[auto|test|val|train|all]",
                                   help="Which images to score. auto (default): test/ if present, else val/, else the "
-                                       "seeded hold-out that train used (rebuilt from the model file's record); all: "
-                                       "every image, including any the model trained on."),
+                                       "seeded hold-out that train used (rebuilt from the model file's record), or, "
+                                       "in any other folder, every image; images identical to a training image are "
+                                       "left out. all: every image, including any the model trained on."),
         errors: str = typer.Option("default", "--errors", metavar="N|all",
                                    help="How many misclassified images to list, most confident first (default: all "
                                         "in JSON, 12 in the table)."),
@@ -87,10 +90,17 @@ def register(app: typer.Typer) -> None:
             result, figures = evaluate_precision(model, data, precision, split=split, batch_size=batch_size,
                                                  device=device, workers=workers, calib=calib, engine=engine,
                                                  allow_outside=allow_outside)
-        for bad in result.unreadable[:5]:
-            warn(f"skipped: {bad['error']}")
         if fmt == "json":
             info(f"scored {result.n_images} images: {result.split['description']}")
+        for bad in result.unreadable[:5]:
+            warn(f"skipped: {bad['error']}")
+        left_out = result.split.get("left_out") or []
+        for path in left_out[:LEFT_OUT_NAMED]:
+            warn(f"left out, identical to a training image: {path}")
+        if len(left_out) > LEFT_OUT_NAMED:
+            warn(f"... and {len(left_out) - LEFT_OUT_NAMED} more identical to training images (--format json lists "
+                 "them all under split.left_out)")
+        if fmt == "json":
             report = result.to_dict()
             report["errors"] = report["errors"][:n_errors]
             if figures is not None:

@@ -24,7 +24,10 @@ class ImageTooLargeError(ImageError):
 
 
 class ModelFileError(CnncliError):
-    """A model file is missing, corrupt, of the wrong type, or not a cnncli model file."""
+    """A model file is missing, corrupt, of the wrong type, or not a cnncli model file; its card or ONNX graph is
+    damaged. A usage error (exit 2): the command cannot run with that model, and says so before any work."""
+
+    exit_code = 2
 
 
 class WeightsError(CnncliError):

@@ -161,17 +161,22 @@ def prepare_cached_onnx(spec: str | None, weights: str | None = None, precision:
         if _usable(path):  # another process made it while we waited for the lock
             return path
         start = time.perf_counter()
+        from cnncli.models.spec import load_for_inference
+
+        model = card = None
         if model_identity(spec, weights)[1].startswith(f"{spec}|"):  # a registry name: check it before announcing
             from cnncli.models.registry import check_arch
 
             check_arch(spec)
+        else:  # a model file: load it first, so a damaged file, card or head is refused before any word of export
+            model, card = load_for_inference(spec, weights=weights, device="cpu")
         if not quiet:
             info(f"preparing the fast path for {spec or DEFAULT_ARCH}: exporting to ONNX and verifying it "
                  f"({precision}); this happens once.")
         from cnncli.export.to_onnx import export_onnx
-        from cnncli.models.spec import load_for_inference
 
-        model, card = load_for_inference(spec, weights=weights, device="cpu")
+        if model is None:
+            model, card = load_for_inference(spec, weights=weights, device="cpu")
         options = {"simplify": True}  # onnxslim folds TF-"same" padding arithmetic: ~35% faster on onnxruntime
         if precision == "int8":
             options["precision"] = "int8-static"

@@ -158,12 +158,12 @@ class OnnxEngine:
                 "--device cuda was asked for, but onnxruntime could not start its CUDA provider here (no GPU, or "
                 "CUDA/cuDNN libraries missing); use --device cpu."
             )
-        if device == "auto" and verbose:
-            info(f"onnxruntime provider: {self.provider}")
-        card = _card_from_session(self.session, self.path)
+        card = _card_from_session(self.session, self.path)  # a damaged card is refused before a word of output
         self.has_metadata = card is not None
         if card is not None:
             check_card_matches_graph(card, self.session, self.path)
+        if device == "auto" and verbose:
+            info(f"onnxruntime provider: {self.provider}")
         if card is None:
             card = _card_without_metadata(self.session, self.path)
             if verbose:

@@ -117,33 +117,42 @@ def judge_precision(fp32_probs: np.ndarray, probs: np.ndarray, labels: np.ndarra
     return figures
 
 
-
-
-
-
-
 SPEED_BATCH = 32  # (c) is measured on one batch of the images, repeated
-
-
 SPEED_REPEATS = 3
+
+
+class UnusableValidation(Exception):
+    """The model file records a validation set, but it cannot be used now; the message says why (no period)."""
 
 
 def recorded_validation(card) -> tuple[list, str] | None:
     """The labelled validation images that train/finetune held out for ``card``'s model, rebuilt from the split
     the card records (:mod:`cnncli.data.eval_split`), with a phrase saying what they are; None when the card
-    records no split or the dataset no longer gives the recorded one."""
+    records no split. A recorded split that cannot be used now (its dataset gone, changed so that the hold-out
+    cannot be rebuilt, unreadable) raises :class:`UnusableValidation`, saying why in words."""
     record = (card.training or {}).get("split")
     if not record or not record.get("dataset"):
         return None
     from cnncli.core.errors import UsageError
-    from cnncli.data.eval_split import choose_eval_split
+    from cnncli.data.eval_split import choose_eval_split, dataset_change
+    from cnncli.data.layout import scan_dataset
 
+    dataset = record["dataset"]
+    if not Path(dataset).exists():
+        raise UnusableValidation(f"its dataset {dataset} is not there any more")
     try:
-        chosen = choose_eval_split(record["dataset"], split="val", classes=list(card.classes), record=record)
-    except (UsageError, OSError, ValueError):
-        return None
-    if not chosen.samples:
-        return None
+        change = dataset_change(scan_dataset(dataset, record.get("val_csv"), allow_outside=True), record)
+        chosen = choose_eval_split(dataset, split="val", classes=list(card.classes), record=record)
+    except UsageError as exc:
+        if change:  # e.g. no hashes of the training images to tell the unseen ones apart
+            raise UnusableValidation(f"{dataset} {change}, and the held-out images cannot be told apart from the "
+                                     "ones it trained on") from None
+        raise UnusableValidation(str(exc).rstrip(".")) from None
+    except OSError as exc:
+        raise UnusableValidation(f"{dataset} cannot be read ({exc.strerror or exc})") from None
+    if change:  # the hold-out cannot be rebuilt, but the record's hashes say which images are unseen
+        return (list(chosen.samples), f"{len(chosen.samples)} labelled images of the training dataset it did not "
+                                      f"train on ({chosen.description})")
     return (list(chosen.samples),
             f"the model's recorded validation set ({len(chosen.samples)} images: {chosen.description})")
 
@@ -196,9 +205,14 @@ def judge_on_samples(fp32_predict, low_predict, samples, pre, precision: str, ch
     return figures
 
 
-def judge_int8_export(model, card, int8_path: str | Path) -> tuple[PrecisionFigures, str] | None:
-    """``export --int8 static``: the int8 file against the PyTorch fp32 model on the recorded validation set."""
-    found = recorded_validation(card)
+def judge_int8_export(model, card, int8_path: str | Path) -> tuple[PrecisionFigures | None, str] | None:
+    """``export --int8 static``: the int8 file against the PyTorch fp32 model on the recorded validation set:
+    (figures, which images); (None, why not) when the model records one that cannot be used now; None when it
+    records none."""
+    try:
+        found = recorded_validation(card)
+    except UnusableValidation as exc:
+        return None, str(exc)
     if found is None:
         return None
     samples, description = found
@@ -216,4 +230,3 @@ def judge_int8_export(model, card, int8_path: str | Path) -> tuple[PrecisionFigu
     # (c) is not measured here: the fp32 reference is PyTorch eager, not the fp32 ONNX file int8 replaces
     return judge_on_samples(fp32, lambda x: run_onnx(session, x), samples, card.preprocessing, "int8",
                             measure_speed=False), description
-

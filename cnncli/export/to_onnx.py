@@ -80,7 +80,7 @@ class ExportReport:
     fp32_verification: Verification | None = None
     verification: Verification | None = None  # of the final file (same as fp32 for an fp32 export)
     notes: list[str] = field(default_factory=list)
-    judged: tuple | None = None  # static int8: (PrecisionFigures, which images) on the recorded validation set
+    judged: tuple | None = None  # static int8 on the recorded val set: (figures, which images) or (None, why not)
 
 
 # ---------------------------------------------------------------- inputs

@@ -239,6 +239,8 @@ def check_card_fields(d: Any, source: str | None = None) -> None:
     if thresholds is not None and (not isinstance(thresholds, list) or len(thresholds) != len(classes)
                                    or not all(_is_number(t) and 0 <= t <= 1 for t in thresholds)):
         raise bad("thresholds", f"must be {len(classes)} numbers in [0, 1], one per class, not {_short(thresholds)}")
+    if (d.get("training") or {}).get("split") is not None:
+        _check_split_record(d["training"]["split"], bad)
     pre = d.get("preprocessing")
     if pre is None:
         raise bad("preprocessing", "is missing (input size, resize, mean and std)")
@@ -277,6 +279,51 @@ def check_card_fields(d: Any, source: str | None = None) -> None:
         raise bad("preprocessing.crop_pct",
                   f"{crop:g} with input_size {_short(size)} resizes images to over {limit} pixels "
                   f"a side (set {MAX_INPUT_SIZE_ENV} higher if you trust this model)")
+
+
+def _check_split_record(record: Any, bad) -> None:
+    """``training.split``, which evaluate and export read to rebuild the hold-out (cnncli.data.eval_split)."""
+    if not isinstance(record, dict):
+        raise bad("training.split", f"must be an object, not {_short(record)}")
+    for name in ("dataset", "layout", "fingerprint"):
+        if name in record and not (isinstance(record[name], str) and 0 < len(record[name]) <= 10 * MAX_NAME_CHARS):
+            raise bad(f"training.split.{name}", f"must be text, not {_short(record[name])}")
+    if record.get("val_csv") is not None and not isinstance(record["val_csv"], str):
+        raise bad("training.split.val_csv", f"must be text, not {_short(record['val_csv'])}")
+    if "val_split" in record and not (_is_number(record["val_split"]) and 0 <= record["val_split"] < 1):
+        raise bad("training.split.val_split", f"must be a number in [0, 1), not {_short(record['val_split'])}")
+    for name in ("seed", "n_images", "n_train", "n_val"):
+        if name in record and not (_is_int(record[name]) and (name == "seed" or record[name] >= 0)):
+            raise bad(f"training.split.{name}", f"must be a whole number, not {_short(record[name])}")
+    if record.get("train_hashes") is not None:
+        try:
+            decode_train_hashes(record["train_hashes"])
+        except ValueError as exc:
+            raise bad("training.split.train_hashes", str(exc)) from None
+
+
+TRAIN_HASH_ALGORITHM = "sha256-64"  # the first 64 bits of the SHA-256 of an image file's bytes
+TRAIN_HASH_BYTES = 8
+
+
+def decode_train_hashes(record: Any) -> set[bytes]:
+    """The set of 8-byte hashes in a card's ``training.split.train_hashes`` (built by
+    :func:`cnncli.data.copies.train_hashes_record`); ValueError, saying what is wrong, for a damaged one."""
+    import base64
+    import binascii
+
+    if not isinstance(record, dict) or record.get("algorithm") != TRAIN_HASH_ALGORITHM:
+        raise ValueError(f"must be an object with algorithm {TRAIN_HASH_ALGORITHM!r}")
+    count, text = record.get("count"), record.get("digests")
+    if not _is_int(count) or count < 0 or not isinstance(text, str):
+        raise ValueError("must hold a whole 'count' and a text 'digests'")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("holds 'digests' that are not base64") from None
+    if len(raw) != count * TRAIN_HASH_BYTES:
+        raise ValueError(f"holds {len(raw) / TRAIN_HASH_BYTES:g} hashes, not the {count} its 'count' says")
+    return {raw[i : i + TRAIN_HASH_BYTES] for i in range(0, len(raw), TRAIN_HASH_BYTES)}
 
 
 def _short(value: Any, limit: int = 40) -> str:
