@@ -179,3 +179,16 @@ def test_a_dataset_with_other_classes_is_refused_for_its_classes_first(tmp_path,
         assert result.code == 2 and len(result.err.strip().splitlines()) == 1, (data, split, result.err)
         assert "'c0', 'c1', 'c2', 'c3', 'c4'" in result.err and "not among the model's 10 classes" in result.err
         assert "--split" not in result.err, result.err
+
+
+def test_shown_cards_summarise_the_training_hashes_instead_of_listing_them():
+    """inspect and serve's /v1/model show the card to people: the hashes (kilobytes of base64 for a real dataset)
+    appear as their count; the file itself keeps them for evaluate."""
+    from cnncli.models.card import ModelCard
+
+    digests = "A" * 4000
+    card = ModelCard(arch="lenet5", classes=["a", "b"], training={"split": {"dataset": "/d", "train_hashes": {
+        "algorithm": "blake2b-8", "count": 500, "digests": digests}}})
+    shown = card.shown_dict()
+    assert shown["training"]["split"]["train_hashes"] == {"algorithm": "blake2b-8", "count": 500}
+    assert card.to_dict()["training"]["split"]["train_hashes"]["digests"] == digests  # the file keeps them

@@ -100,7 +100,7 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
     props = {p.key: p.value for p in model.metadata_props}
     card: dict[str, Any] = {}
     if METADATA_KEY in props:
-        card = ModelCard.from_json(props.pop(METADATA_KEY)).to_dict()
+        card = ModelCard.from_json(props.pop(METADATA_KEY)).shown_dict()
     return OnnxSummary(
         path=str(path),
         ir_version=int(model.ir_version),

@@ -230,7 +230,7 @@ def summarize_model(
 
 
 def card_metadata(card: ModelCard) -> dict[str, Any]:
-    d = card.to_dict()
+    d = card.shown_dict()
     return {k: d[k] for k in ("arch", "source", "weights", "num_classes", "classes", "preprocessing", "training",
                               "extra", "cnncli_version")}
 

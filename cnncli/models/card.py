@@ -128,6 +128,16 @@ class ModelCard:
             **({"task": self.task, "thresholds": self.thresholds} if self.multilabel else {}),
         }
 
+    def shown_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` for people and APIs (inspect, serve's /v1/model): the training images' content hashes,
+        which evaluate reads from the file, are summarised as their count instead of kilobytes of base64."""
+        d = self.to_dict()
+        split = (d.get("training") or {}).get("split")
+        if isinstance(split, dict) and isinstance(split.get("train_hashes"), dict):
+            hashes = {k: v for k, v in split["train_hashes"].items() if k != "digests"}
+            d["training"] = {**d["training"], "split": {**split, "train_hashes": hashes}}
+        return d
+
     def to_json(self) -> str:
         return json_text(self.to_dict())  # a class folder's non-UTF-8 byte as its JSON escape
 

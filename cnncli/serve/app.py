@@ -250,7 +250,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/v1/model", summary="The model card, with the engine, precision and the service's limits.")
     async def model() -> dict:
         return {
-            **card.to_dict(),
+            **card.shown_dict(),
             "models": settings.models,
             "engine": engine.name,
             "precision": settings.precision,
