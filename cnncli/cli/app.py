@@ -2,8 +2,8 @@
 value, a missing argument) into one sentence on stderr (wrapped to a terminal's width) and an exit code.
 
 ``--debug`` (anywhere on the command line, or CNNCLI_DEBUG=1) shows the traceback as well, with the same exit
-code. Old option spellings
-kept as hidden aliases (``--out``, ``--input-size``) are rewritten to today's names before parsing.
+code. Old option spellings kept as hidden aliases (``--out``, ``--input-size``) are rewritten to today's names
+before parsing.
 """
 
 from __future__ import annotations
