@@ -223,7 +223,7 @@ def test_readme_runs_top_to_bottom(tmp_path):
 
     Image.fromarray(data.chelsea()).save(work / "photo.jpg")  # the placeholder a reader substitutes
     timings, compared = [], 0
-    shown_after = {id(bash): output for bash, output in shown_output_blocks(text)}
+    shown_after = {bash["line"]: output for bash, output in shown_output_blocks(text)}
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     for block in readme_blocks(text):
         first = block["code"].splitlines()[0] if block["code"] else ""
@@ -241,7 +241,7 @@ def test_readme_runs_top_to_bottom(tmp_path):
             f"README.md line {block['line']} exited {done.returncode}, expected {block['exit']}:\n{block['code']}\n"
             f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
-        output = shown_after.get(id(block))
+        output = shown_after.get(block["line"])
         if output is not None:  # what the README says this block prints
             problems = [shown_output_problem(output["code"], printed) for printed in (done.stdout, done.stderr)]
             assert None in problems, (
