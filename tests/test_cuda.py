@@ -1,11 +1,12 @@
 """CUDA paths checked against the CPU (issue 15 item 5), marked ``cuda``: ``uv run pytest -m cuda``.
 
-Without an NVIDIA GPU every test here is skipped with the reason; on a GPU machine each one fails when CUDA
-disagrees with the CPU beyond the tolerance it states:
+Without an NVIDIA GPU every CUDA test here is skipped with the reason (the CPU side of the training-step check
+still runs); on a GPU machine each one fails when CUDA disagrees with the CPU beyond the tolerance it states:
 
-- training with AMP (bf16 where supported, else fp16 with loss scaling) and channels_last: one optimizer step
-  from the same weights on the same batch moves the weights like fp32 on the CPU (relative difference of the
-  update <= 5%), and a short `cnncli train --device cuda` reaches the CPU run's validation accuracy within 0.15;
+- cnncli's training with AMP (bf16 where supported, else fp16 with loss scaling) and channels_last: one
+  optimizer step of `train --device cuda` from the same weights on the same batch moves the weights like fp32
+  on the CPU (relative difference of the update <= 5%; the CPU side is checked everywhere), and a short
+  `cnncli train --device cuda` reaches the CPU run's validation accuracy within 0.15;
 - the PyTorch engine on CUDA (AMP) gives the CPU's top-1 on the real test photos and probabilities within 0.02;
 - onnxruntime's CUDA provider (`predict --device cuda`, fp32) gives the CPU provider's probabilities within 1e-3;
 - torchrun with nccl on 2 GPUs trains, logs once and evaluates the whole val split (skipped with fewer GPUs).
@@ -53,40 +54,69 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@need_gpus(1)
-def test_one_amp_channels_last_step_on_cuda_moves_the_weights_like_fp32_on_cpu():
+def one_training_step(data, out, device: str, amp: str) -> tuple[dict, object]:
+    """One epoch of cnncli's own training that is one optimiser step (every training image in one batch) of
+    simplecnn (BatchNorm, convolutions in channels_last; no dropout, whose masks differ by device) from seed 0's
+    weights: the update of every parameter, on the CPU, and the prepared run (its device, autocast dtype and
+    loss scaling)."""
+    from cnncli.train.config import TrainConfig
+    from cnncli.train.run import TrainingRun
+
+    cfg = TrainConfig(data=str(data), arch="simplecnn", dropout=0.0, image_size=32, augment="none", epochs=1,
+                      batch_size=64, optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant",
+                      device=device, amp=amp, channels_last=True, out=str(out), quiet=True, workers=0, seed=0)
+    run = TrainingRun.prepare(cfg)
+    weights = []
+    run.fit(on_epoch_end=lambda _epoch, model: weights.append(
+        {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()}))
+    before, after = weights
+    assert len(run.train_loader) == 1
+    return {name: after[name] - before[name] for name in before}, run
+
+
+def update_difference(update: dict, reference: dict) -> float:
+    """|update - reference| / |reference| over all parameters together."""
     import torch
 
-    from cnncli.models.registry import create_model
+    a = torch.cat([update[n].flatten() for n in reference])
+    b = torch.cat([reference[n].flatten() for n in reference])
+    return float((a - b).norm() / b.norm())
 
-    torch.manual_seed(0)
-    model = create_model("resnet18", weights="none", classes=[str(i) for i in range(10)]).model
-    x = torch.randn(16, 3, 64, 64)
-    y = torch.randint(0, 10, (16,))
-    start = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def step(device: str, amp: bool):
-        model.load_state_dict(start)
-        net = model.to(device).train()
-        if device == "cuda":
-            net = net.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
-        inputs = x.to(device).contiguous(memory_format=torch.channels_last) if device == "cuda" else x
-        with torch.autocast(device, dtype=dtype, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(net(inputs), y.to(device))
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        return {k: (v.detach().float().cpu() - start[k].float()) for k, v in net.state_dict().items()
-                if v.dtype.is_floating_point and "running" not in k}
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory):
+    from train_data import write_textures
 
-    cpu, cuda = step("cpu", amp=False), step("cuda", amp=True)
-    for name in cpu:
-        if cpu[name].norm() > 0:
-            rel = float((cuda[name] - cpu[name]).norm() / cpu[name].norm())
-            assert rel <= UPDATE_TOLERANCE, f"{name}: update differs by {rel:.3f} of its size"
+    return write_textures(tmp_path_factory.mktemp("textures"), per_class=6)
+
+
+def test_one_training_step_on_the_cpu_is_full_precision_and_repeatable(textures, tmp_path):
+    """Runs everywhere: the comparison below on the CPU alone. --amp is for CUDA (the CPU run is fp32 with no
+    loss scaling, whatever --amp says) and two CPU runs make the same update, so the CUDA test's reference is
+    well defined."""
+    first, run = one_training_step(textures, tmp_path / "a", "cpu", "fp16")
+    again, _ = one_training_step(textures, tmp_path / "b", "cpu", "auto")
+    assert run.on.device.type == "cpu" and run.on.amp_dtype is None and not run.scaler.is_enabled()
+    assert update_difference(again, first) == 0.0
+    assert len(first) > 10 and all(float(u.abs().max()) > 0 for u in first.values()), "a parameter did not move"
+
+
+@need_gpus(1)
+@pytest.mark.parametrize("amp", ["auto", "fp16"])
+def test_one_amp_channels_last_training_step_on_cuda_moves_the_weights_like_fp32_on_cpu(textures, tmp_path, amp):
+    """`cnncli train --device cuda --amp auto|fp16` (bf16 where supported; fp16 with loss scaling): the same
+    step from the same weights on the same batch moves the weights as fp32 on the CPU does, within
+    UPDATE_TOLERANCE of the update's size."""
+    import torch
+
+    reference, _ = one_training_step(textures, tmp_path / "cpu", "cpu", "off")
+    update, run = one_training_step(textures, tmp_path / amp, "cuda", amp)
+    expected = torch.bfloat16 if amp == "auto" and torch.cuda.is_bf16_supported() else torch.float16
+    assert run.on.device.type == "cuda" and run.on.channels_last and run.on.amp_dtype == expected
+    assert run.scaler.is_enabled() == (expected == torch.float16)
+    assert next(run.model.parameters()).is_cuda
+    difference = update_difference(update, reference)
+    assert difference <= UPDATE_TOLERANCE, f"the CUDA update differs from the CPU's by {difference:.3f} of its size"
 
 
 @need_gpus(1)

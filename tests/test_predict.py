@@ -136,12 +136,58 @@ def test_help_does_not_import_torch():
     assert "HEAVY []" in done.stderr, done.stderr
 
 
-def test_module_entry_point_and_debug_traceback(tmp_path):
-    bad = tmp_path / "bad.safetensors"
+def _split_stderr(err: str) -> tuple[str, str]:
+    """(everything before the last line, the last line) of a command's stderr."""
+    lines = err.strip().splitlines()
+    return "\n".join(lines[:-1]), lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize(
+    "make_args, code, error_class",
+    [(lambda tmp: ["predict", str(tmp)], 2, "UsageError"),  # an empty folder: found deep in the job
+     (lambda tmp: ["predict", str(tmp), "--top-k", "zero"], 2, "BadParameter"),  # rejected by the option parser
+     (lambda tmp: ["predict", str(_bad_model(tmp)), "--model", str(_bad_model(tmp))], None, "ModelFileError")],
+    ids=["usage-error", "bad-option", "bad-model-file"])
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(run_cli, tmp_path, make_args, code, error_class):
+    """Without --debug: one sentence, no traceback. With --debug (anywhere on the line): the traceback naming the
+    error, then the same sentence, and the same exit code (a script must not see 1 where it would see 2)."""
+    args = make_args(tmp_path)
+    quiet = run_cli(*args)
+    assert quiet.code == (code if code is not None else quiet.code) and quiet.code in (1, 2), quiet
+    _, sentence = _split_stderr(quiet.err)
+    assert "Traceback" not in quiet.err and sentence.startswith("error: "), quiet.err
+    assert [line for line in quiet.err.splitlines() if line.startswith("error: ")] == [sentence]
+    if code is not None:  # a usage error: that sentence is all there is
+        assert quiet.err.strip() == sentence
+
+    for loud in (run_cli("--debug", *args), run_cli(*args, "--debug")):
+        assert loud.code == quiet.code, loud
+        trace, last = _split_stderr(loud.err)
+        assert "Traceback (most recent call last):" in trace, loud.err
+        assert error_class in trace and 'File "' in trace, loud.err
+        assert last == sentence  # the one sentence still ends the output
+
+
+def _bad_model(folder):
+    bad = folder / "bad.safetensors"
     bad.write_text("nope")
-    quiet = subprocess.run([sys.executable, "-m", "cnncli", "predict", str(bad), "--model", str(bad)],
-                           capture_output=True, text=True, timeout=300)
-    assert quiet.returncode != 0 and "Traceback" not in quiet.stderr and "error:" in quiet.stderr
+    return bad
+
+
+def test_module_entry_point_debug_by_environment(tmp_path):
+    """``python -m cnncli`` with CNNCLI_DEBUG=1 behaves as --debug: a traceback and the usage-error exit code 2."""
+    import os
+
+    command = [sys.executable, "-m", "cnncli", "predict", str(tmp_path)]  # an empty folder: no images
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    loud = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, CNNCLI_DEBUG="1"))
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.strip().splitlines() == ["error: no images found in " + str(tmp_path)
+                                                 + "; pass image files, folders or glob patterns."]
+    assert loud.returncode == 2 and loud.stderr.startswith("Traceback (most recent call last):"), loud.stderr
+    assert "cnncli.core.errors.UsageError: no images found" in loud.stderr
+    assert loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
 
 
 def test_prediction_table_has_one_column_per_field_with_failed_images():

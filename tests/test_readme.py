@@ -10,6 +10,13 @@ gigabytes) nor re-point this checkout's editable install, so a two-line `uv` shi
 test's own interpreter and its venv's scripts (`uv run` semantics without the sync); any other `uv` command fails
 the block. Placeholders made real: `photo.jpg` is written (scikit-image's cat) before the first block.
 
+Shown output: an untagged ``` block whose previous fenced block is a bash block that ran is what that block
+prints, and is compared with it (`<!-- readme-test: skip (why) -->` above it opts out). Its text must appear as
+one run in the block's stdout or its stderr, compared token by token: whitespace and line wrapping do not count,
+every run of table-border characters (box drawing) is one token, integers must be equal, and numbers with a
+decimal point (probabilities, accuracies) may differ by NUMBER_TOLERANCE (absolute) or NUMBER_RELATIVE_TOLERANCE
+of the shown value, whichever is larger. A line `...` in the shown block stands for any output in between.
+
 On the old main the first README command (`uv run cnncli predict photo.jpg`) failed on a fresh clone.
 The whole README takes minutes (it trains digits, fine-tunes, exports): 225 s on a quiet 2-core machine, so the
 default suite runs it in full (about half of the suite's time); a quick check also runs first: every runnable block
@@ -63,6 +70,53 @@ def python_file_blocks(text: str) -> dict[str, str]:
     return files
 
 
+NUMBER_TOLERANCE = 0.02  # probabilities and accuracies: the last digits move with the CPU's kernels
+NUMBER_RELATIVE_TOLERANCE = 0.05
+TOKEN = re.compile(r"\d+\.\d+|\d+|[\u2500-\u257f]+|[^\s\d\u2500-\u257f]+")
+BORDER = re.compile(r"[\u2500-\u257f]+")
+GAP = "..."
+
+
+def output_tokens(text: str) -> list[str]:
+    """Decimals, integers, runs of box-drawing characters (each run one token, "│") and other words."""
+    return ["│" if BORDER.fullmatch(t) else t for t in TOKEN.findall(text)]
+
+
+def same_token(shown: str, printed: str) -> bool:
+    if "." in shown and shown[0].isdigit() and "." in printed and printed[0].isdigit():
+        expected, actual = float(shown), float(printed)
+        return abs(actual - expected) <= max(NUMBER_TOLERANCE, NUMBER_RELATIVE_TOLERANCE * abs(expected))
+    return shown == printed
+
+
+def _match_at(shown: list[str], printed: list[str], start: int) -> int:
+    """How many of ``shown``'s tokens match ``printed`` from ``start`` on."""
+    n = 0
+    while n < len(shown) and start + n < len(printed) and same_token(shown[n], printed[start + n]):
+        n += 1
+    return n
+
+
+def shown_output_problem(shown: str, printed: str) -> str | None:
+    """None when ``shown`` (a README output block) appears in ``printed`` as described in the module docstring;
+    else where the closest match first differs."""
+    segments = [output_tokens(part) for part in re.split(rf"^\s*{re.escape(GAP)}\s*$", shown, flags=re.M)]
+    tokens, position = output_tokens(printed), 0
+    for segment in filter(None, segments):
+        starts = [i for i in range(position, len(tokens)) if same_token(segment[0], tokens[i])]
+        full = next((i for i in starts if _match_at(segment, tokens, i) == len(segment)), None)
+        if full is None:
+            best = max(starts, key=lambda i: _match_at(segment, tokens, i), default=None)
+            if best is None:
+                return f"{segment[0]!r} is not in the output at all"
+            n = _match_at(segment, tokens, best)
+            got = tokens[best + n] if best + n < len(tokens) else "the end of the output"
+            return (f"the closest match differs after {' '.join(segment[max(0, n - 8):n])!r}: the README shows "
+                    f"{segment[n]!r}, the command printed {got!r}")
+        position = full + len(segment)
+    return None
+
+
 def fresh_clone(dest: Path) -> Path:
     """The tracked files of this checkout, copied as a fresh clone would have them."""
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
@@ -113,6 +167,31 @@ def readme_cnncli_commands(text: str) -> list[tuple[int, str, list[str]]]:
     return found
 
 
+def shown_output_blocks(text: str) -> list[tuple[dict, dict]]:
+    """(bash block, the output block shown right after it) for every output the README shows of a block it runs."""
+    pairs, previous = [], None
+    for block in readme_blocks(text):
+        if block["lang"] == "" and not block["skip"] and previous is not None and previous["lang"] == "bash" \
+                and not previous["skip"]:
+            pairs.append((previous, block))
+        previous = block
+    return pairs
+
+
+def test_shown_output_comparison_tolerates_layout_and_rounding_only():
+    """The comparison itself: re-wrapped lines, other column widths and the last digits of a probability pass; a
+    different label, count or probability fails."""
+    shown = "cat.jpg\n┏━━━┳━━━━━━━┓\n┃ # ┃ label ┃\n│ 1 │ tiger cat │ 282 │ 0.3789 │\nscored 359 images: all of them\n"
+    printed = ("note: warming up\ncat.jpg\n┏━━━━┳━━━━━━━━━━┓\n┃  # ┃ label    ┃\n│  1 │ tiger  cat │  282 │ 0.3802 "
+               "│\nscored 359\nimages: all of them\nmore\n")
+    assert shown_output_problem(shown, printed) is None
+    for wrong in (printed.replace("tiger", "tabby"), printed.replace("282", "283"), printed.replace("0.3802", "0.41"),
+                  printed.replace("359", "358"), printed.replace("all of them", "all")):
+        assert shown_output_problem(shown, wrong) is not None, wrong
+    assert shown_output_problem("top-1 0.9889\n...\nengine: onnx\n", "top-1 0.99\nx\ny\nengine: onnx") is None
+    assert shown_output_problem("engine: onnx\n...\ntop-1 0.9889\n", "top-1 0.99\nengine: onnx") is not None
+
+
 def test_readme_blocks_are_bash_and_use_real_options(run_cli):
     """The quick version of the next test: valid bash, existing subcommands, and options each command takes."""
     text = (ROOT / "README.md").read_text()
@@ -120,6 +199,8 @@ def test_readme_blocks_are_bash_and_use_real_options(run_cli):
         if block["lang"] == "bash" and not block["skip"]:
             done = subprocess.run(["bash", "-n", "-c", block["code"]], capture_output=True, text=True)
             assert done.returncode == 0, f"README.md line {block['line']}: {done.stderr}"
+    shown = shown_output_blocks(text)
+    assert len(shown) >= 2, "the README's shown outputs (untagged blocks after a bash block) are not found"
     helps: dict[str, str] = {}
     commands = readme_cnncli_commands(text)
     assert len(commands) > 10
@@ -141,7 +222,8 @@ def test_readme_runs_top_to_bottom(tmp_path):
     from skimage import data
 
     Image.fromarray(data.chelsea()).save(work / "photo.jpg")  # the placeholder a reader substitutes
-    timings = []
+    timings, compared = [], 0
+    shown_after = {bash["line"]: output for bash, output in shown_output_blocks(text)}
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     for block in readme_blocks(text):
         first = block["code"].splitlines()[0] if block["code"] else ""
@@ -159,11 +241,20 @@ def test_readme_runs_top_to_bottom(tmp_path):
             f"README.md line {block['line']} exited {done.returncode}, expected {block['exit']}:\n{block['code']}\n"
             f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        output = shown_after.get(block["line"])
+        if output is not None:  # what the README says this block prints
+            problems = [shown_output_problem(output["code"], printed) for printed in (done.stdout, done.stderr)]
+            assert None in problems, (
+                f"README.md line {output['line']}: the output shown there is not what line {block['line']}'s block "
+                f"printed: {problems[0]} (stdout); {problems[1]} (stderr)\n--- shown\n{output['code']}"
+                f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
+            compared += 1
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = cpu.ru_utime + cpu.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     print("README blocks (line, seconds):", timings, "total", round(sum(t for _, t in timings), 1),
           "s; CPU (user+sys)", round(cpu_s, 1), "s")
     assert timings, "no bash block ran"
+    assert compared == len(shown_after) >= 2
 
 
 def test_onnx_snippet_matches_cnncli_predict(tmp_path, tiny_model_file, run_cli):

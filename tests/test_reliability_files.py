@@ -3,6 +3,7 @@ opens. Each test names the item it covers; each fails on the main before this ch
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -239,28 +240,80 @@ def test_max_pixels_really_raises_the_limit_and_a_malformed_value_is_one_usage_e
     assert result.code == 2 and result.err.count("\n") == 1 and "CNNCLI_MAX_PIXELS" in result.err
 
 
-def test_export_on_a_full_disk_says_so(run_cli, tiny_model_file, tmp_path, monkeypatch):
-    """Issue 14 "an export that fails for lack of disk space says so, not 'try another --opset'". On a real 1 MB
-    tmpfs when this process may mount one (root); otherwise ENOSPC is simulated in the exporter. Fails on the old
-    main (it blamed the opset)."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)],
-                             capture_output=True).returncode == 0
-    try:
-        if not mounted:
-            import errno
+# A real full disk: small tmpfs folders mounted in a private mount namespace (`unshare --mount`, as root, or with
+# a user namespace otherwise), so nothing is mounted for the rest of the machine and the mounts vanish with the
+# process. Inside it cnncli exports into each folder and the folder's listing is taken before the namespace ends.
+FULL_DISK_EXPORTS = r"""
+import contextlib, io, json, os, sys
+from cnncli.cli.app import main
+model, results = sys.argv[1], {}
+for folder in sys.argv[2:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main(["export", model, "-o", os.path.join(folder, "tiny.onnx"), "--force"])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    with open(os.path.join(folder, "tiny.onnx")) as previous:
+        results[folder] = {"code": code, "err": err.getvalue(), "listing": sorted(os.listdir(folder)),
+                           "previous": previous.read()}
+print(json.dumps(results))
+"""
 
-            import cnncli.export.to_onnx as export_module
 
-            def full(*args, **kwargs):
-                raise OSError(errno.ENOSPC, "No space left on device")
+def mount_namespace_prefix() -> list[str] | None:
+    """The command prefix that runs a command in a private mount namespace where it may mount a tmpfs, or None
+    where this machine allows neither (no CAP_SYS_ADMIN and no unprivileged user namespaces)."""
+    for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+        try:
+            probe = subprocess.run([*prefix, "sh", "-c", 'd=$(mktemp -d) && mount -t tmpfs -o size=8k tmpfs "$d"'],
+                                   capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if probe.returncode == 0:
+            return prefix
+    return None
 
-            monkeypatch.setattr(export_module, "_trace", full)
-        result = run_cli("export", tiny_model_file, "-o", small / "tiny.onnx")
-        assert result.code == 1 and result.err.count("\n") == 1, result.err
-        assert "space" in result.err and "opset" not in result.err
-        assert not list(small.glob("*.onnx")) and not list(small.glob(".*.tmp"))
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(small)], check=False)
+
+def test_export_on_a_full_disk_says_so_and_leaves_the_folder_as_it_was(run_cli, tiny_model_file, tmp_path):
+    """Issue 14 "an export that fails for lack of disk space says so, not 'try another --opset'", on real full
+    file systems: one too small for the export's work files, one that holds the work files but not the final
+    copy (the atomic writer's temporary file fills it). Each time: exit 1, one sentence about space, the previous
+    tiny.onnx unchanged, and nothing else in the folder (no temporary file, no work folder)."""
+    prefix = mount_namespace_prefix()
+    if prefix is None:
+        pytest.skip("needs a private mount namespace (unshare --mount) to mount a small tmpfs")
+    reference = tmp_path / "reference.onnx"
+    assert run_cli("export", tiny_model_file, "-o", reference).code == 0
+    size = reference.stat().st_size
+    work_too_big, final_too_big = tmp_path / "tiny-fs", tmp_path / "fs-for-work-files-only"
+    mounts = {work_too_big: 16 * 1024, final_too_big: size + size // 2}  # the work copy fits, a second does not
+    script = " && ".join([f'mount -t tmpfs -o size={bytes_} tmpfs "{folder}" && printf previous > "{folder}/tiny.onnx"'
+                          for folder, bytes_ in mounts.items()] + ['exec "$@"'])
+    for folder in mounts:
+        folder.mkdir()
+    done = subprocess.run([*prefix, "sh", "-c", script, "sh", sys.executable, "-c", FULL_DISK_EXPORTS,
+                           str(tiny_model_file), *map(str, mounts)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, COLUMNS="400"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for folder in mounts:
+        result = results[str(folder)]
+        errors = [line for line in result["err"].splitlines() if line.startswith("error: ")]
+        assert result["code"] == 1 and len(errors) == 1, result
+        assert "no space left on the device" in errors[0] and "opset" not in result["err"], result
+        assert result["previous"] == "previous", result
+        assert result["listing"] == ["tiny.onnx"], result  # a temporary .tiny.onnx.<pid>-<hex>.tmp would show here
+    assert all(not list(folder.iterdir()) for folder in mounts)  # the mounts were private: outside, still empty
+
+
+def test_writing_a_stream_to_a_full_device_says_so(run_cli, photos, tiny_model_file):
+    """`predict -o /dev/full` (a stream written in place, not through a temporary file): the kernel's ENOSPC is
+    the full-disk sentence, exit 1, not an unexpected OSError."""
+    result = run_cli("predict", photos["chelsea"], "--model", tiny_model_file, "-f", "jsonl", "-o", "/dev/full")
+    assert result.code == 1, result
+    errors = [line for line in result.err.splitlines() if line.startswith("error")]  # after the fast path's notes
+    assert errors == ["error: no space left on the device while writing /dev/full; free some space or write to "
+                      "another folder (the previous file, if any, is unchanged)."], result.err
+    assert result.err.strip().endswith(errors[0]) and "Errno" not in result.err

@@ -5,7 +5,9 @@ which had no URI inputs, no --format parquet and no --resume."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -288,7 +290,27 @@ def test_ray_addresses_are_checked_before_any_work(run_cli, small_set, tiny_onnx
     assert not (tmp_path / "o").exists()
 
 
-def test_progress_bar_shows_rate_eta_and_failures(monkeypatch):
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BAR_FRAME = re.compile(r"(\d+)/(\d+)\s.*?(-:--:--|\d+:\d\d:\d\d)")
+
+
+def _bar_frames(terminal_output: str) -> list[tuple[int, str]]:
+    """(images done, ETA text) of every frame the bar drew, in order, from what a terminal would have received."""
+    text = ANSI_ESCAPE.sub("", terminal_output).replace("\r", "\n")
+    return [(int(done), eta) for done, _, eta in BAR_FRAME.findall(text)]
+
+
+def _seconds(eta: str) -> float:
+    if eta == "-:--:--":
+        return float("nan")
+    hours, minutes, seconds = (int(part) for part in eta.split(":"))
+    return hours * 3600 + minutes * 60 + seconds
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """The one console (cnncli.core.console.err_console, as cnncli.core.progress uses it) replaced by a terminal
+    that writes into a string: the bar is drawn exactly as on a 120-column terminal."""
     import io
 
     from rich.console import Console
@@ -297,9 +319,47 @@ def test_progress_bar_shows_rate_eta_and_failures(monkeypatch):
 
     sink = io.StringIO()
     monkeypatch.setattr(progress_module, "err_console", Console(file=sink, force_terminal=True, width=120))
-    with progress_module.JobProgress(20) as progress:
-        progress.advance(10, 2)
-        progress._bar.refresh()
-    shown = sink.getvalue()
-    assert "10/20" in shown and "img/s" in shown and "2 failed" in shown
+    return sink
+
+
+def test_progress_bar_eta_is_unknown_then_estimated_then_counts_down(terminal):
+    """ETA = images left / measured rate: unknown before there is a rate; 1 image in 0.5 s with 98 left is at least
+    49 s; after 97 more in a moment, about a second; 0 when done. An elapsed clock or a missing column fails."""
+    from cnncli.core.progress import progress_bar
+
+    etas = []
+    with progress_bar("predict", 100, fields={"rate": ""}) as bar:
+        bar.refresh()
+        etas.append(_bar_frames(terminal.getvalue())[-1])
+        bar.advance(1)
+        time.sleep(0.5)
+        bar.advance(1)
+        bar.refresh()
+        etas.append(_bar_frames(terminal.getvalue())[-1])
+        bar.advance(97)
+        bar.refresh()
+        etas.append(_bar_frames(terminal.getvalue())[-1])
+        bar.advance(1)
+    etas.append(_bar_frames(terminal.getvalue())[-1])  # the last frame, drawn as the bar stops
+    (done0, eta0), (done1, eta1), (done2, eta2), (done3, eta3) = etas
+    assert (done0, eta0) == (0, "-:--:--"), etas
+    assert done1 == 2 and _seconds(eta1) >= 49, etas
+    assert done2 == 99 and 1 <= _seconds(eta2) <= 2, etas
+    assert (done3, eta3) == (100, "0:00:00"), etas
+
+
+def test_job_progress_shows_done_rate_failures_and_eta(terminal):
+    """The predict job's bar (JobProgress): done/total, img/s, failures and the ETA, in its last frame."""
+    from cnncli.core.progress import JobProgress
+
+    with JobProgress(20) as progress:
+        started = time.monotonic()
+        progress.advance(4)
+        time.sleep(0.2)
+        progress.advance(6, failed=2)
+        between = time.monotonic() - started  # at least the time between the two advances rich measured
+    frame = ANSI_ESCAPE.sub("", terminal.getvalue()).replace("\r", "\n").strip().splitlines()[-1]
+    assert re.search(r"\b10/20\s+[\d.]+ img/s\s+2 failed\s+\d+:\d\d:\d\d", frame), frame
+    eta = _seconds(_bar_frames(frame)[-1][1])
+    assert 1 <= eta <= math.ceil(10 * between / 6), (frame, between)  # 10 left at 6 images per `between` s
     assert progress.images == 10 and progress.failed == 2

@@ -299,13 +299,4 @@ def test_schedules_warm_up_and_save_with_weights_only(tmp_path, schedule):
     assert fresh.get_last_lr() == pytest.approx(sched.get_last_lr())
 
 
-def test_mixup_cutmix_balance_hinge_and_smoothing_runs(digits, tmp_path):
-    mixed = run_training(lenet_cfg(digits, tmp_path / "m", epochs=1, mixup=0.2, cutmix=1.0, balance="sampler",
-                                   label_smoothing=0.1, optimizer="sgd", nesterov=True, schedule="onecycle",
-                                   accumulate=2, clip_grad=1.0))
-    hinge = run_training(lenet_cfg(digits, tmp_path / "h", epochs=1, loss="hinge", balance="weights",
-                                   optimizer="rmsprop"))
-    for result in (mixed, hinge):
-        assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])
-    with pytest.raises(UsageError, match="hinge"):
-        run_training(lenet_cfg(digits, tmp_path / "x", loss="hinge", mixup=0.2))
+# mixup, cutmix, --balance, --nesterov, onecycle, --accumulate, --clip-grad, hinge: tests/test_train_options.py

@@ -1,8 +1,9 @@
 """The ``cnncli`` Typer app: registers the subcommands and turns cnncli errors and usage errors (a bad option
 value, a missing argument) into one sentence on stderr (wrapped to a terminal's width) and an exit code.
 
-``--debug`` (anywhere on the command line, or CNNCLI_DEBUG=1) shows the traceback instead. Old option spellings
-kept as hidden aliases (``--out``, ``--input-size``) are rewritten to today's names before parsing.
+``--debug`` (anywhere on the command line, or CNNCLI_DEBUG=1) shows the traceback as well, with the same exit
+code. Old option spellings kept as hidden aliases (``--out``, ``--input-size``) are rewritten to today's names
+before parsing.
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def _register() -> None:
 _register()
 
 
+def _traceback_if(debug: bool) -> None:
+    """With --debug, the traceback of the exception being handled goes to stderr; the exit code stays the same."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("CNNCLI_DEBUG", "") not in ("", "0")
@@ -122,21 +131,18 @@ def main(argv: list[str] | None = None) -> None:
         info("aborted.")
         sys.exit(1)
     except ClickException as exc:
-        if debug:
-            raise
+        _traceback_if(debug)
         error(usage_line(exc))
         sys.exit(exc.exit_code)
     except CnncliError as exc:
-        if debug:
-            raise
+        _traceback_if(debug)
         error(str(exc))  # literal text (a path with `[` or an escape stays as it is), wrapped on a terminal
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         info("interrupted.")
         sys.exit(130)
-    except Exception as exc:  # an unexpected failure: still one line, unless --debug
-        if debug:
-            raise
+    except Exception as exc:  # an unexpected failure: still one line (after the traceback with --debug)
+        _traceback_if(debug)
         first = str(exc).splitlines()[0] if str(exc) else ""
         error(f"{type(exc).__name__}: {first} (run again with --debug for the traceback).")
         sys.exit(1)

@@ -152,8 +152,13 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     sweep_stale_temporaries(path.parent, target=path.name)  # a killed earlier run's half-written file
     if written_in_place(path):  # a FIFO or device (-o /dev/stdout)
         binary = "b" in mode
-        with open(path, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
-            yield fh
+        try:
+            with open(path, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
+                yield fh
+        except OSError as exc:  # -o /dev/full, or a full disk behind a FIFO's reader: one sentence, as below
+            if is_disk_full(exc):
+                raise disk_full_error(path) from None
+            raise
         return
     with atomic_path(path) as tmp:
         if "b" in mode:
