@@ -187,7 +187,8 @@ def _fit(ray, cfg, opts: RayTraining, location: str, gpu: bool, storage_path: st
         run_config["storage_filesystem"] = storage_fs
     trainer = TorchTrainer(worker_main, train_loop_config=config,
                            scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=gpu),
-                           run_config=RunConfig(**run_config), torch_config=TorchConfig(backend="nccl" if gpu else "gloo"))
+                           run_config=RunConfig(**run_config),
+                           torch_config=TorchConfig(backend="nccl" if gpu else "gloo"))
     if not cfg.quiet:
         info(f"{cfg.command} on Ray: {opts.workers} DDP worker(s) ({'one GPU each, nccl' if gpu else 'gloo'}), "
              f"up to {opts.max_failures} restart(s) from the last epoch; out {location}")

@@ -1,0 +1,116 @@
+"""``train --ray``: LeNet-5 on real digits as 2 DDP workers on a real local Ray (Ray Train's TorchTrainer, gloo).
+
+The default suite checks what is refused before Ray starts (the options, an unreachable RAY_ADDRESS: one sentence,
+exit 2, within seconds). The slow tests start a real local Ray: 2 workers reach the accuracy of one process within
+one point, and a worker killed with SIGKILL after epoch 1 is restarted by Ray from the last epoch's checkpoint, the
+run ends with exit 0 and results.csv holds every epoch once."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scale_helpers import free_port
+from train_data import write_digits
+
+
+def train_args(data, out, *extra):
+    return ["train", str(data), "--arch", "lenet5", "--image-size", "32", "--grayscale", "--workers", "0",
+            "-o", str(out), *extra]
+
+
+def epochs_in(run: Path) -> list[int]:
+    if not (run / "results.csv").is_file():
+        return []
+    with open(run / "results.csv", newline="") as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+@pytest.mark.parametrize("case", ["workers", "failures", "address"])
+def test_ray_options_and_an_unreachable_address_are_refused_before_training(case, run_cli, tmp_path, monkeypatch):
+    digits = write_digits(tmp_path / "digits", per_class=3)
+    extra = {"workers": ["--ray", "--ray-workers", "0"], "failures": ["--ray", "--max-failures", "-1"],
+             "address": ["--ray"]}[case]
+    if case == "address":
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # nothing listens there
+    t0 = time.monotonic()
+    result = run_cli(*train_args(digits, tmp_path / "run", "--epochs", "1", *extra))
+    assert result.code == 2, (result.out, result.err)
+    said = " ".join(result.err.split())
+    expected = {"workers": "--ray-workers", "failures": "--max-failures",
+                "address": "cannot reach the Ray cluster at 127.0.0.1:"}[case]
+    assert expected in said and "Traceback" not in said
+    assert "from RAY_ADDRESS" in said or case != "address"
+    assert time.monotonic() - t0 < 30  # refused up front, not after Ray's minute-long wait
+    assert not (tmp_path / "run").exists()  # nothing was claimed
+
+
+@pytest.mark.slow
+def test_two_ray_workers_reach_the_accuracy_of_one_process_within_one_point(run_cli, tmp_path):
+    """The whole digits set, half held out; 2 workers of batch 16 (a global batch of 32) against one process of
+    batch 32: different steps, the same accuracy."""
+    digits = write_digits(tmp_path / "digits", per_class=None)
+    common = ["--epochs", "8", "--augment", "none", "--val-split", "0.5", "-q"]
+    one = run_cli(*train_args(digits, tmp_path / "one", *common, "--batch-size", "32"))
+    assert one.code == 0, one.err
+    two = run_cli(*train_args(digits, tmp_path / "two", *common, "--batch-size", "16", "--ray", "local",
+                              "--ray-workers", "2"))
+    assert two.code == 0, two.err
+    assert epochs_in(tmp_path / "two") == list(range(1, 9))
+
+    def last_acc(run):
+        with open(run / "results.csv", newline="") as fh:
+            return float(list(csv.DictReader(fh))[-1]["val_acc"])
+
+    single, ray = last_acc(tmp_path / "one"), last_acc(tmp_path / "two")
+    assert single > 0.9
+    assert abs(single - ray) <= 0.01, (single, ray)
+
+
+def _train_workers(driver: int) -> list[int]:
+    """The Ray Train worker processes under the driver (their process title is ray::RayTrainWorker...)."""
+    from cnncli.scale.ray_reaper import descendants
+
+    found = []
+    for pid in descendants(driver, 0):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::RayTrainWorker"):
+            found.append(pid)
+    return sorted(found)
+
+
+@pytest.mark.slow
+def test_a_train_worker_killed_after_epoch_1_is_restarted_and_every_epoch_is_run_once(tmp_path):
+    digits = write_digits(tmp_path / "digits", per_class=None)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", *train_args(digits, run, "--epochs", "5",
+                                                                          "--batch-size", "16", "--ray", "local",
+                                                                          "--ray-workers", "2")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 400
+        while not epochs_in(run) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _train_workers(proc.pid)
+        assert epochs_in(run) == [1] and len(workers) == 2, (epochs_in(run), workers)
+        os.kill(workers[-1], signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = " ".join((out + err).split())
+    assert proc.returncode == 0, said[-2000:]
+    assert "worker group was restarted" in said
+    assert epochs_in(run) == [1, 2, 3, 4, 5]  # each epoch once
+    assert said.count("epoch 1/5 ") == 1  # the restarted group continued after epoch 1 (or later), not from 0
