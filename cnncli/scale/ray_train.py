@@ -254,8 +254,9 @@ class DriverRelay:
             elif kind == "started":
                 if self._seen_start:
                     self.restarts += 1
-                    warn(f"the Ray worker group was restarted (restart {self.restarts}); it continues after epoch "
-                         f"{rest[0]}, the last checkpoint.")
+                    where = (f"it continues after epoch {rest[0]}, the last checkpoint" if rest[0] else
+                             "no epoch had been checkpointed, so it starts again from epoch 1")
+                    warn(f"the Ray worker group was restarted (restart {self.restarts}); {where}.")
                 self._seen_start = True
             elif kind == "bar" and not self.quiet:
                 self._show_bar(*rest)
