@@ -139,8 +139,11 @@ def _failure(exc: BaseException) -> BaseException:
             return e
         todo += list((getattr(e, "worker_failures", None) or {}).values())  # Train v2
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]  # RayTaskError, chained errors (v1)
-    first = " ".join(str(exc).split())[:300]
-    return CnncliError(f"training on Ray failed ({type(exc).__name__}: {first}).")
+    failures = list((getattr(exc, "worker_failures", None) or {}).values()) or [exc]
+    lines = [line.strip() for line in str(failures[0]).splitlines() if line.strip()]
+    last = (lines[-1] if lines else type(exc).__name__)[:300]  # a traceback's last line: the error itself
+    return CnncliError(f"training on Ray failed ({type(exc).__name__}: {last}); the Ray logs hold the workers' "
+                       "tracebacks.")
 
 
 def train_on_ray(cfg, opts: RayTraining):
@@ -149,6 +152,10 @@ def train_on_ray(cfg, opts: RayTraining):
         raise UsageError(f"--ray-workers must be at least 1, not {opts.workers}.")
     if opts.max_failures < 0:
         raise UsageError(f"--max-failures must be 0 or more, not {opts.max_failures}.")
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cfg)}  # the options of this module (--ray...) are not the run's settings
+    cfg = replace(cfg, explicit=frozenset(n for n in cfg.explicit if n in known))
     address, source = resolve_address(opts.address)
     if address is not None:
         check_reachable(address, source)
