@@ -134,3 +134,26 @@ def test_a_train_worker_killed_after_epoch_1_is_restarted_and_every_epoch_is_run
     resumed = re.search(r"it continues after epoch (\d+), the last checkpoint", said)
     assert resumed and int(resumed[1]) >= 1, said[-3000:]
     assert said.count("epoch 1/8 train loss") == 1  # the restarted group went on from its checkpoint, not from 0
+
+
+@pytest.mark.slow
+def test_ray_trains_into_s3_and_resumes_from_it(tmp_path):
+    """--ray with -o s3://... (moto on loopback): rank 0 uploads the run; --ray --resume s3://... continues it."""
+    import boto3
+    from scale_helpers import moto_s3
+
+    digits = write_digits(tmp_path / "digits", per_class=10)
+    with moto_s3() as env:
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+        s3.create_bucket(Bucket="runs")
+        base = [sys.executable, "-m", "cnncli", "train", str(digits), "--arch", "lenet5", "--image-size", "32",
+                "--grayscale", "--batch-size", "16", "--workers", "0", "--ray", "local", "--ray-workers", "2", "-q"]
+        for extra in (["--epochs", "2", "-o", "s3://runs/ray/a"], ["--epochs", "3", "--resume", "s3://runs/ray/a"]):
+            done = subprocess.run(base + extra, env={**os.environ, **env}, capture_output=True, text=True,
+                                  timeout=600)
+            assert done.returncode == 0, done.stderr[-2000:]
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="runs")["Contents"]}
+        assert {"ray/a/train_state.pt", "ray/a/best.safetensors", "ray/a/metrics.json"} <= keys, keys
+        text = s3.get_object(Bucket="runs", Key="ray/a/results.csv")["Body"].read().decode()
+        assert [line.split(",")[0] for line in text.splitlines()[1:]] == ["1", "2", "3"]
