@@ -130,8 +130,12 @@ def _options(command: str):
             from cnncli.scale.ray_train import RayTraining, train_on_ray
 
             result = train_on_ray(cfg, RayTraining(ray, ray_workers, max_failures))
-        else:
+        elif is_store_run(cfg.out or cfg.resume):
             result = train_to_store(cfg)
+        else:
+            from cnncli.train.loop import run_training
+
+            result = run_training(cfg)
         if result.history and result.metrics.get("task") == "multilabel":
             info(f"best epoch {result.best_epoch}: val mAP {result.metrics['val_map']:.4f}, exact match "
                  f"{result.best_val_acc:.4f} ({result.stopped}); model: {result.out_dir}/best.safetensors")

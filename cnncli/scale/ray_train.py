@@ -393,10 +393,13 @@ def worker_main(config: dict) -> None:
         if restored is not None and cfg.resume:
             cfg = replace(cfg, explicit=frozenset(n for n in cfg.explicit if n not in ("out", "exist_ok")))
         named = store.named if store is not None else (lambda text: text)
-        if rank == 0 and not cfg.quiet:
+        if rank == 0:  # this worker's bar and warnings (skipped images...) are shown by the driver
             import cnncli.train.epoch
+            import cnncli.train.run
 
-            cnncli.train.epoch.progress_bar = _relayed_progress_bar(board)
+            cnncli.train.run.warn = lambda message: board.post.remote("warn", named(message))
+            if not cfg.quiet:
+                cnncli.train.epoch.progress_bar = _relayed_progress_bar(board)
         first: list[int] = []
 
         def after_epoch(epoch: int, model) -> None:
