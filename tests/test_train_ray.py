@@ -35,11 +35,11 @@ def epochs_in(run: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
 
 
-@pytest.mark.parametrize("case", ["workers", "failures", "address"])
+@pytest.mark.parametrize("case", ["workers", "failures", "address", "single-process"])
 def test_ray_options_and_an_unreachable_address_are_refused_before_training(case, run_cli, tmp_path, monkeypatch):
     digits = write_digits(tmp_path / "digits", per_class=3)
     extra = {"workers": ["--ray", "--ray-workers", "0"], "failures": ["--ray", "--max-failures", "-1"],
-             "address": ["--ray"]}[case]
+             "address": ["--ray"], "single-process": ["--ray", "--balance", "sampler"]}[case]
     if case == "address":
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # nothing listens there
     t0 = time.monotonic()
@@ -47,7 +47,8 @@ def test_ray_options_and_an_unreachable_address_are_refused_before_training(case
     assert result.code == 2, (result.out, result.err)
     said = " ".join(result.err.split())
     expected = {"workers": "--ray-workers", "failures": "--max-failures",
-                "address": "cannot reach the Ray cluster at 127.0.0.1:"}[case]
+                "address": "cannot reach the Ray cluster at 127.0.0.1:",
+                "single-process": "--balance sampler are single-process options"}[case]
     assert expected in said and "Traceback" not in said
     assert "from RAY_ADDRESS" in said or case != "address"
     assert time.monotonic() - t0 < 30  # refused up front, not after Ray's minute-long wait

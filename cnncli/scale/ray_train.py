@@ -192,6 +192,8 @@ def _fit(ray, cfg, opts: RayTraining, location: str, gpu: bool, storage_path: st
                   "failure_config": FailureConfig(max_failures=opts.max_failures)}
     if storage_fs is not None:
         run_config["storage_filesystem"] = storage_fs
+    if not _train_v2():
+        run_config["verbose"] = 0  # Train v1 prints Tune's status table to the driver; v2 has no such option
     trainer = TorchTrainer(worker_main, train_loop_config=config,
                            scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=gpu),
                            run_config=RunConfig(**run_config),
@@ -210,6 +212,15 @@ def _fit(ray, cfg, opts: RayTraining, location: str, gpu: bool, storage_path: st
     if relay.summary is None:
         raise CnncliError("training on Ray ended without rank 0's summary; see the Ray logs.")
     return _result(relay.summary)
+
+
+def _train_v2() -> bool:
+    """Whether Ray Train v2 runs (the default from Ray 2.5x; RAY_TRAIN_V2_ENABLED=0 turns it off)."""
+    try:
+        from ray.train.v2._internal.constants import is_v2_enabled
+    except ImportError:  # Ray before Train v2
+        return False
+    return is_v2_enabled()
 
 
 def _result(summary: dict):
