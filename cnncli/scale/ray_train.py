@@ -194,8 +194,10 @@ def _fit(ray, cfg, opts: RayTraining, location: str, gpu: bool, storage_path: st
         run_config["storage_filesystem"] = storage_fs
     if not _train_v2():
         run_config["verbose"] = 0  # Train v1 prints Tune's status table to the driver; v2 has no such option
-    trainer = TorchTrainer(worker_main, train_loop_config=config,
-                           scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=gpu),
+    scaling = {"num_workers": opts.workers, "use_gpu": gpu}
+    if not _train_v2():
+        scaling["trainer_resources"] = {"CPU": 0}  # v1's trainer actor takes a CPU by default: one per worker here
+    trainer = TorchTrainer(worker_main, train_loop_config=config, scaling_config=ScalingConfig(**scaling),
                            run_config=RunConfig(**run_config),
                            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"))
     if not cfg.quiet:
