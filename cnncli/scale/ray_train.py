@@ -162,6 +162,7 @@ def train_on_ray(cfg, opts: RayTraining):
     gpu = str(cfg.device).startswith("cuda")
     cfg, location, created = _settled(cfg)
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # Train v1: workers keep the driver's working folder
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")  # v1 in a Ray with v2: its options are ours
     ray = connect(address)
     storage_path, storage_fs, scratch = None, None, None
     try:
