@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = with_ray_address(argv)
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+    from cnncli.core import signals
     from cnncli.core.console import error, info
     from cnncli.core.errors import CnncliError
 
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
 
         check_environment()
         code = app(args=argv, prog_name="cnncli", standalone_mode=False)
+        if code == 130 and signals.received() is not None:  # Typer turned the signal's KeyboardInterrupt into 130
+            raise KeyboardInterrupt
         sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode: always by SystemExit
     except NoArgsIsHelpError as exc:
         exc.show()
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         info("interrupted.")
-        sys.exit(130)
+        sys.exit(signals.exit_code())
     except Exception as exc:  # an unexpected failure: still one line (after the traceback with --debug)
         _traceback_if(debug)
         first = str(exc).splitlines()[0] if str(exc) else ""

@@ -378,12 +378,13 @@ class TrainingRun:
         """The epoch's results row and the score --monitor picks the best epoch by (higher is better)."""
         return row, (-val["loss"] if self.cfg.monitor == "val_loss" else val["acc"])
 
-    def _interrupted(self, epoch: int) -> None:
+    def _interrupted(self, epoch: int, after: bool = False) -> None:
         if not self.dist.main:
             raise TrainingInterrupted("interrupted.")
         saved, out = self.record.saved_epoch, self.folder.path
+        when = f"after epoch {epoch}" if after else f"during epoch {epoch}"
         if saved:
-            raise TrainingInterrupted(f"interrupted during epoch {epoch}; the state after epoch {saved} is "
+            raise TrainingInterrupted(f"interrupted {when}; the state after epoch {saved} is "
                                       f"in {out}; continue with --resume {out}.")
         raise TrainingInterrupted(f"interrupted during epoch {epoch}, before any epoch finished, so there is nothing "
                                   "to resume and nothing was kept; run the same command again to start over.")
@@ -444,6 +445,8 @@ class TrainingRun:
                     self.dist.barrier()
                     if on_epoch_end is not None:
                         on_epoch_end(epoch, self.model)
+                    if flag.stop:  # the signal came during validation or saving: the epoch is kept, then stop
+                        self._interrupted(epoch, after=True)
                     if cfg.patience is not None and self.record.bad_epochs >= cfg.patience:
                         stopped = "early-stopped"
                         self.say(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
