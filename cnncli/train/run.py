@@ -44,6 +44,7 @@ from cnncli.train.policy import apply_trainable, set_train_mode, trainable_names
 from cnncli.train.resume import (
     STATE_FILE,
     RunRecord,
+    check_dataset_unchanged,
     load_state,
     replan_schedule,
     restore_rng,
@@ -268,9 +269,15 @@ class TrainingRun:
         if cfg.resume:
             if self.dist.main:
                 folder.lock = run_folder.lock_for_resume(folder.path)
+            check_dataset_unchanged(folder.path, cfg)
             state = load_state(folder.state_path)
-            self.model.load_state_dict(state["model"])
-            self.step.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.model.load_state_dict(state["model"])
+                self.step.optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise UsageError(f"{folder.state_path} does not fit the model that {folder.path / 'args.json'} "
+                                 f"describes ({cfg.arch}, {len(self.classes)} classes): was args.json edited? Put "
+                                 "it back as the run wrote it, or start a new run.") from exc
             if cfg.epochs < int(state["epoch"]):
                 raise UsageError(f"{folder.path} has already trained {state['epoch']} epochs; --epochs must be at "
                                  f"least {state['epoch']} to resume it.")
