@@ -121,6 +121,10 @@ def _options(command: str):
         from cnncli.core.paths import check_run_outputs
 
         check_run_outputs(cfg.out or cfg.resume, ["tensorboard"] if "tensorboard" in cfg.log else [])
+        if cfg.log:
+            from cnncli.train.tracking import probe_backends
+
+            probe_backends(cfg.log)
         from cnncli.train.loop import run_training
 
         result = run_training(cfg)
