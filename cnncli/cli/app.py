@@ -9,13 +9,13 @@ before parsing.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 import typer
 from typer.core import TyperArgument
 
 from cnncli import __version__
+from cnncli.cli.common import usage_line
 
 # An argument's help line shows its metavar (DATA, IMAGES...) and no Python type placeholder (<str>, <list[str]>).
 TyperArgument.display_type_rich = lambda self, ctx: None
@@ -63,25 +63,6 @@ def rewrite_aliases(argv: list[str]) -> list[str]:
         name, eq, value = arg.partition("=")
         result.append(OPTION_ALIASES[name] + eq + value if name in OPTION_ALIASES else arg)
     return result
-
-
-def usage_line(exc) -> str:
-    """One sentence for a click usage error (printed after ``error:``): which option or argument, what is wrong,
-    where the help is."""
-    from typer._click.exceptions import BadParameter, MissingParameter
-
-    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "cnncli"
-    message = exc.format_message()
-    if isinstance(exc, BadParameter) and not isinstance(exc, MissingParameter) and exc.param is not None:
-        opts = [o for o in getattr(exc.param, "opts", []) if o.startswith("--")] or [exc.param.human_readable_name]
-        name, detail = max(opts, key=len), exc.message.replace("Value error, ", "").strip()
-        choice = re.fullmatch(r"'(.*)' is not one of (.*?)\.?", detail)
-        if choice:
-            allowed = ", ".join(c.strip().strip("'") for c in choice.group(2).split(","))
-            message = f"unknown {name} {choice.group(1)!r}; choose one of: {allowed}"
-        else:
-            message = f"invalid {name}: {detail}"
-    return f"{message.rstrip('.')}. See `{command} --help`."
 
 
 def _register() -> None:

@@ -116,7 +116,7 @@ def _options(command: str):
 
         fields = TrainConfig.__dataclass_fields__
         values = {k: v for k, v in dict(locals()).items() if k in fields and k not in ("command", "explicit")}
-        cfg = config_from(command, values, config, given=given_on_command_line(ctx))
+        cfg = config_from(command, values, config, given=given_on_command_line(ctx), ctx=ctx)
         check_machine_limits(cfg)
         from cnncli.core.paths import check_run_outputs
 
@@ -148,15 +148,23 @@ def given_on_command_line(ctx: typer.Context) -> frozenset[str]:
     return frozenset(name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") in sources)
 
 
-def config_from(command: str, values: dict, config: str | None, given: frozenset[str]):
+def config_from(command: str, values: dict, config: str | None, given: frozenset[str], ctx=None):
     """The run's TrainConfig: the options, or with --config the saved settings overridden by the given options.
+    A settings file (--config, or the run's args.json on --resume) is read through the options' own parsers
+    first (:mod:`cnncli.cli.settings`).
 
     A re-run gets a new run folder unless --output names one; --resume is never taken from a saved run."""
-    from dataclasses import replace
+    from dataclasses import fields, replace
+    from pathlib import Path
 
+    from cnncli.cli.settings import checked_settings
     from cnncli.core.errors import UsageError
     from cnncli.train.config import TrainConfig
 
+    known = {f.name for f in fields(TrainConfig)} - {"explicit"}
+    settings_file = config or (Path(values["resume"]).expanduser() / "args.json" if values.get("resume") else None)
+    if ctx is not None and settings_file is not None and (config or Path(settings_file).is_file()):
+        checked_settings(settings_file, ctx, known)
     if config is None:
         if values.get("data") is None and not values.get("resume"):
             raise UsageError(f"{command} needs DATA (a dataset folder or CSV manifest), --resume RUN to continue a "
