@@ -11,12 +11,13 @@ from cnncli.core import signals
 
 def main(argv: list[str] | None = None) -> None:
     signals.install()
-    try:
+    try:  # the app reports a signal itself once its console is up; before that (imports), it is said here
         from cnncli.cli.app import main as run_app
+
+        run_app(argv)
     except KeyboardInterrupt:
         print("interrupted.", file=sys.stderr)
         sys.exit(signals.exit_code())
-    run_app(argv)
 
 
 if __name__ == "__main__":
