@@ -65,6 +65,14 @@ def register(app: typer.Typer) -> None:
                                            "BF16 or AMX)."),
         calib: Path | None = typer.Option(None, "--calib", metavar="DIR",
                                           help="Folder of calibration images for --precision int8."),
+        api_key_file: Path | None = typer.Option(None, "--api-key-file", metavar="FILE",
+                                                 help="A file holding one API key (one line); every route then "
+                                                      "needs Authorization: Bearer KEY or X-API-Key: KEY, except "
+                                                      "/healthz, /readyz, /v2/health/live, /v2/health/ready and the "
+                                                      "static /, /docs. Default: the CNNCLI_API_KEY variable."),
+        no_auth: bool = typer.Option(False, "--no-auth",
+                                     help="Serve without an API key on a network address (--host): say it "
+                                          "explicitly, or give a key."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:
         """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /docs, and a page at /.
@@ -84,8 +92,10 @@ def register(app: typer.Typer) -> None:
                               "install them with: pip install 'cnncli[serve]'.") from None
         from cnncli.engines.base import open_engines
         from cnncli.serve.app import ServeSettings
+        from cnncli.serve.auth import resolve_api_key
         from cnncli.serve.server import serve_engine
 
+        api_key = resolve_api_key(api_key_file, host, no_auth)  # before the model loads: refuse fast
         specs = list(models or []) + list(model or [])
         engine = open_engines(specs or [None], device=device, weights=weights, threads=threads, tta=tta,
                               engine=engine_name, precision=precision, calib=str(calib) if calib else None)
@@ -93,5 +103,5 @@ def register(app: typer.Typer) -> None:
                                  max_upload_mb=max_upload_mb, max_files=max_files,
                                  workers=workers or min(4, usable_cores()), default_top_k=top_k,
                                  models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet,
-                                 timeout=timeout)
+                                 timeout=timeout, api_key=api_key)
         serve_engine(engine, settings, host, port, max_connections=max_connections)

@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
@@ -32,6 +32,7 @@ from cnncli.core.errors import ImageError, ImageTooLargeError
 from cnncli.data.images import load_pixels_from_bytes, max_image_pixels
 from cnncli.predict.multilabel import label_picker
 from cnncli.predict.run import Prediction, scored
+from cnncli.serve.auth import key_guard
 from cnncli.serve.batcher import BatchFailed, DynamicBatcher
 from cnncli.serve.deadline import DeadlinePassed, Deadlines
 from cnncli.serve.errors import RETRY_AFTER_S, ServiceError, busy
@@ -54,6 +55,7 @@ class ServeSettings:
     log: bool = True
     timeout: float = 30.0  # the longest one request may take once its headers are in (--timeout)
     max_connections: int | None = None  # as the server set it (shown by /v1/model)
+    api_key: str | None = field(default=None, repr=False)  # required on every route but the open ones (.auth)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -192,6 +194,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         description="Send images to `POST /v1/classify` (raw body, multipart `file`, or several `files`); every "
                     "image gets the object `cnncli predict --format json` writes.",
         lifespan=lifespan,
+        dependencies=[Depends(key_guard(settings.api_key))],
     )
     app.state.batcher = batcher
     app.state.deadlines = deadlines  # the server calls begin_stopping() on SIGTERM
@@ -257,6 +260,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
             "tta": settings.tta,
             "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                          "max_queue": settings.max_queue},
+            "auth": settings.api_key is not None,
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_files": settings.max_files,
                        "max_pixels": max_image_pixels(), "timeout_s": settings.timeout,
                        "max_connections": settings.max_connections},

@@ -274,7 +274,10 @@ def serve_engine(engine, settings, host: str = "127.0.0.1", port: int = 0, max_c
     settings.max_connections = cap
     url = url_of(sock)
     card = engine.card
-    exposed = "" if host in ("127.0.0.1", "localhost", "::1") else " (reachable from the network)"
+    from cnncli.serve.auth import is_loopback
+
+    exposed = "" if is_loopback(host) else " (reachable from the network)"
+    exposed += ", API key required" if settings.api_key else ("" if is_loopback(host) else ", NO API key (--no-auth)")
     banner = (f"cnncli serve: {card.arch} ({card.num_classes} classes) on {engine.name}, {settings.precision}; "
               f"listening on {url}{exposed}; API docs {url}/docs; Ctrl-C stops.")
     serve(create_app(engine, settings), sock, banner, timeout=settings.timeout, max_connections=cap,
