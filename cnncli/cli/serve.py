@@ -18,8 +18,17 @@ def register(app: typer.Typer) -> None:
                                                   help="Model specs as for predict --model: a .safetensors file, an "
                                                        ".onnx file or a registry name (default: efficientnet_lite0, "
                                                        "ImageNet). Several: an ensemble."),
-        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="MODEL",
-                                               help="Same as MODEL; repeat it for an ensemble."),
+        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="[NAME=]MODEL",
+                                               help="Same as MODEL; repeat it for an ensemble. NAME=MODEL, repeated: "
+                                                    "several models, each with its own batcher (/v1/models, "
+                                                    "/v1/classify?model=NAME, /v2/models/NAME)."),
+        name: str | None = typer.Option(None, "--name", metavar="NAME",
+                                        help="The model's name in /v1/models and the Open Inference Protocol "
+                                             "(/v2/models/NAME); default: the registry name or the file's stem."),
+        watch: float | None = typer.Option(None, "--watch", parser=v.number(float, ge=0.1, le=86_400), metavar="S",
+                                           help="Every S seconds, reload a model file that changed (as SIGHUP "
+                                                "does): verified and warmed up first; a bad file leaves the old "
+                                                "model serving."),
         weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS",
                                            help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or "
                                                 "a file."),
@@ -75,10 +84,12 @@ def register(app: typer.Typer) -> None:
                                           "explicitly, or give a key."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:
-        """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /docs, and a page at /.
+        """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /v1/models, /metrics, /healthz, /readyz,
+        /docs, the Open Inference Protocol (KServe v2) under /v2, and a page at /.
 
-        Concurrent requests are batched for the engine (--max-batch, --max-wait-ms). Stop with Ctrl-C or SIGTERM:
-        requests in flight get up to 5 s to be answered, then it exits 0.
+        Concurrent requests are batched for the engine (--max-batch, --max-wait-ms). SIGHUP (or --watch) reloads
+        a model file that changed, without dropping requests. Stop with Ctrl-C or SIGTERM: requests in flight get
+        up to 5 s to be answered, then it exits 0.
         """
 
         from cnncli.core.errors import CnncliError
@@ -93,15 +104,17 @@ def register(app: typer.Typer) -> None:
         from cnncli.engines.base import open_engines
         from cnncli.serve.app import ServeSettings
         from cnncli.serve.auth import resolve_api_key
-        from cnncli.serve.server import serve_engine
+        from cnncli.serve.models import model_entries
+        from cnncli.serve.server import serve_models
 
         api_key = resolve_api_key(api_key_file, host, no_auth)  # before the model loads: refuse fast
         specs = list(models or []) + list(model or [])
-        engine = open_engines(specs or [None], device=device, weights=weights, threads=threads, tta=tta,
-                              engine=engine_name, precision=precision, calib=str(calib) if calib else None)
+        entries = model_entries(specs, name, lambda group: open_engines(
+            group, device=device, weights=weights, threads=threads, tta=tta, engine=engine_name,
+            precision=precision, calib=str(calib) if calib else None), weights=weights)
         settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                  max_upload_mb=max_upload_mb, max_files=max_files,
                                  workers=workers or min(4, usable_cores()), default_top_k=top_k,
                                  models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet,
-                                 timeout=timeout, api_key=api_key)
-        serve_engine(engine, settings, host, port, max_connections=max_connections)
+                                 timeout=timeout, api_key=api_key, watch_s=watch)
+        serve_models(entries, settings, host, port, max_connections=max_connections)
