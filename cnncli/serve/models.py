@@ -47,16 +47,19 @@ def model_sha256(spec: str | None, weights: str | None = None) -> str:
 
 
 def default_name(specs: list[str | None]) -> str:
-    """A model's name when none is given: the registry name or the file's stem (several: joined with ``+``)."""
-    from cnncli.engines.cache import model_identity
+    """A model's name when none is given: the file's stem or the registry name (``efficientnet_lite0`` for the
+    default model; ``timm:x/y`` becomes ``timm-x-y``), several joined with ``+``."""
+    from cnncli.models.names import DEFAULT_ARCH
 
     names = []
     for spec in specs or [None]:
-        try:
-            names.append(model_identity(spec, None)[0])
-        except Exception:
-            names.append(Path(spec).stem if spec else "default")
-    return "+".join(n.replace("/", "_") for n in names)
+        if spec is None:
+            names.append(DEFAULT_ARCH)
+        elif spec.lower().endswith((".onnx", ".safetensors")) or Path(spec).exists():
+            names.append(Path(spec).stem)
+        else:
+            names.append(spec)
+    return "+".join("".join(c if c in NAME_CHARS else "-" for c in n) for n in names)
 
 
 @dataclass
