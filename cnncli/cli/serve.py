@@ -82,6 +82,12 @@ def register(app: typer.Typer) -> None:
         no_auth: bool = typer.Option(False, "--no-auth",
                                      help="Serve without an API key on a network address (--host): say it "
                                           "explicitly, or give a key."),
+        ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                       help="Serve on Ray Serve: alone, a local Ray on this machine (or RAY_ADDRESS); "
+                                            "with HOST:PORT (or ray://, auto), join that cluster. The same routes, "
+                                            "key and batching in every replica."),
+        replicas: int = typer.Option(1, "--replicas", parser=v.number(int, ge=1, le=10_000), metavar="N",
+                                     help="Ray Serve replicas with --ray (each loads the models once)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:
         """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /v1/models, /metrics, /healthz, /readyz,
@@ -92,7 +98,7 @@ def register(app: typer.Typer) -> None:
         up to 5 s to be answered, then it exits 0.
         """
 
-        from cnncli.core.errors import CnncliError
+        from cnncli.core.errors import CnncliError, UsageError
 
         try:
             import fastapi  # noqa: F401
@@ -109,12 +115,19 @@ def register(app: typer.Typer) -> None:
 
         api_key = resolve_api_key(api_key_file, host, no_auth)  # before the model loads: refuse fast
         specs = list(models or []) + list(model or [])
-        entries = model_entries(specs, name, lambda group: open_engines(
-            group, device=device, weights=weights, threads=threads, tta=tta, engine=engine_name,
-            precision=precision, calib=str(calib) if calib else None), weights=weights)
+        open_kwargs = dict(device=device, weights=weights, threads=threads, tta=tta, engine=engine_name,
+                           precision=precision, calib=str(calib) if calib else None)
         settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                  max_upload_mb=max_upload_mb, max_files=max_files,
                                  workers=workers or min(4, usable_cores()), default_top_k=top_k,
                                  models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet,
                                  timeout=timeout, api_key=api_key, watch_s=watch)
+        if ray is not None:
+            from cnncli.serve.ray_serve import serve_on_ray
+
+            serve_on_ray(specs, name, open_kwargs, settings, host, port, ray, replicas)
+            return
+        if replicas != 1:
+            raise UsageError("--replicas needs --ray (one process serves without it).")
+        entries = model_entries(specs, name, lambda group: open_engines(group, **open_kwargs), weights=weights)
         serve_models(entries, settings, host, port, max_connections=max_connections)

@@ -13,6 +13,7 @@ by ``--timeout`` (:mod:`.deadline`); an answer sent before the request's body wa
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -344,7 +345,7 @@ def create_app(served, settings: ServeSettings | None = None) -> FastAPI:
         return {**counters, "ready": all(b.ready for b in batchers), "queued": sum(b.queued for b in batchers),
                 "reserved": sum(b.reserved for b in batchers), **default.current.batcher.stats.to_dict(),
                 "models": {m.name: m.current.batcher.stats.to_dict() for m in models.values()},
-                "connections": connections.to_dict()}
+                "connections": connections.to_dict(), "process": os.getpid()}
 
     @app.get("/metrics", summary="Prometheus metrics (text exposition format).", response_class=Response)
     async def prometheus() -> Response:
