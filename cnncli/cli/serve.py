@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
                                                 "a file."),
         host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
                                  help="Address to listen on. The default answers this machine only; --host 0.0.0.0 "
-                                      "opens the service to the network."),
+                                      "opens the service to the network, which needs --api-key-file (or "
+                                      "CNNCLI_API_KEY) or an explicit --no-auth."),
         port: int = typer.Option(8000, "--port", "-p", parser=v.number(int, ge=0, le=65535), metavar="PORT",
                                  help="TCP port; 0 picks a free one (printed at startup)."),
         max_batch: int = typer.Option(32, "--max-batch", parser=v.number(int, ge=1, le=4096), metavar="N",

@@ -206,8 +206,9 @@ def create_app(served, settings: ServeSettings | None = None) -> FastAPI:
 
     async def reload_all(only_changed: bool = False) -> None:
         for model in models.values():
-            if not only_changed or model.changed_on_disk():
-                await model.reload()
+            if only_changed and not model.changed_on_disk():
+                continue
+            await model.reload()
 
     async def watch() -> None:
         while True:

@@ -191,6 +191,8 @@ class ServedModel:
     async def reload(self) -> bool:
         """Open the file again; swap it in when it differs, opens and warms up. True when a new version took over."""
         if self.source is None or self.source.path is None:
+            print(f"cnncli serve: model {self.name} is not served from one file (a registry name or an ensemble); "
+                  "nothing to reload.", file=sys.stderr, flush=True)
             return False
         if self._lock is None:
             self._lock = asyncio.Lock()
