@@ -209,6 +209,10 @@ class ServedModel:
                     print(f"cnncli serve: model {self.name}: {path} is unchanged (sha256 {sha[:12]}); nothing to "
                           "reload.", file=sys.stderr, flush=True)
                     return False
+                if path.suffix.lower() == ".safetensors":  # the card first: torch-free, refuses a damaged file at once
+                    from cnncli.models.checkpoint import read_card
+
+                    await loop.run_in_executor(None, read_card, path)
                 engine = await asyncio.wait_for(loop.run_in_executor(None, self.source.open), WARMUP_LIMIT_S)
                 version = self._version(engine, sha)
                 await self._warm(version)
