@@ -105,3 +105,12 @@ def test_loopback_names_count_as_loopback():
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.3.4.5", "::1", "localhost", "[::1]"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "myhost"))
+
+
+def test_the_openapi_schema_declares_the_key_so_docs_can_send_it(keyed):
+    with keyed.client() as http:
+        schema = http.get("/openapi.json").json()  # static, open like /docs
+    schemes = schema["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+    assert any(s.get("name") == "X-API-Key" for s in schemes.values())
+    assert schema["paths"]["/v1/classify"]["post"]["security"]

@@ -100,11 +100,22 @@ def presented_key(request: Request) -> str | None:
 
 
 def key_guard(api_key: str | None):
-    """A FastAPI dependency for every route: 401 JSON unless the request carries ``api_key`` (or the path is open)."""
-    expected = api_key.encode() if api_key else None
+    """A FastAPI dependency for every route: 401 JSON unless the request carries ``api_key`` (or the path is open).
+    With a key, the OpenAPI schema declares both ways to send it, so /docs has an Authorize button."""
+    from fastapi import Depends
+    from fastapi.security import APIKeyHeader, HTTPBearer
 
-    async def require_key(request: Request) -> None:
-        if expected is None or request.url.path in OPEN_PATHS:
+    expected = api_key.encode() if api_key else None
+    if expected is None:
+        async def open_service() -> None:
+            return None
+
+        return open_service
+    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
+    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
+
+    async def require_key(request: Request, _bearer=Depends(bearer), _header=Depends(header)) -> None:
+        if request.url.path in OPEN_PATHS:
             return
         given = presented_key(request)
         if given is None:
