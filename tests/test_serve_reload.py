@@ -116,6 +116,7 @@ def test_sighup_under_load_switches_models_without_a_failed_request(models, expe
             wait_for(lambda: len(load.answers) >= count + 2 * CLIENTS)
         state = model_state(server)
         metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        versions = httpx.get(server.url + "/v2/models/served", timeout=10).json()["versions"]
     failed = [a for a in load.answers if a[1] != 200]
     assert not failed, failed[:3]
     assert {json.dumps(a[2]) for a in load.answers} == {json.dumps(expected["old"]), json.dumps(expected["new"])}
@@ -125,6 +126,7 @@ def test_sighup_under_load_switches_models_without_a_failed_request(models, expe
     assert len(late) >= 3 * CLIENTS and all(a[2] == expected["new"] for a in late)
     assert any(a[2] == expected["old"] for a in load.answers)
     assert state["reloads"] == 1 and state["failures"] == 1 and str(served) in state["last_error"]
+    assert versions == ["2"]  # the Open Inference Protocol's model version counts the reloads that took over
     assert 'cnncli_model_reload_failures_total{model="served"} 1.0' in metrics
     assert 'cnncli_model_reloads_total{model="served"} 1.0' in metrics
     assert "model served reloaded from" in server.stderr
