@@ -55,6 +55,7 @@ class MultiLabelSplits:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     task: str = TASK
+    missing: list[Path] = field(default_factory=list)  # named by a manifest, not on disk (skipped)
 
 
 def split_label_cell(cell: str, where: str) -> tuple[str, ...]:
@@ -251,7 +252,8 @@ def load_multilabel_dataset(path: str | Path, val_split: float = 0.2, seed: int 
         raise UsageError(f"{manifest}: no training images are left; check the manifest's paths.")
     counts = label_matrix(train, len(names)).sum(axis=0)
     warnings += [f"class {names[i]!r} has no training images" for i in np.flatnonzero(counts == 0)]
-    return MultiLabelSplits(manifest, "csv", list(names), train, val, warnings=warnings, notes=notes)
+    missing = train_rows.missing + (val_rows.missing if val_rows is not None else [])
+    return MultiLabelSplits(manifest, "csv", list(names), train, val, warnings=warnings, notes=notes, missing=missing)
 
 
 def label_report(splits: MultiLabelSplits, top_pairs: int = 10) -> dict:
