@@ -74,11 +74,11 @@ def register(app: typer.Typer) -> None:
 
         multilabel = multilabel_card_of(model)
         if multilabel is not None:  # a multi-label model: mAP, F1 at the thresholds, exact match (its own module)
-            from cnncli.evaluate.multilabel import run_multilabel_evaluation
+            from cnncli.evaluate.multilabel_run import run_multilabel_evaluation
 
             run_multilabel_evaluation(model, data, multilabel, split=split, fmt=fmt, n_errors=n_errors, plots=plots,
                                       batch_size=batch_size, device=device, workers=workers, engine=engine,
-                                      precision=precision, allow_outside=allow_outside)
+                                      precision=precision, calib=calib, allow_outside=allow_outside)
             return
         figures = None
         if precision == "fp32":
