@@ -151,3 +151,30 @@ def test_single_label_models_refuse_threshold_and_keep_their_card(tiny_model_fil
     assert card.task == "single" and "task" not in card.to_dict() and "thresholds" not in card.to_json()
     single = run_cli("predict", photos["chelsea"], "-m", tiny_model_file, "--engine", "torch", "-f", "json")
     assert "labels" not in json.loads(single.out)[0]
+
+
+def test_serve_threshold_overrides_the_cards_thresholds(trained, run_cli, tmp_path, tiny_model_file):
+    """A real `cnncli serve --threshold P` process answers the classes with probability >= P, not the card's."""
+    images = sorted((trained["root"] / "images").glob("m2?.png"))[:8]
+    card = read_card(trained["model"])
+    exported = tmp_path / "ml.onnx"
+    assert run_cli("export", trained["model"], "-o", exported).code == 0
+    rows = json.loads(run_cli("predict", *images, "-m", exported, "-f", "json", "-k", "4", "--workers", "0").out)
+    probs = np.array([[{t["label"]: t["prob"] for t in r["top"]}[c] for c in card.classes] for r in rows])
+    threshold = float(np.round(np.median(probs), 3))  # between the card's per-class choices for some images
+    expected = [[card.classes[i] for i in np.argsort(-p, kind="stable") if p[i] >= threshold] for p in probs]
+    assert expected != [r["labels"] for r in rows]  # the override is observable on these images
+    server = ServeProcess("--model", exported, "--workers", "1", "--threshold", str(threshold))
+    try:
+        served = [httpx.post(server.url + "/v1/classify?top_k=4", content=i.read_bytes(), timeout=30).json()[0]
+                  for i in images]
+        shown = httpx.get(server.url + "/v1/model", timeout=30).json()
+    finally:
+        server.stop()
+    assert [s["labels"] for s in served] == expected
+    assert shown["threshold"] == threshold and shown["thresholds"] == pytest.approx(card.thresholds)
+    for bad in ("1.5", "-0.1", "x"):
+        out = run_cli("serve", "--model", exported, "--threshold", bad, "--port", "0")
+        assert out.code == 2 and "--threshold" in out.err, out.err
+    single = run_cli("serve", "--model", tiny_model_file, "--engine", "torch", "--threshold", "0.5", "--port", "0")
+    assert single.code == 2 and "--threshold applies to multi-label models" in single.err, single.err

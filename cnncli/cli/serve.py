@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
                                            "BF16 or AMX)."),
         calib: Path | None = typer.Option(None, "--calib", metavar="DIR",
                                           help="Folder of calibration images for --precision int8."),
+        threshold: float | None = typer.Option(None, "--threshold", parser=v.UNIT_INTERVAL, metavar="P",
+                                               help="Multi-label models: answer the classes with probability >= P "
+                                                    "(default: the per-class thresholds tuned on val, in the card)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:
         """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /docs, and a page at /.
@@ -89,9 +92,12 @@ def register(app: typer.Typer) -> None:
         specs = list(models or []) + list(model or [])
         engine = open_engines(specs or [None], device=device, weights=weights, threads=threads, tta=tta,
                               engine=engine_name, precision=precision, calib=str(calib) if calib else None)
+        from cnncli.predict.multilabel import check_threshold_option
+
+        check_threshold_option(engine.card, threshold, (specs or ["the default model"])[0])
         settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                  max_upload_mb=max_upload_mb, max_files=max_files,
                                  workers=workers or min(4, usable_cores()), default_top_k=top_k,
                                  models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet,
-                                 timeout=timeout)
+                                 timeout=timeout, threshold=threshold)
         serve_engine(engine, settings, host, port, max_connections=max_connections)

@@ -54,6 +54,7 @@ class ServeSettings:
     log: bool = True
     timeout: float = 30.0  # the longest one request may take once its headers are in (--timeout)
     max_connections: int | None = None  # as the server set it (shown by /v1/model)
+    threshold: float | None = None  # multi-label models: one threshold for every class instead of the card's
 
     @property
     def max_upload_bytes(self) -> int:
@@ -172,7 +173,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     decoders = ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="cnncli-decode",
                                   initializer=_lower_thread_priority)
     card = engine.card
-    pick = label_picker(card)  # None for a single-label model
+    pick = label_picker(card, settings.threshold)  # None for a single-label model
     counters = {"requests": 0, "answered": 0, "refused_busy": 0, "timed_out": 0, "in_flight": 0, "body_bytes": 0}
     deadlines = Deadlines(settings.timeout)
     connections = ConnectionStats()
@@ -255,6 +256,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
             "engine": engine.name,
             "precision": settings.precision,
             "tta": settings.tta,
+            **({"threshold": settings.threshold} if card.multilabel else {}),  # None: the card's thresholds
             "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                          "max_queue": settings.max_queue},
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_files": settings.max_files,
