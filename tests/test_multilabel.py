@@ -129,12 +129,28 @@ GOOD_ROWS = ["img/0.png,a|b", "img/1.png,b", "img/2.png,a", "img/3.png,"]
     (["img/0.png,a|b|a", "img/1.png,b"], "the label 'a' is listed twice"),
     (["img/0.png,a|b;c", "img/1.png,b"], "mix '|' and ';'"),
     (["img/0.png,a|b", "img/1.png,b", "img/0.png,a"], "is listed again with other labels"),
+    (["img/0.png,a|b", "img/1.png,b", "img/2.png,b;a"], "separated by ';' but line 2 separates them with '|'"),
 ])
 def test_bad_manifests_are_refused_in_one_sentence(tmp_path, run_cli, rows, sentence):
     out = run_cli("train", _manifest(tmp_path, rows), "--arch", "lenet5", "--epochs", "1", "--out", tmp_path / "r")
     assert out.code == 2
     assert sentence in out.err and out.err.strip().count("\n") == 0, out.err
     assert not (tmp_path / "r").exists()
+
+
+def test_packing_a_multilabel_manifest_is_refused(tmp_path, run_cli):
+    out = run_cli("data", "pack", _manifest(tmp_path, GOOD_ROWS), tmp_path / "packed")
+    assert out.code == 2 and "is a multi-label manifest" in out.err and out.err.strip().count("\n") == 0, out.err
+    assert not (tmp_path / "packed").exists()
+
+
+def test_evaluating_on_a_label_the_model_does_not_know_is_refused(trained, tmp_path, run_cli):
+    manifest = tmp_path / "other.csv"
+    image = sorted((trained["root"] / "images").glob("*.png"))[0]
+    manifest.write_text(f"path,labels\n{image.name},1|zebra\n")
+    (tmp_path / image.name).write_bytes(image.read_bytes())
+    out = run_cli("evaluate", trained["model"], manifest, "--workers", "0")
+    assert out.code == 2 and "'zebra' is not one of the 4 classes of the model" in out.err, out.err
 
 
 def test_a_val_label_train_never_saw_is_refused(tmp_path, run_cli):
@@ -178,3 +194,27 @@ def test_serve_threshold_overrides_the_cards_thresholds(trained, run_cli, tmp_pa
         assert out.code == 2 and "--threshold" in out.err, out.err
     single = run_cli("serve", "--model", tiny_model_file, "--engine", "torch", "--threshold", "0.5", "--port", "0")
     assert single.code == 2 and "--threshold applies to multi-label models" in single.err, single.err
+
+
+def test_the_readme_onnx_snippet_gives_predicts_labels_and_probabilities(trained, run_cli, tmp_path):
+    """The README's run_onnx.py (onnxruntime, Pillow, numpy) on a multi-label export: cnncli predict's labels at the
+    card's thresholds, and its sigmoid probabilities."""
+    import subprocess
+    import sys
+
+    from test_readme import ROOT, python_file_blocks
+
+    script = tmp_path / "run_onnx.py"
+    script.write_text(python_file_blocks((ROOT / "README.md").read_text())["run_onnx.py"])
+    exported = tmp_path / "ml.onnx"
+    assert run_cli("export", trained["model"], "-o", exported).code == 0
+    images = sorted((trained["root"] / "images").glob("m3?.png"))[:4]
+    rows = json.loads(run_cli("predict", *images, "-m", exported, "-f", "json", "-k", "4", "--workers", "0").out)
+    for image, row in zip(images, rows):
+        done = subprocess.run([sys.executable, str(script), str(exported), str(image)], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        first, *lines = done.stdout.splitlines()
+        assert first.startswith("labels:") and first[len("labels:"):].strip() == ", ".join(row["labels"])
+        printed = {label: float(prob) for label, prob in (line.split("\t") for line in lines)}
+        assert printed == pytest.approx({t["label"]: t["prob"] for t in row["top"]}, abs=2e-4)
