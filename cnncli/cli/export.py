@@ -104,13 +104,14 @@ def render_export_report(report) -> None:
              f"({check.relative_diff:.2g} of the range), top-1 agreement {check.top1_agreement:.1%}{real}.")
     if report.judged is not None and report.judged[0] is not None:
         figures, images = report.judged
-        info(f"{report.precision} against fp32 on {images}:")
+        info(f"{figures.precision} against fp32 on {images}:")
         for line in figures.lines("them"):
             info("  " + line)
         if report.precision == "int8-static":
             info("  (c) speed against fp32 onnxruntime: `cnncli evaluate MODEL DATA --precision int8`")
     elif report.judged is not None:  # recorded, but not usable now: say why, not that there is none
-        warn(f"{report.precision} not judged on the validation set the model file records: {report.judged[1]}; "
+        warn(f"{report.precision.split('-')[0]} not judged on the validation set the model file records: "
+             f"{report.judged[1]}; "
              "`cnncli evaluate MODEL DATA --precision int8` shows what int8 costs on your labelled images.")
     elif report.precision == "int8-static":
         info("(no labelled validation set recorded in the model file: `cnncli evaluate MODEL DATA --precision int8` "

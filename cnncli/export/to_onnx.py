@@ -509,7 +509,7 @@ def export_model(
     if card.multilabel and precision != "fp32":  # per-class agreement at the thresholds on the recorded val set
         from cnncli.export.multilabel_judge import judge_multilabel_export
 
-        report.judged = judge_multilabel_export(model, card, report.path, precision)
+        report.judged = judge_multilabel_export(model, card, report.path, precision.split("-")[0])  # int8, fp16
     elif precision == "int8-static":  # what int8 costs on the user's own held-out images, when the model records them
         from cnncli.export.judge import judge_int8_export
 
