@@ -218,3 +218,16 @@ def test_the_readme_onnx_snippet_gives_predicts_labels_and_probabilities(trained
         assert first.startswith("labels:") and first[len("labels:"):].strip() == ", ".join(row["labels"])
         printed = {label: float(prob) for label, prob in (line.split("\t") for line in lines)}
         assert printed == pytest.approx({t["label"]: t["prob"] for t in row["top"]}, abs=2e-4)
+
+
+def test_inspect_model_shows_the_task_and_thresholds(trained, run_cli, tiny_model_file, tmp_path):
+    card = read_card(trained["model"])
+    report = json.loads(run_cli("inspect", trained["model"], "-f", "json").out)
+    assert report["metadata"]["task"] == "multilabel" and report["metadata"]["thresholds"] == card.thresholds
+    table = run_cli("inspect", trained["model"], "--depth", "1").out
+    assert "multi-label" in " ".join(table.split()) and f"{card.classes[0]}: {card.thresholds[0]:.3f}" in table
+    exported = tmp_path / "ml.onnx"
+    assert run_cli("export", trained["model"], "-o", exported).code == 0
+    assert "multi-label" in " ".join(run_cli("inspect", exported).out.split())
+    single = json.loads(run_cli("inspect", tiny_model_file, "-f", "json").out)["metadata"]
+    assert "task" not in single and "thresholds" not in single
