@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         engine: str = engine_option(),
         precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS),
                                       help="int8 or bf16: score that precision and judge it against fp32 on the "
-                                           "same images (accuracy, agreement where fp32 is decisive, speed)."),
+                                           "same images (top-1 accuracy and agreement where fp32 is decisive; "
+                                           "multi-label: mAP and per-class agreement at the thresholds; speed)."),
         calib: str | None = typer.Option(None, "--calib", metavar="DIR",
                                          help="Folder of calibration images for --precision int8 (default: the set "
                                               "the model file records)."),
