@@ -89,6 +89,9 @@ def register(app: typer.Typer) -> None:
                                             "key and batching in every replica."),
         replicas: int = typer.Option(1, "--replicas", parser=v.number(int, ge=1, le=10_000), metavar="N",
                                      help="Ray Serve replicas with --ray (each loads the models once)."),
+        threshold: float | None = typer.Option(None, "--threshold", parser=v.UNIT_INTERVAL, metavar="P",
+                                               help="Multi-label models: answer the classes with probability >= P "
+                                                    "(default: the per-class thresholds tuned on val, in the card)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:
         """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /v1/models, /metrics, /healthz, /readyz,
@@ -122,7 +125,8 @@ def register(app: typer.Typer) -> None:
                                  max_upload_mb=max_upload_mb, max_files=max_files,
                                  workers=workers or min(4, usable_cores()), default_top_k=top_k,
                                  models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet,
-                                 timeout=timeout, api_key=api_key, watch_s=watch)
+                                 timeout=timeout, api_key=api_key, watch_s=watch,
+                                 threshold=threshold)
         if ray is not None:
             from cnncli.serve.ray_serve import serve_on_ray
 
@@ -131,4 +135,8 @@ def register(app: typer.Typer) -> None:
         if replicas != 1:
             raise UsageError("--replicas needs --ray (one process serves without it).")
         entries = model_entries(specs, name, lambda group: open_engines(group, **open_kwargs), weights=weights)
+        from cnncli.predict.multilabel import check_threshold_option
+
+        for model_name, engine, _source, _sha in entries:
+            check_threshold_option(engine.card, threshold, model_name)
         serve_models(entries, settings, host, port, max_connections=max_connections)

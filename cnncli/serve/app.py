@@ -61,6 +61,7 @@ class ServeSettings:
     max_connections: int | None = None  # as the server set it (shown by /v1/model)
     api_key: str | None = field(default=None, repr=False)  # required on every route but the open ones (.auth)
     watch_s: float | None = None  # --watch: poll the model files this often and reload a changed one
+    threshold: float | None = None  # multi-label models: one threshold for every class instead of the card's
 
     @property
     def batcher_options(self) -> BatcherOptions:
@@ -184,7 +185,7 @@ class RequestLog:
 def served_model(engine, settings: ServeSettings, name: str | None = None, source: ModelSource | None = None,
                  sha256: str = "", metrics: ServiceMetrics | None = None) -> ServedModel:
     return ServedModel(name or engine.card.arch, engine, options=settings.batcher_options, source=source, sha256=sha256,
-                       precision=settings.precision, metrics=metrics)
+                       precision=settings.precision, metrics=metrics, threshold=settings.threshold)
 
 
 def create_app(served, settings: ServeSettings | None = None) -> FastAPI:
@@ -327,6 +328,7 @@ def create_app(served, settings: ServeSettings | None = None) -> FastAPI:
             "engine": version.engine.name,
             "precision": settings.precision,
             "tta": settings.tta,
+            **({"threshold": settings.threshold} if version.card.multilabel else {}),  # None: the card's thresholds
             "reload": chosen.reload_state(),
             "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                          "max_queue": settings.max_queue},

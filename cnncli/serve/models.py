@@ -76,6 +76,7 @@ class ModelVersion:
     batcher: DynamicBatcher
     sha256: str
     loaded_at: float = field(default_factory=time.time)
+    threshold: float | None = None  # serve --threshold: one threshold for every class of a multi-label model
 
     @property
     def card(self):
@@ -83,7 +84,7 @@ class ModelVersion:
 
     @property
     def pick(self):
-        return label_picker(self.engine.card)
+        return label_picker(self.engine.card, self.threshold)
 
 
 @dataclass
@@ -99,8 +100,9 @@ def _iso(t: float | None) -> str | None:
 
 class ServedModel:
     def __init__(self, name: str, engine, *, options: BatcherOptions, source: ModelSource | None = None,
-                 sha256: str = "", precision: str = "fp32", metrics=None) -> None:
+                 sha256: str = "", precision: str = "fp32", metrics=None, threshold: float | None = None) -> None:
         self.name, self.source, self.options, self.precision, self.metrics = name, source, options, precision, metrics
+        self.threshold = threshold
         self.current = self._version(engine, sha256)
         self.reloads = 0
         self.reload_failures = 0
@@ -116,7 +118,7 @@ class ServedModel:
         observe = self.metrics.batch_observer(self.name) if self.metrics is not None else None
         batcher = DynamicBatcher(engine, self.options.max_batch, self.options.max_wait_ms, self.options.max_queue,
                                  on_batch=observe)
-        return ModelVersion(engine, batcher, sha256)
+        return ModelVersion(engine, batcher, sha256, threshold=self.threshold)
 
     def _describe(self) -> None:
         if self.metrics is not None:
