@@ -160,6 +160,15 @@ def _options(command: str):
                                            help="channels_last memory format on CUDA."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
+        ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                       help="Train on Ray (Ray Train, DDP): a bare --ray starts a local Ray on this "
+                                            "machine's cores (or joins RAY_ADDRESS when set); ADDRESS (HOST:PORT, "
+                                            "ray://HOST:PORT, auto) joins a cluster."),
+        ray_workers: int = typer.Option(2, "--ray-workers", parser=v.POSITIVE_INT, metavar="N",
+                                        help="--ray: DDP workers (one CPU each, or one GPU each with --device cuda)."),
+        max_failures: int = typer.Option(3, "--max-failures", parser=v.NON_NEGATIVE_INT, metavar="N",
+                                         help="--ray: restarts of the worker group from the last epoch's checkpoint "
+                                              "after a lost worker or node."),
         log: list[str] = typer.Option([], "--log", metavar="[tensorboard|mlflow]",
                                       help="Track the run: tensorboard (event files in RUN/tensorboard) or mlflow "
                                            "($MLFLOW_TRACKING_URI, else ./mlruns); repeat for both."),
@@ -172,24 +181,32 @@ def _options(command: str):
         cfg = config_from(command, values, config, given=given_on_command_line(ctx), ctx=ctx)
         check_machine_limits(cfg)
         from cnncli.core.paths import check_run_outputs
+        from cnncli.scale.run_store import is_store_run, train_to_store
 
-        check_run_outputs(cfg.out or cfg.resume, ["tensorboard"] if "tensorboard" in cfg.log else [])
+        if not is_store_run(cfg.out or cfg.resume):  # a run in object storage is checked there (cnncli/scale)
+            check_run_outputs(cfg.out or cfg.resume, ["tensorboard"] if "tensorboard" in cfg.log else [])
         if cfg.log:
             from cnncli.train.tracking import probe_backends
 
             probe_backends(cfg.log)
-        from cnncli.train.loop import run_training
+        if ray is not None:
+            from cnncli.scale.ray_train import RayTraining, train_on_ray
 
-        result = run_training(cfg)
+            result = train_on_ray(cfg, RayTraining(ray, ray_workers, max_failures))
+        elif is_store_run(cfg.out or cfg.resume):
+            result = train_to_store(cfg)
+        else:
+            from cnncli.train.loop import run_training
+
+            result = run_training(cfg)
         if result.history and result.metrics.get("task") == "multilabel":
             info(f"best epoch {result.best_epoch}: val mAP {result.metrics['val_map']:.4f}, exact match "
-                 f"{result.best_val_acc:.4f} ({result.stopped}); model: {result.out_dir / 'best.safetensors'}")
+                 f"{result.best_val_acc:.4f} ({result.stopped}); model: {result.out_dir}/best.safetensors")
         elif result.history:
             info(f"best epoch {result.best_epoch}: val acc {result.best_val_acc:.4f}, val loss "
-                 f"{result.best_val_loss:.4f} "
-                 f"({result.stopped}); model: {result.out_dir / 'best.safetensors'}")
+                 f"{result.best_val_loss:.4f} ({result.stopped}); model: {result.out_dir}/best.safetensors")
         if result.skipped_images:
-            info(f"{result.skipped_images} unreadable image(s) skipped (listed in {result.out_dir / 'metrics.json'}).")
+            info(f"{result.skipped_images} unreadable image(s) skipped (listed in {result.out_dir}/metrics.json).")
 
     run.__doc__ = LONG_HELP[command]
     return run
