@@ -6,6 +6,12 @@ back for a fixed time; reported: served img/s, p50/p99 latency, errors, the engi
 default decoder workers). Also the engine's batch-1 forward + one decode, the reference for the 1-client p50.
 
     uv run python benchmarks/bench_serve.py [--model SPEC] [--images 256] [--clients 1,8,32,64] [--seconds 20]
+                                            [--ray-replicas N]
+
+The server runs as in production: with an API key (every request carries it) and its Prometheus metrics on.
+``--ray-replicas N`` adds rows for `cnncli serve --ray --replicas N` (a local Ray on this machine, Ray Serve's proxy
+in front): the same load through the same app, N replicas (mean batch and server CPU are not shown there: they are
+the replicas', not one process's).
 
 Issue 11's targets: at 32 clients, served img/s >= 0.8x offline predict with p99 < 500 ms and 0 errors; at 1
 client, p50 < 2x (batch-1 forward + decode).
@@ -17,6 +23,7 @@ import argparse
 import asyncio
 import os
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -34,11 +41,13 @@ URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 class ServerProcess:
     """`cnncli serve` on a free loopback port; stderr kept (request log lines are off: --quiet)."""
 
-    def __init__(self, *args: str, timeout: float = 300) -> None:
+    def __init__(self, *args: str, timeout: float = 300, key: str | None = None) -> None:
         import httpx
 
         cmd = [sys.executable, "-m", "cnncli", "serve", "--port", "0", "--host", "127.0.0.1", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env = {**os.environ, **({"CNNCLI_API_KEY": key} if key else {})}
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self.url = ""
         found = threading.Event()
@@ -86,7 +95,7 @@ class ServerProcess:
     def stats(self) -> dict:
         import httpx
 
-        return httpx.get(self.url + "/v1/stats", timeout=30).json()
+        return httpx.get(self.url + "/v1/stats", timeout=30, headers=self.headers).json()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -100,7 +109,7 @@ class ServerProcess:
 
 
 async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warmup: float,
-               check=None) -> dict:
+               check=None, headers: dict | None = None) -> dict:
     """``clients`` coroutines posting bodies back to back; latencies of requests that start after ``warmup`` s
     and finish before the end. ``check(i, response) -> bool`` judges an answer (default: 200)."""
     import httpx
@@ -112,7 +121,7 @@ async def load(url: str, bodies: list[bytes], clients: int, seconds: float, warm
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + seconds
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers or {}) as http:
         async def client() -> None:
             while True:
                 now = time.perf_counter()
@@ -193,6 +202,8 @@ def main() -> None:
                         "(the JPEGs, cycled)")
     parser.add_argument("--threads", type=int, default=None, help="engine threads (server and offline)")
     parser.add_argument("--serve-args", default="", help="extra `cnncli serve` options, e.g. '--max-wait-ms 10'")
+    parser.add_argument("--ray-replicas", type=int, default=0, help="also serve on Ray Serve with N replicas (a "
+                        "local Ray) and add its rows; 0: not")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -211,34 +222,47 @@ def main() -> None:
         print(f"offline predict: {offline:.1f} img/s; one decode {decode_ms:.1f} ms + batch-1 forward "
               f"{forward_ms:.1f} ms = {decode_ms + forward_ms:.1f} ms")
 
-        server = ServerProcess(*model_args, *thread_args, "--quiet", "--device", "cpu", *args.serve_args.split())
+        key = secrets.token_urlsafe(24)
+        common = [*model_args, *thread_args, "--quiet", "--device", "cpu", *args.serve_args.split()]
+        setups = [("one process", common)]
+        if args.ray_replicas:
+            setups.append((f"Ray Serve, {args.ray_replicas} replicas", [*common, "--ray", "local", "--replicas",
+                                                                      str(args.ray_replicas)]))
         rows = []
-        try:
-            for clients in levels:
-                before = server.stats()
-                cpu0, server_cpu0 = os.times(), server.cpu_seconds()
-                result = asyncio.run(load(server.url, bodies, clients, args.seconds, args.warmup))
-                cpu1, server_cpu1 = os.times(), server.cpu_seconds()
-                after = server.stats()
-                lat = result["latencies"]
-                rate = len(lat) / result["seconds"]
-                batches = after["batches"] - before["batches"]
-                mean_batch = (after["images"] - before["images"]) / batches if batches else float("nan")
-                client_cpu = (cpu1.user - cpu0.user + cpu1.system - cpu0.system) / (args.seconds + args.warmup)
-                served = after["images"] - before["images"]
-                server_ms = 1000 * (server_cpu1 - server_cpu0) / served if served else float("nan")
-                rows.append([clients, f"{rate:.1f}", f"{1000 * percentile(lat, 0.5):.1f}",
-                             f"{1000 * percentile(lat, 0.99):.1f}", len(result["errors"]), f"{mean_batch:.1f}",
-                             f"{rate / offline:.2f}", f"{server_ms:.1f}", f"{client_cpu:.2f}"])
-                for problem in result["errors"][:3]:
-                    print(f"  error at {clients} clients: {problem}")
-        finally:
-            code = server.stop()
-        print_table(f"served (max-batch/max-wait: `cnncli serve` defaults {args.serve_args or ''}), "
-                    f"{args.seconds:g} s per row",
-                    ["clients", "img/s", "p50 ms", "p99 ms", "errors", "mean batch", "vs offline", "server CPU ms/img",
-                     "client cores"],
+        codes = []
+        for setup, serve_args in setups:
+            server = ServerProcess(*serve_args, key=key)
+            on_ray = "--ray" in serve_args
+            try:
+                for clients in levels:
+                    before = server.stats()
+                    cpu0, server_cpu0 = os.times(), server.cpu_seconds()
+                    result = asyncio.run(load(server.url, bodies, clients, args.seconds, args.warmup,
+                                              headers=server.headers))
+                    cpu1, server_cpu1 = os.times(), server.cpu_seconds()
+                    after = server.stats()
+                    lat = result["latencies"]
+                    rate = len(lat) / result["seconds"]
+                    batches = after["batches"] - before["batches"]
+                    mean_batch = (after["images"] - before["images"]) / batches if batches else float("nan")
+                    client_cpu = (cpu1.user - cpu0.user + cpu1.system - cpu0.system) / (args.seconds + args.warmup)
+                    served = after["images"] - before["images"]
+                    server_ms = 1000 * (server_cpu1 - server_cpu0) / served if served else float("nan")
+                    rows.append([setup, clients, f"{rate:.1f}", f"{1000 * percentile(lat, 0.5):.1f}",
+                                 f"{1000 * percentile(lat, 0.99):.1f}", len(result["errors"]),
+                                 "-" if on_ray else f"{mean_batch:.1f}", f"{rate / offline:.2f}",
+                                 "-" if on_ray else f"{server_ms:.1f}", f"{client_cpu:.2f}"])
+                    for problem in result["errors"][:3]:
+                        print(f"  error at {clients} clients ({setup}): {problem}")
+            finally:
+                codes.append(server.stop())
+        print_table(f"served with an API key and metrics (max-batch/max-wait: `cnncli serve` defaults "
+                    f"{args.serve_args or ''}), {args.seconds:g} s per row",
+                    ["setup", "clients", "img/s", "p50 ms", "p99 ms", "errors", "mean batch", "vs offline",
+                     "server CPU ms/img", "client cores"],
                     rows)
+        rows = [r[1:] for r in rows if r[0] == "one process"]
+        code = codes[0] if len(codes) == 1 else codes
         one = next((r for r in rows if r[0] == 1), None)
         if one is not None:
             print(f"\n1 client: p50 {one[2]} ms = {float(one[2]) / (decode_ms + forward_ms):.2f}x "

@@ -115,3 +115,19 @@ class ServeProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def make_tiny_model(path: Path, seed: int) -> Path:
+    """A simplecnn model file like conftest's tiny_model_file (same three classes), from its own seed, with its
+    onnxruntime export already in the test session's cache (so a server never needs torch for it)."""
+    import torch
+
+    from cnncli.engines.cache import prepare_cached_onnx
+    from cnncli.models.checkpoint import save_model
+    from cnncli.models.registry import create_model
+
+    torch.manual_seed(seed)
+    built = create_model("simplecnn", classes=["brick", "grass", "gravel"])
+    save_model(path, built.model, built.card)
+    prepare_cached_onnx(str(path), quiet=True)
+    return path

@@ -129,12 +129,28 @@ GOOD_ROWS = ["img/0.png,a|b", "img/1.png,b", "img/2.png,a", "img/3.png,"]
     (["img/0.png,a|b|a", "img/1.png,b"], "the label 'a' is listed twice"),
     (["img/0.png,a|b;c", "img/1.png,b"], "mix '|' and ';'"),
     (["img/0.png,a|b", "img/1.png,b", "img/0.png,a"], "is listed again with other labels"),
+    (["img/0.png,a|b", "img/1.png,b", "img/2.png,b;a"], "separated by ';' but line 2 separates them with '|'"),
 ])
 def test_bad_manifests_are_refused_in_one_sentence(tmp_path, run_cli, rows, sentence):
     out = run_cli("train", _manifest(tmp_path, rows), "--arch", "lenet5", "--epochs", "1", "--out", tmp_path / "r")
     assert out.code == 2
     assert sentence in out.err and out.err.strip().count("\n") == 0, out.err
     assert not (tmp_path / "r").exists()
+
+
+def test_packing_a_multilabel_manifest_is_refused(tmp_path, run_cli):
+    out = run_cli("data", "pack", _manifest(tmp_path, GOOD_ROWS), tmp_path / "packed")
+    assert out.code == 2 and "is a multi-label manifest" in out.err and out.err.strip().count("\n") == 0, out.err
+    assert not (tmp_path / "packed").exists()
+
+
+def test_evaluating_on_a_label_the_model_does_not_know_is_refused(trained, tmp_path, run_cli):
+    manifest = tmp_path / "other.csv"
+    image = sorted((trained["root"] / "images").glob("*.png"))[0]
+    manifest.write_text(f"path,labels\n{image.name},1|zebra\n")
+    (tmp_path / image.name).write_bytes(image.read_bytes())
+    out = run_cli("evaluate", trained["model"], manifest, "--workers", "0")
+    assert out.code == 2 and "'zebra' is not one of the 4 classes of the model" in out.err, out.err
 
 
 def test_a_val_label_train_never_saw_is_refused(tmp_path, run_cli):
@@ -151,3 +167,67 @@ def test_single_label_models_refuse_threshold_and_keep_their_card(tiny_model_fil
     assert card.task == "single" and "task" not in card.to_dict() and "thresholds" not in card.to_json()
     single = run_cli("predict", photos["chelsea"], "-m", tiny_model_file, "--engine", "torch", "-f", "json")
     assert "labels" not in json.loads(single.out)[0]
+
+
+def test_serve_threshold_overrides_the_cards_thresholds(trained, run_cli, tmp_path, tiny_model_file):
+    """A real `cnncli serve --threshold P` process answers the classes with probability >= P, not the card's."""
+    images = sorted((trained["root"] / "images").glob("m2?.png"))[:8]
+    card = read_card(trained["model"])
+    exported = tmp_path / "ml.onnx"
+    assert run_cli("export", trained["model"], "-o", exported).code == 0
+    rows = json.loads(run_cli("predict", *images, "-m", exported, "-f", "json", "-k", "4", "--workers", "0").out)
+    probs = np.array([[{t["label"]: t["prob"] for t in r["top"]}[c] for c in card.classes] for r in rows])
+    threshold = float(np.round(np.median(probs), 3))  # between the card's per-class choices for some images
+    expected = [[card.classes[i] for i in np.argsort(-p, kind="stable") if p[i] >= threshold] for p in probs]
+    assert expected != [r["labels"] for r in rows]  # the override is observable on these images
+    server = ServeProcess("--model", exported, "--workers", "1", "--threshold", str(threshold))
+    try:
+        served = [httpx.post(server.url + "/v1/classify?top_k=4", content=i.read_bytes(), timeout=30).json()[0]
+                  for i in images]
+        shown = httpx.get(server.url + "/v1/model", timeout=30).json()
+    finally:
+        server.stop()
+    assert [s["labels"] for s in served] == expected
+    assert shown["threshold"] == threshold and shown["thresholds"] == pytest.approx(card.thresholds)
+    for bad in ("1.5", "-0.1", "x"):
+        out = run_cli("serve", "--model", exported, "--threshold", bad, "--port", "0")
+        assert out.code == 2 and "--threshold" in out.err, out.err
+    single = run_cli("serve", "--model", tiny_model_file, "--engine", "torch", "--threshold", "0.5", "--port", "0")
+    assert single.code == 2 and "--threshold applies to multi-label models" in single.err, single.err
+
+
+def test_the_readme_onnx_snippet_gives_predicts_labels_and_probabilities(trained, run_cli, tmp_path):
+    """The README's run_onnx.py (onnxruntime, Pillow, numpy) on a multi-label export: cnncli predict's labels at the
+    card's thresholds, and its sigmoid probabilities."""
+    import subprocess
+    import sys
+
+    from test_readme import ROOT, python_file_blocks
+
+    script = tmp_path / "run_onnx.py"
+    script.write_text(python_file_blocks((ROOT / "README.md").read_text())["run_onnx.py"])
+    exported = tmp_path / "ml.onnx"
+    assert run_cli("export", trained["model"], "-o", exported).code == 0
+    images = sorted((trained["root"] / "images").glob("m3?.png"))[:4]
+    rows = json.loads(run_cli("predict", *images, "-m", exported, "-f", "json", "-k", "4", "--workers", "0").out)
+    for image, row in zip(images, rows):
+        done = subprocess.run([sys.executable, str(script), str(exported), str(image)], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        first, *lines = done.stdout.splitlines()
+        assert first.startswith("labels:") and first[len("labels:"):].strip() == ", ".join(row["labels"])
+        printed = {label: float(prob) for label, prob in (line.split("\t") for line in lines)}
+        assert printed == pytest.approx({t["label"]: t["prob"] for t in row["top"]}, abs=2e-4)
+
+
+def test_inspect_model_shows_the_task_and_thresholds(trained, run_cli, tiny_model_file, tmp_path):
+    card = read_card(trained["model"])
+    report = json.loads(run_cli("inspect", trained["model"], "-f", "json").out)
+    assert report["metadata"]["task"] == "multilabel" and report["metadata"]["thresholds"] == card.thresholds
+    table = run_cli("inspect", trained["model"], "--depth", "1").out
+    assert "multi-label" in " ".join(table.split()) and f"{card.classes[0]}: {card.thresholds[0]:.3f}" in table
+    exported = tmp_path / "ml.onnx"
+    assert run_cli("export", trained["model"], "-o", exported).code == 0
+    assert "multi-label" in " ".join(run_cli("inspect", exported).out.split())
+    single = json.loads(run_cli("inspect", tiny_model_file, "-f", "json").out)["metadata"]
+    assert "task" not in single and "thresholds" not in single

@@ -93,6 +93,24 @@ def test_ctrl_c_mid_stream_leaves_the_finished_rows_written(run_cli, images, tin
     assert [r["path"] for r in rows_of(output, "jsonl")] == [str(images / f"img{i}.jpg") for i in range(1, 5)]
 
 
+def test_sigterm_mid_stream_leaves_the_finished_rows_written_and_exits_143(run_cli, images, tiny_model_file,
+                                                                           tmp_path, monkeypatch):
+    """Issue 25 item 2: SIGTERM (a service manager stopping the job) is handled as Ctrl-C is, with its own code."""
+    from cnncli.core import signals
+
+    previous = {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS}
+    signals.install()  # what the entry point does first
+    try:
+        output = tmp_path / "p.jsonl"
+        fail_on_batch(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        code, out, err = run_cli(*args(tiny_model_file, images, "jsonl", output))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert code == 143 and "stopped after 4 of 8 images" in " ".join(err.split()), err
+    assert [r["path"] for r in rows_of(output, "jsonl")] == [str(images / f"img{i}.jpg") for i in range(1, 5)]
+
+
 def test_the_table_on_stdout_shows_the_finished_rows(run_cli, images, tiny_model_file, monkeypatch):
     fail_on_batch(monkeypatch, 3, engine_breaks)
     code, out, err = run_cli("predict", images, "-m", tiny_model_file, "--engine", "torch", "--workers", "0",

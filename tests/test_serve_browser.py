@@ -1,9 +1,12 @@
 """The page `cnncli serve` shows at / (issue 11, acceptance 2), in a real headless Chromium driven by Selenium:
-choose an image through the page and see its top class and bars rendered. Debian's chromium and chromedriver
-(/usr/bin, installed by .ci/run); Selenium Manager is never used (the driver path is given). No screenshots."""
+choose an image through the page and see its top class and bars rendered. The service requires an API key
+(issue 23): the page asks for it once, keeps it for the tab (sessionStorage) and sends it with every call.
+Debian's chromium and chromedriver (/usr/bin, installed by .ci/run); Selenium Manager is never used (the driver
+path is given). No screenshots."""
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from pathlib import Path
 
@@ -46,14 +49,26 @@ def test_page_classifies_a_chosen_image_and_renders_its_top_class(browser, tiny_
     prepare_cached_onnx(str(tiny_model_file), quiet=True)
     image = tmp_path / "my cat.jpg"
     shutil.copy(photos["chelsea"], image)
-    with ServeProcess("-m", tiny_model_file, "--max-files", "2") as server:
-        expected = httpx.post(server.url + "/v1/classify?top_k=3", content=image.read_bytes()).json()[0]["top"]
+    key = secrets.token_urlsafe(20)
+    with ServeProcess("-m", tiny_model_file, "--max-files", "2", env={"CNNCLI_API_KEY": key}) as server:
+        expected = httpx.post(server.url + "/v1/classify?top_k=3", content=image.read_bytes(),
+                              headers={"X-API-Key": key}).json()[0]["top"]
         page = httpx.get(server.url + "/").text
         assert "http://" not in page and "https://" not in page  # nothing from a CDN: works offline
 
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 30)
+        # the page asks for the key (a wrong one is refused and asked for again), then loads the card with it
+        wait.until(ec.visibility_of_element_located((By.ID, "apikey")))
+        assert "API key is needed" in browser.find_element(By.ID, "model").text
+        browser.find_element(By.ID, "apikey").send_keys("not-the-key-at-all")
+        browser.find_element(By.ID, "keysave").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "keynote"), "the API key is not valid"))
+        browser.find_element(By.ID, "apikey").send_keys(key)
+        browser.find_element(By.ID, "keysave").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "simplecnn"))
+        assert not browser.find_element(By.ID, "keyform").is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('cnncli-api-key')") == key
         # the drop zone is a box of its own: it overlapped the model line and the top-k field as an inline label
         boxes = [browser.find_element(By.ID, name).rect for name in ("model", "drop", "topk")]
         assert boxes[0]["y"] + boxes[0]["height"] <= boxes[1]["y"], boxes
@@ -87,5 +102,10 @@ def test_page_classifies_a_chosen_image_and_renders_its_top_class(browser, tiny_
         names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".result .name")]
         assert sorted(names[:3]) == ["copy0.jpg", "copy1.jpg", "copy2.jpg"]
         assert browser.find_element(By.ID, "status").text == ""
+
+        browser.refresh()  # the same tab: the key is kept, nothing is asked again
+        wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "simplecnn"))
+        assert not browser.find_element(By.ID, "keyform").is_displayed()
     assert "POST /v1/classify 200 images=1" in server.stderr
     assert "POST /v1/classify 200 images=2" in server.stderr
+    assert "GET /v1/model 401" in server.stderr and "POST /v1/classify 401" not in server.stderr

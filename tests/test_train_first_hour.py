@@ -187,3 +187,38 @@ def test_log_tensorboard_and_mlflow_read_back_with_their_own_readers(digits3, tm
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"best.safetensors", "curves.png", "results.csv", "metrics.json"} <= artifacts
     assert run_cli("train", digits3, "--log", "wandb").code == 2
+
+
+def test_an_unreachable_or_unwritable_mlflow_store_is_refused_before_training(digits3, tmp_path, run_cli,
+                                                                              monkeypatch):
+    """Issue 25 item 4: MLFLOW_TRACKING_URI=http://127.0.0.1:1 printed nothing for over 180 s (mlflow's retries);
+    an unwritable file store got advice about MLFLOW_ALLOW_FILE_STORE. Each is one sentence and exit 2 within the
+    probe's few seconds, and no run folder is made. A server that accepts and never answers is given up on too."""
+    import socket
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "m"
+    train = ("train", digits3, *lenet_args("--epochs", "1", "--out", out, "--log", "mlflow"))
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    t0 = time.monotonic()
+    refused = run_cli(*train)
+    assert refused.code == 2 and "MLFLOW_TRACKING_URI http://127.0.0.1:1 does not answer" in refused.err
+    assert time.monotonic() - t0 < 20 and not out.exists()
+
+    with socket.socket() as silent:  # listens, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        t0 = time.monotonic()
+        stalled = run_cli(*train)
+    assert stalled.code == 2 and "does not answer" in stalled.err and "timed out" in stalled.err
+    assert time.monotonic() - t0 < 20
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (blocker / "store").as_uri())
+    unwritable = run_cli(*train)
+    assert unwritable.code == 2 and "cannot write the MLflow store" in unwritable.err, unwritable.err
+    assert "MLFLOW_ALLOW_FILE_STORE" not in unwritable.err and not out.exists()

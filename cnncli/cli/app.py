@@ -9,13 +9,13 @@ before parsing.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 import typer
 from typer.core import TyperArgument
 
 from cnncli import __version__
+from cnncli.cli.common import usage_line
 
 # An argument's help line shows its metavar (DATA, IMAGES...) and no Python type placeholder (<str>, <list[str]>).
 TyperArgument.display_type_rich = lambda self, ctx: None
@@ -65,25 +65,6 @@ def rewrite_aliases(argv: list[str]) -> list[str]:
     return result
 
 
-def usage_line(exc) -> str:
-    """One sentence for a click usage error (printed after ``error:``): which option or argument, what is wrong,
-    where the help is."""
-    from typer._click.exceptions import BadParameter, MissingParameter
-
-    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "cnncli"
-    message = exc.format_message()
-    if isinstance(exc, BadParameter) and not isinstance(exc, MissingParameter) and exc.param is not None:
-        opts = [o for o in getattr(exc.param, "opts", []) if o.startswith("--")] or [exc.param.human_readable_name]
-        name, detail = max(opts, key=len), exc.message.replace("Value error, ", "").strip()
-        choice = re.fullmatch(r"'(.*)' is not one of (.*?)\.?", detail)
-        if choice:
-            allowed = ", ".join(c.strip().strip("'") for c in choice.group(2).split(","))
-            message = f"unknown {name} {choice.group(1)!r}; choose one of: {allowed}"
-        else:
-            message = f"invalid {name}: {detail}"
-    return f"{message.rstrip('.')}. See `{command} --help`."
-
-
 def _register() -> None:
     from cnncli.cli import data, evaluate, export, inspect, models, predict, serve, train
 
@@ -115,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = with_ray_address(argv)
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+    from cnncli.core import signals
     from cnncli.core.console import error, info
     from cnncli.core.errors import CnncliError
 
@@ -123,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
 
         check_environment()
         code = app(args=argv, prog_name="cnncli", standalone_mode=False)
+        if code == 130 and signals.received() is not None:  # Typer turned the signal's KeyboardInterrupt into 130
+            raise KeyboardInterrupt
         sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode: always by SystemExit
     except NoArgsIsHelpError as exc:
         exc.show()
@@ -140,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         info("interrupted.")
-        sys.exit(130)
+        sys.exit(signals.exit_code())
     except Exception as exc:  # an unexpected failure: still one line (after the traceback with --debug)
         _traceback_if(debug)
         first = str(exc).splitlines()[0] if str(exc) else ""

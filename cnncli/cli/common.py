@@ -5,6 +5,7 @@ name, short form, parser and help in every command (``-o/--output``, ``--image-s
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import typer
@@ -84,3 +85,28 @@ def engine_option():
 
 def format_option(values: tuple[str, ...], help: str = "Output format."):
     return typer.Option(values[0], "--format", "-f", metavar=choices(*values), help=help)
+
+
+def usage_line(exc) -> str:
+    """One sentence for a click usage error (printed after ``error:``): which option or argument, what is wrong,
+    where the help is."""
+    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "cnncli"
+    return f"{problem_phrase(exc)}. See `{command} --help`."
+
+
+def problem_phrase(exc) -> str:
+    """What a click usage error says is wrong, as a phrase: ``unknown --optimizer 'x'; choose one of: ...`` or
+    ``invalid --epochs: must be ...`` (no final period)."""
+    from typer._click.exceptions import BadParameter, MissingParameter
+
+    message = exc.format_message()
+    if isinstance(exc, BadParameter) and not isinstance(exc, MissingParameter) and exc.param is not None:
+        opts = [o for o in getattr(exc.param, "opts", []) if o.startswith("--")] or [exc.param.human_readable_name]
+        name, detail = max(opts, key=len), exc.message.replace("Value error, ", "").strip()
+        choice = re.fullmatch(r"'(.*)' is not one of (.*?)\.?", detail)
+        if choice:
+            allowed = ", ".join(c.strip().strip("'") for c in choice.group(2).split(","))
+            message = f"unknown {name} {choice.group(1)!r}; choose one of: {allowed}"
+        else:
+            message = f"invalid {name}: {detail}"
+    return message.rstrip(".")

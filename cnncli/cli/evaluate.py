@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         engine: str = engine_option(),
         precision: str = typer.Option("fp32", "--precision", metavar=choices(*PRECISIONS),
                                       help="int8 or bf16: score that precision and judge it against fp32 on the "
-                                           "same images (accuracy, agreement where fp32 is decisive, speed)."),
+                                           "same images (top-1 accuracy and agreement where fp32 is decisive; "
+                                           "multi-label: mAP and per-class agreement at the thresholds; speed)."),
         calib: str | None = typer.Option(None, "--calib", metavar="DIR",
                                          help="Folder of calibration images for --precision int8 (default: the set "
                                               "the model file records)."),
@@ -74,11 +75,11 @@ def register(app: typer.Typer) -> None:
 
         multilabel = multilabel_card_of(model)
         if multilabel is not None:  # a multi-label model: mAP, F1 at the thresholds, exact match (its own module)
-            from cnncli.evaluate.multilabel import run_multilabel_evaluation
+            from cnncli.evaluate.multilabel_run import run_multilabel_evaluation
 
             run_multilabel_evaluation(model, data, multilabel, split=split, fmt=fmt, n_errors=n_errors, plots=plots,
                                       batch_size=batch_size, device=device, workers=workers, engine=engine,
-                                      precision=precision, allow_outside=allow_outside)
+                                      precision=precision, calib=calib, allow_outside=allow_outside)
             return
         figures = None
         if precision == "fp32":

@@ -88,6 +88,14 @@ def render_export_report(report) -> None:
     for label, check in checks:
         if check is None:
             continue
+        if check.class_agreement is not None:  # a multi-label file: its decisions at the thresholds
+            measured = check.class_agreement
+            name, worst = measured.worst_decisive or measured.worst
+            info(f"verified {label} on {check.inputs} inputs: max |diff| of probabilities "
+                 f"{measured.max_prob_diff:.3g}; decisions at the thresholds agree with fp32's for {worst:.1%} of the "
+                 f"{'real images' if check.real_images else 'inputs'} in the worst class {name!r} (mean over the "
+                 f"classes {measured.mean:.1%}).")
+            continue
         real = (f", {check.real_top1_agreement:.1%} on {check.real_images} real images"
                 if check.real_top1_agreement is not None else "")
         if check.confident_top1_agreement is not None:
@@ -96,12 +104,14 @@ def render_export_report(report) -> None:
              f"({check.relative_diff:.2g} of the range), top-1 agreement {check.top1_agreement:.1%}{real}.")
     if report.judged is not None and report.judged[0] is not None:
         figures, images = report.judged
-        info(f"int8 against fp32 on {images}:")
+        info(f"{figures.precision} against fp32 on {images}:")
         for line in figures.lines("them"):
             info("  " + line)
-        info("  (c) speed against fp32 onnxruntime: `cnncli evaluate MODEL DATA --precision int8`")
+        if report.precision == "int8-static":
+            info("  (c) speed against fp32 onnxruntime: `cnncli evaluate MODEL DATA --precision int8`")
     elif report.judged is not None:  # recorded, but not usable now: say why, not that there is none
-        warn(f"int8 not judged on the validation set the model file records: {report.judged[1]}; "
+        warn(f"{report.precision.split('-')[0]} not judged on the validation set the model file records: "
+             f"{report.judged[1]}; "
              "`cnncli evaluate MODEL DATA --precision int8` shows what int8 costs on your labelled images.")
     elif report.precision == "int8-static":
         info("(no labelled validation set recorded in the model file: `cnncli evaluate MODEL DATA --precision int8` "

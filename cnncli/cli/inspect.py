@@ -43,12 +43,16 @@ def register(app: typer.Typer) -> None:
         allow_outside: bool = typer.Option(False, "--allow-outside",
                                            help="A CSV manifest may name files outside its own folder (.. or "
                                                 "absolute paths)."),
+        task: str = typer.Option("auto", "--task", metavar="[auto|single|multilabel]",
+                                 help="Dataset: multilabel reads several labels per image (label cardinality, "
+                                      "co-occurrence); auto: multilabel when a manifest row holds two labels."),
     ) -> None:
         """Look inside a model or a dataset.
 
         For a model: layers, output shapes, parameters (trainable / frozen), MACs, receptive field, and pictures
         (filters, feature maps, saliency, Grad-CAM). For a dataset: layout, classes and counts per split, sizes,
-        modes, unreadable files, duplicates and train/val leaks. Exit 0 when clean, 1 when problems were found."""
+        modes, unreadable files, duplicates and train/val leaks; for multi-label data the label cardinality and
+        co-occurrence. Exit 0 when clean, 1 when problems were found."""
         from cnncli.data.layout import looks_like_dataset
         from cnncli.data.stream_source import is_stream_source
 
@@ -63,10 +67,11 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
             return
         if looks_like_dataset(target):
-            from cnncli.data.check import check_dataset
+            from cnncli.data.multilabel_check import check_any_dataset
             from cnncli.inspect.dataset_report import render_dataset_report
 
-            report = check_dataset(target, val_split=val_split, seed=seed, val_csv=val_csv, allow_outside=allow_outside)
+            report = check_any_dataset(target, task=task, val_split=val_split, seed=seed, val_csv=val_csv,
+                                       allow_outside=allow_outside)
             render_dataset_report(report, fmt, sys.stdout)
             if report.problems:
                 from cnncli.core.console import info

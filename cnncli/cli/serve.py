@@ -18,14 +18,24 @@ def register(app: typer.Typer) -> None:
                                                   help="Model specs as for predict --model: a .safetensors file, an "
                                                        ".onnx file or a registry name (default: efficientnet_lite0, "
                                                        "ImageNet). Several: an ensemble."),
-        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="MODEL",
-                                               help="Same as MODEL; repeat it for an ensemble."),
+        model: list[str] | None = typer.Option(None, "--model", "-m", metavar="[NAME=]MODEL",
+                                               help="Same as MODEL; repeat it for an ensemble. NAME=MODEL, repeated: "
+                                                    "several models, each with its own batcher (/v1/models, "
+                                                    "/v1/classify?model=NAME, /v2/models/NAME)."),
+        name: str | None = typer.Option(None, "--name", metavar="NAME",
+                                        help="The model's name in /v1/models and the Open Inference Protocol "
+                                             "(/v2/models/NAME); default: the registry name or the file's stem."),
+        watch: float | None = typer.Option(None, "--watch", parser=v.number(float, ge=0.1, le=86_400), metavar="S",
+                                           help="Every S seconds, reload a model file that changed (as SIGHUP "
+                                                "does): verified and warmed up first; a bad file leaves the old "
+                                                "model serving."),
         weights: str | None = typer.Option(None, "--weights", metavar="WEIGHTS",
                                            help="Weights for a registry name: default, an enum name (IMAGENET1K_V2) or "
                                                 "a file."),
         host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS",
                                  help="Address to listen on. The default answers this machine only; --host 0.0.0.0 "
-                                      "opens the service to the network."),
+                                      "opens the service to the network, which needs --api-key-file (or "
+                                      "CNNCLI_API_KEY) or an explicit --no-auth."),
         port: int = typer.Option(8000, "--port", "-p", parser=v.number(int, ge=0, le=65535), metavar="PORT",
                                  help="TCP port; 0 picks a free one (printed at startup)."),
         max_batch: int = typer.Option(32, "--max-batch", parser=v.number(int, ge=1, le=4096), metavar="N",
@@ -65,15 +75,34 @@ def register(app: typer.Typer) -> None:
                                            "BF16 or AMX)."),
         calib: Path | None = typer.Option(None, "--calib", metavar="DIR",
                                           help="Folder of calibration images for --precision int8."),
+        api_key_file: Path | None = typer.Option(None, "--api-key-file", metavar="FILE",
+                                                 help="A file holding one API key (one line); every route then "
+                                                      "needs Authorization: Bearer KEY or X-API-Key: KEY, except "
+                                                      "/healthz, /readyz, /v2/health/live, /v2/health/ready and the "
+                                                      "static /, /docs. Default: the CNNCLI_API_KEY variable."),
+        no_auth: bool = typer.Option(False, "--no-auth",
+                                     help="Serve without an API key on a network address (--host): say it "
+                                          "explicitly, or give a key."),
+        ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                       help="Serve on Ray Serve: alone, a local Ray on this machine (or RAY_ADDRESS); "
+                                            "with HOST:PORT (or ray://, auto), join that cluster. The same routes, "
+                                            "key and batching in every replica."),
+        replicas: int = typer.Option(1, "--replicas", parser=v.number(int, ge=1, le=10_000), metavar="N",
+                                     help="Ray Serve replicas with --ray (each loads the models once)."),
+        threshold: float | None = typer.Option(None, "--threshold", parser=v.UNIT_INTERVAL, metavar="P",
+                                               help="Multi-label models: answer the classes with probability >= P "
+                                                    "(default: the per-class thresholds tuned on val, in the card)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No log line per request."),
     ) -> None:
-        """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /healthz, /readyz, /docs, and a page at /.
+        """Serve a model over HTTP: POST /v1/classify, GET /v1/model, /v1/models, /metrics, /healthz, /readyz,
+        /docs, the Open Inference Protocol (KServe v2) under /v2, and a page at /.
 
-        Concurrent requests are batched for the engine (--max-batch, --max-wait-ms). Stop with Ctrl-C or SIGTERM:
-        requests in flight get up to 5 s to be answered, then it exits 0.
+        Concurrent requests are batched for the engine (--max-batch, --max-wait-ms). SIGHUP (or --watch) reloads
+        a model file that changed, without dropping requests. Stop with Ctrl-C or SIGTERM: requests in flight get
+        up to 5 s to be answered, then it exits 0.
         """
 
-        from cnncli.core.errors import CnncliError
+        from cnncli.core.errors import CnncliError, UsageError
 
         try:
             import fastapi  # noqa: F401
@@ -84,14 +113,30 @@ def register(app: typer.Typer) -> None:
                               "install them with: pip install 'cnncli[serve]'.") from None
         from cnncli.engines.base import open_engines
         from cnncli.serve.app import ServeSettings
-        from cnncli.serve.server import serve_engine
+        from cnncli.serve.auth import resolve_api_key
+        from cnncli.serve.models import model_entries
+        from cnncli.serve.server import serve_models
 
+        api_key = resolve_api_key(api_key_file, host, no_auth)  # before the model loads: refuse fast
         specs = list(models or []) + list(model or [])
-        engine = open_engines(specs or [None], device=device, weights=weights, threads=threads, tta=tta,
-                              engine=engine_name, precision=precision, calib=str(calib) if calib else None)
+        open_kwargs = dict(device=device, weights=weights, threads=threads, tta=tta, engine=engine_name,
+                           precision=precision, calib=str(calib) if calib else None)
         settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                  max_upload_mb=max_upload_mb, max_files=max_files,
                                  workers=workers or min(4, usable_cores()), default_top_k=top_k,
                                  models=[s for s in specs] or ["default"], precision=precision, tta=tta, log=not quiet,
-                                 timeout=timeout)
-        serve_engine(engine, settings, host, port, max_connections=max_connections)
+                                 timeout=timeout, api_key=api_key, watch_s=watch,
+                                 threshold=threshold)
+        if ray is not None:
+            from cnncli.serve.ray_serve import serve_on_ray
+
+            serve_on_ray(specs, name, open_kwargs, settings, host, port, ray, replicas)
+            return
+        if replicas != 1:
+            raise UsageError("--replicas needs --ray (one process serves without it).")
+        entries = model_entries(specs, name, lambda group: open_engines(group, **open_kwargs), weights=weights)
+        from cnncli.predict.multilabel import check_threshold_option
+
+        for model_name, engine, _source, _sha in entries:
+            check_threshold_option(engine.card, threshold, model_name)
+        serve_models(entries, settings, host, port, max_connections=max_connections)

@@ -49,9 +49,13 @@ class DatasetReport:
     problems: list[str]  # one sentence each; what train/finetune would refuse or warn
     notes: list[str] = field(default_factory=list)  # worth knowing, not problems (how val was made, imbalance)
     n_images: int = 0
+    task: str = "single"  # "multilabel": counts are images showing each class (:mod:`.multilabel_check`)
+    labels: dict | None = None  # multi-label: label cardinality, images with no label, co-occurrence, top pairs
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        if self.task == "single":  # single-label reports keep their keys
+            del data["task"], data["labels"]
         if not math.isfinite(self.imbalance_ratio):
             data["imbalance_ratio"] = None  # JSON has no infinity
         return data

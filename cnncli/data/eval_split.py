@@ -95,6 +95,21 @@ def split_record(data: str | Path, layout: str, val_split: float, seed: int, val
             "train_hashes": None if refusals else train_hashes_record([s.path for s in splits.train])}
 
 
+def dataset_fingerprint(data: str | Path, val_csv: str | Path | None = None,
+                        allow_outside: bool = False) -> tuple[str, int | None]:
+    """The fingerprint :func:`split_record` records for ``data`` as it is now, and its number of images (None for
+    a stream, whose fingerprint covers its manifest): cheap, no image is read."""
+    from cnncli.data.stream_source import is_stream_source
+
+    if is_stream_source(data):
+        from cnncli.data.stream_source import open_stream_source
+
+        record = open_stream_source(str(data)).record
+        return record.get("fingerprint"), record.get("n_images")
+    scan = scan_dataset(data, val_csv, allow_outside)
+    return scan_fingerprint(scan), _count(scan.groups)
+
+
 def _count(groups: dict[str, dict[str, list[Path]]]) -> int:
     return sum(len(files) for group in groups.values() for files in group.values())
 

@@ -1,9 +1,10 @@
 """Multi-label datasets: CSV manifests whose label cell holds several class names, and their stratified split.
 
 A manifest row is ``path,labels`` where ``labels`` lists class names separated by ``|`` (or ``;``, but not both in
-one cell), spaces trimmed; an empty cell is an image with no label. A manifest is multi-label when any row holds
-two labels (or ``--task multilabel`` says so). Refused, one sentence each (UsageError, exit 2): a label twice in a
-row, a cell mixing separators, an image listed twice with different labels, a val label train never saw.
+one manifest), spaces trimmed; an empty cell is an image with no label. A manifest is multi-label when any row
+holds two labels (or ``--task multilabel`` says so). Refused, one sentence each (UsageError, exit 2): a label twice
+in a row, a manifest mixing separators (in one cell or across rows), an image listed twice with different labels, a
+val label train never saw.
 
 ``--val-split`` holds out images by iterative stratification (Sechidis, Tsoumakas and Vlahavas, "On the
 stratification of multi-label data", ECML PKDD 2011): the rarest label is placed first, each of its images into the
@@ -55,6 +56,7 @@ class MultiLabelSplits:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     task: str = TASK
+    missing: list[Path] = field(default_factory=list)  # named by a manifest, not on disk (skipped)
 
 
 def split_label_cell(cell: str, where: str) -> tuple[str, ...]:
@@ -128,6 +130,7 @@ def read_multilabel_manifest(manifest: str | Path, allow_outside: bool = False) 
     base = manifest.parent
     out = ManifestRows(manifest, [])
     seen: dict[Path, tuple[int, tuple[str, ...]]] = {}
+    first_separator: tuple[str, int] | None = None  # the separator the manifest uses, and where it first did
     for number, row in rows:
         where = f"{manifest} line {number}"
         if len(row) <= path_col:
@@ -135,7 +138,15 @@ def read_multilabel_manifest(manifest: str | Path, allow_outside: bool = False) 
         rel = row[path_col].strip()
         if not rel:
             raise UsageError(f"{where}: the path is empty.")
-        names = split_label_cell(row[label_col] if len(row) > label_col else "", where)
+        cell = row[label_col] if len(row) > label_col else ""
+        names = split_label_cell(cell, where)
+        used = next((sep for sep in SEPARATORS if sep in cell), None)  # split_label_cell refused two in a cell
+        if used is not None:
+            first_separator = first_separator or (used, number)
+            if used != first_separator[0]:
+                raise UsageError(f"{where}: the labels {cell.strip()!r} are separated by '{used}' but line "
+                                 f"{first_separator[1]} separates them with '{first_separator[0]}'; use one "
+                                 "separator throughout the manifest.")
         file = Path(rel).expanduser()
         if not allow_outside and (file.is_absolute() or os.path.normpath(rel).split(os.sep)[0] == os.pardir):
             raise UsageError(f"{where}: {rel} is outside the manifest's folder {base}; a manifest names files below "
@@ -251,7 +262,8 @@ def load_multilabel_dataset(path: str | Path, val_split: float = 0.2, seed: int 
         raise UsageError(f"{manifest}: no training images are left; check the manifest's paths.")
     counts = label_matrix(train, len(names)).sum(axis=0)
     warnings += [f"class {names[i]!r} has no training images" for i in np.flatnonzero(counts == 0)]
-    return MultiLabelSplits(manifest, "csv", list(names), train, val, warnings=warnings, notes=notes)
+    missing = train_rows.missing + (val_rows.missing if val_rows is not None else [])
+    return MultiLabelSplits(manifest, "csv", list(names), train, val, warnings=warnings, notes=notes, missing=missing)
 
 
 def label_report(splits: MultiLabelSplits, top_pairs: int = 10) -> dict:

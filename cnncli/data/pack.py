@@ -68,6 +68,11 @@ def _source_splits(data: str, val_split: float, seed: int, val_csv, allow_outsid
     else:
         if has_manifest(data):
             raise UsageError(f"{data} is already a packed dataset ({MANIFEST}); train on it directly.")
+        from cnncli.data.multilabel import manifest_is_multilabel
+
+        if manifest_is_multilabel(data, val_csv):  # its label sets would be packed as classes of their own
+            raise UsageError(f"{data} is a multi-label manifest (rows with several labels); shards hold one label per "
+                             "image, so train on the CSV manifest directly.")
         scan = scan_dataset(data, val_csv, allow_outside)
         from cnncli.data.eval_split import scan_fingerprint
 

@@ -38,6 +38,10 @@ def gpu_present() -> bool:
 
 
 def ort_has_cuda() -> bool:
+    from cnncli.export.onnx_io import onnxruntime_installed
+
+    if not onnxruntime_installed():
+        return False
     import onnxruntime as ort
 
     return "CUDAExecutionProvider" in ort.get_available_providers()
@@ -58,6 +62,10 @@ def choose_engine(engine: str, device: str, precision: str = "fp32") -> str:
         return engine
     if precision == "bf16":
         return "openvino"
+    from cnncli.export.onnx_io import onnxruntime_installed
+
+    if not onnxruntime_installed():  # neither cnncli[cpu] nor cnncli[gpu]: PyTorch runs the model
+        return "torch"
     wants_gpu = device.startswith("cuda") or (device == "auto" and gpu_present())
     return "torch" if wants_gpu and not ort_has_cuda() else "onnx"
 

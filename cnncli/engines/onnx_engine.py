@@ -18,7 +18,9 @@ from cnncli.models.card import METADATA_KEY, ModelCard, Preprocessing
 
 def providers_for(device: str) -> list[str]:
     """Execution providers for ``device``; UsageError when CUDA is asked for and onnxruntime has none."""
-    import onnxruntime as ort
+    from cnncli.export.onnx_io import BOTH_BUILDS, both_builds_installed, onnxruntime_module
+
+    ort = onnxruntime_module()
 
     from cnncli.core.devices import cuda_index, parse_device
 
@@ -28,6 +30,8 @@ def providers_for(device: str) -> list[str]:
         return [CPU]
     if device == "auto":
         return [CUDA, CPU] if CUDA in available else [CPU]
+    if CUDA not in available and both_builds_installed():
+        raise UsageError(f"--device cuda was asked for, but {BOTH_BUILDS}.")
     if CUDA not in available:
         raise UsageError(
             "--device cuda was asked for, but this onnxruntime has no CUDA provider; install cnncli[gpu] "
@@ -122,7 +126,9 @@ def check_card_matches_graph(card: ModelCard, session, path: Path) -> None:
 
 
 def _open_session(path: Path, providers: list[str], options):
-    import onnxruntime as ort
+    from cnncli.export.onnx_io import onnxruntime_module
+
+    ort = onnxruntime_module()
 
     from cnncli.core.paths import require_regular_file
 

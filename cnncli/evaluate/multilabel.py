@@ -15,38 +15,16 @@ from types import SimpleNamespace
 import numpy as np
 
 from cnncli.core.errors import UsageError
+from cnncli.core.numeric import average_precision, ranked_counts
 
 TABLE_ERRORS = 12
 DEFAULT_THRESHOLD = 0.5
 
 
-def _ranked(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For the distinct scores, highest first: the score, true positives and false positives at ``>= score``."""
-    order = np.argsort(-scores, kind="mergesort")
-    scores, y_true = scores[order], y_true[order]
-    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last row of each run of equal scores
-    tps = np.cumsum(y_true)[last]
-    fps = last + 1 - tps
-    return scores[last], tps, fps
-
-
-def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float | None:
-    """Average precision of one class (the step-wise area under the precision-recall curve, scikit-learn's
-    ``average_precision_score``); None when the class has no positive image."""
-    y_true = np.asarray(y_true, dtype=np.float64)
-    positives = y_true.sum()
-    if positives == 0:
-        return None
-    _, tps, fps = _ranked(y_true, np.asarray(scores, dtype=np.float64))
-    precision = tps / (tps + fps)
-    recall = tps / positives
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def pr_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(recall, precision) points of one class, by decreasing threshold."""
     y_true = np.asarray(y_true, dtype=np.float64)
-    _, tps, fps = _ranked(y_true, np.asarray(scores, dtype=np.float64))
+    _, tps, fps = ranked_counts(y_true, np.asarray(scores, dtype=np.float64))
     return tps / max(y_true.sum(), 1), tps / np.maximum(tps + fps, 1)
 
 
@@ -61,7 +39,7 @@ def tune_thresholds(targets: np.ndarray, probs: np.ndarray, default: float = DEF
         if positives == 0:
             out.append(float(default))
             continue
-        scores, tps, fps = _ranked(targets[:, c], probs[:, c])
+        scores, tps, fps = ranked_counts(targets[:, c], probs[:, c])
         f1 = 2 * tps / (tps + fps + positives)
         best = int(np.argmax(f1))  # the first maximum: the highest such threshold
         below = scores[best + 1] if best + 1 < len(scores) else 0.0
@@ -178,17 +156,12 @@ def multilabel_card_of(model: str):
     return card if card is not None and card.multilabel else None
 
 
-def evaluate_multilabel_model(model: str, data: str, card, split: str = "auto", batch_size: int = 32,
-                              device: str = "auto", workers: int | None = None, engine: str = "auto",
-                              n_errors: int | None = None, allow_outside: bool = False,
-                              threshold: float | None = None) -> MultiLabelResult:
-    """Evaluate a multi-label model on a multi-label manifest: ``split`` auto / val rebuilds the hold-out the
-    model trained with (its card's split record), all scores every image, a manifest given with ``--split all``
+def choose_multilabel_samples(data: str, card, split: str = "auto", allow_outside: bool = False
+                              ) -> tuple[list, str]:
+    """The images of a multi-label manifest to score, and what they are: ``split`` auto / val rebuilds the hold-out
+    the model trained with (its card's split record), all scores every image, a manifest given with ``--split all``
     or a model trained with --val-csv is scored whole."""
-    from cnncli.data.multilabel import label_matrix, load_multilabel_dataset
-    from cnncli.engines.base import open_engine
-    from cnncli.evaluate.run import engine_probabilities
-    from cnncli.predict.multilabel import thresholds_for
+    from cnncli.data.multilabel import load_multilabel_dataset
 
     record = (card.training or {}).get("split") or {}
     same_data = record.get("dataset") and Path(record["dataset"]).resolve() == Path(data).expanduser().resolve()
@@ -205,7 +178,30 @@ def evaluate_multilabel_model(model: str, data: str, card, split: str = "auto", 
         samples, description = splits.val, "the validation images held out when the model was trained"
     if not samples:
         raise UsageError(f"no images to score in {data} for --split {split}.")
+    return samples, description
+
+
+def evaluate_multilabel_model(model: str, data: str, card, split: str = "auto", batch_size: int = 32,
+                              device: str = "auto", workers: int | None = None, engine: str = "auto",
+                              n_errors: int | None = None, allow_outside: bool = False,
+                              threshold: float | None = None) -> MultiLabelResult:
+    """Evaluate a multi-label model on the images :func:`choose_multilabel_samples` picks."""
+    from cnncli.engines.base import open_engine
+
+    samples, description = choose_multilabel_samples(data, card, split, allow_outside)
     opened = open_engine(model, device=device, engine=engine)
+    return score_multilabel_engine(opened, samples, card, split, description, batch_size, workers, n_errors,
+                                   threshold, model=model)
+
+
+def score_multilabel_engine(opened, samples: list, card, split: str, description: str, batch_size: int = 32,
+                            workers: int | None = None, n_errors: int | None = None, threshold: float | None = None,
+                            model: str | None = None) -> MultiLabelResult:
+    """Every metric of an opened engine over multi-label ``samples`` (``split`` and ``description``: which)."""
+    from cnncli.data.multilabel import label_matrix
+    from cnncli.evaluate.run import engine_probabilities
+    from cnncli.predict.multilabel import thresholds_for
+
     unlabelled = [SimpleNamespace(path=s.path, label=0) for s in samples]  # the targets are multi-hot: below
     probs, _, paths, unreadable = engine_probabilities(opened, unlabelled, batch_size, workers)
     if not paths:
@@ -287,27 +283,3 @@ def save_multilabel_plots(result: MultiLabelResult, folder: str | Path) -> list[
         made.append(save_figure(fig, folder / "pr_curves.png"))
     made.append(plot_confusion_matrix(folder / "co_occurrence.png", result.co_occurrence, result.classes))
     return made
-
-
-def run_multilabel_evaluation(model: str, data: str, card, split: str, fmt: str, n_errors: int | None,
-                              plots: str | None, precision: str = "fp32", **options) -> None:
-    """``cnncli evaluate`` for a multi-label model: the table or JSON on stdout, the plots in ``plots``."""
-    import sys
-
-    from cnncli.core.console import info, to_text, warn
-
-    if precision != "fp32":
-        raise UsageError("--precision int8/bf16 judging of a multi-label model is done by `cnncli export "
-                         "--precision int8` (per-class agreement at the thresholds); evaluate it as fp32 or pass the "
-                         "exported .onnx file.")
-    result = evaluate_multilabel_model(model, data, card, split=split, n_errors=n_errors, **options)
-    for bad in result.unreadable[:5]:
-        warn(f"skipped: {bad['error']}")
-    if fmt == "json":
-        info(f"scored {result.n_images} images: {result.split['description']}")
-        sys.stdout.write(to_text(result.to_dict()) + "\n")
-    else:
-        render_multilabel(result, sys.stdout, errors_shown=n_errors, root=str(Path(data).parent))
-    if plots:
-        made = save_multilabel_plots(result, plots)
-        info("plots: " + ", ".join(str(p) for p in made))

@@ -140,6 +140,7 @@ def recorded_validation(card) -> tuple[list, str] | None:
     dataset = record["dataset"]
     if not Path(dataset).exists():
         raise UnusableValidation(f"its dataset {dataset} is not there any more")
+    change = None  # a dataset that cannot be scanned any more is not said to have changed
     try:
         change = dataset_change(scan_dataset(dataset, record.get("val_csv"), allow_outside=True), record)
         chosen = choose_eval_split(dataset, split="val", classes=list(card.classes), record=record)

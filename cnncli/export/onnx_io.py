@@ -12,13 +12,47 @@ import numpy as np
 INPUT_NAME = "input"  # (N, C, H, W) float32: the input of every ONNX file cnncli writes
 OUTPUT_NAME = "logits"  # (N, classes)
 CPU = "CPUExecutionProvider"
+MISSING_ONNXRUNTIME = ("onnxruntime is not installed: install cnncli[cpu] (its CPU build), or cnncli[gpu] "
+                       "(onnxruntime-gpu) on a machine with an NVIDIA GPU; with uv, `uv sync` installs the CPU build.")
+BOTH_BUILDS = ("onnxruntime and onnxruntime-gpu are both installed and ship the same module, so which one runs is "
+               "undefined: keep one (uv: `uv sync --extra gpu` with UV_NO_GROUP=cpu set, or plain `uv sync`)")
+
+
+def onnxruntime_module():
+    """``import onnxruntime``, or one sentence saying how to install it (cnncli's extras ``cpu`` / ``gpu``)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        from cnncli.core.errors import CnncliError
+
+        raise CnncliError(MISSING_ONNXRUNTIME) from None
+    return onnxruntime
+
+
+def onnxruntime_installed() -> bool:
+    """Whether some build of onnxruntime can be imported (found without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def both_builds_installed() -> bool:
+    """Whether the CPU and the CUDA build of onnxruntime are both installed (they overwrite each other's files)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("onnxruntime")
+        distribution("onnxruntime-gpu")
+    except PackageNotFoundError:
+        return False
+    return True
 CUDA = "CUDAExecutionProvider"
 
 
 def session_options(threads: int | None = None, allow_spinning: bool | None = None):
     """intra-op threads (None: onnxruntime's default, one per physical core) and whether idle worker threads
     spin (faster alone, wasteful when image decoders share the cores)."""
-    import onnxruntime as ort
+    ort = onnxruntime_module()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -33,7 +67,7 @@ def session_options(threads: int | None = None, allow_spinning: bool | None = No
 
 def cpu_session(path, threads: int | None = None):
     """An onnxruntime CPU session over ``path`` with :func:`session_options`."""
-    import onnxruntime as ort
+    ort = onnxruntime_module()
 
     return ort.InferenceSession(str(path), session_options(threads), providers=[CPU])
 

@@ -20,17 +20,21 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli import __version__
 from cnncli.core.atomic import disk_full_error, is_disk_full
 from cnncli.core.errors import CnncliError, UsageError
-from cnncli.core.numeric import softmax
+from cnncli.core.numeric import sigmoid, softmax
 from cnncli.data.inputs import image_files
 from cnncli.export.onnx_io import INPUT_NAME, OUTPUT_NAME, cpu_session, run_onnx
 from cnncli.export.quantize import quantize_int8, to_fp16
 from cnncli.models.card import METADATA_KEY, ModelCard
+
+if TYPE_CHECKING:
+    from cnncli.export.multilabel_judge import ClassAgreement
 
 VERSION_KEY = "cnncli_version"
 DEFAULT_OPSET = 17
@@ -59,6 +63,7 @@ class Verification:
     criterion: str  # what was required, in words
     confident_top1_agreement: float | None = None  # over the real images where fp32 is confident
     confident_images: int = 0
+    class_agreement: ClassAgreement | None = None  # a multi-label file's decisions at the thresholds (fp16, int8)
 
     @property
     def relative_diff(self) -> float:
@@ -225,10 +230,14 @@ def torch_logits(model, batch: np.ndarray) -> np.ndarray:
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, real_images: int, precision: str,
-            min_agreement: float = MIN_TOP1_AGREEMENT) -> Verification:
+            min_agreement: float = MIN_TOP1_AGREEMENT, card: ModelCard | None = None) -> Verification:
     """fp32: max |diff| relative to the logit range within FP32_RELATIVE_TOLERANCE. fp16/int8: top-1 agreement
     >= ``min_agreement`` over the real images on which fp32 is confident (top-1 probability >= CONFIDENT), since
-    near-ties flip under any rounding; over all real images if none is, over the random inputs if there are none."""
+    near-ties flip under any rounding; over all real images if none is, over the random inputs if there are none.
+    A multi-label ``card``'s fp16/int8 file: per-class agreement of the decisions at its thresholds instead
+    (:func:`_compare_multilabel`)."""
+    if card is not None and card.multilabel and precision != "fp32":
+        return _compare_multilabel(reference, candidate, real_images, min_agreement, card)
     diff = float(np.max(np.abs(reference - candidate))) if reference.size else 0.0
     span = float(reference.max() - reference.min()) if reference.size else 0.0
     same = reference.argmax(1) == candidate.argmax(1)
@@ -254,6 +263,29 @@ def compare(reference: np.ndarray, candidate: np.ndarray, real_images: int, prec
         criterion = f"top-1 agreement with fp32 >= {min_agreement:.0%} over the {over}"
     return Verification(len(reference), real_images, diff, span, agreement, real, passed, criterion,
                         confident_agreement, int(confident.sum()))
+
+
+def _compare_multilabel(reference: np.ndarray, candidate: np.ndarray, real_images: int, min_agreement: float,
+                        card: ModelCard) -> Verification:
+    """Every class's decisions at the thresholds agree with fp32's for >= ``min_agreement`` of the real images (the
+    random inputs if there are none), counting the decisions fp32 makes >= DECISIVE_MARGIN from the threshold
+    (all of them if it makes none so)."""
+    from cnncli.export.multilabel_judge import DECISIVE_MARGIN, card_thresholds, multilabel_agreement
+
+    over = slice(len(reference) - real_images, None) if real_images else slice(None)
+    measured = multilabel_agreement(sigmoid(reference[over]), sigmoid(candidate[over]), card_thresholds(card),
+                                    list(card.classes))
+    decisive = measured.worst_decisive
+    worst = decisive or measured.worst
+    where = "real images" if real_images else "random inputs"
+    where += f" where fp32 is >= {DECISIVE_MARGIN:.2f} from the threshold" if decisive else ""
+    same = reference.argmax(1) == candidate.argmax(1)
+    real = float(same[-real_images:].mean()) if real_images else None
+    return Verification(len(reference), real_images, float(np.max(np.abs(reference - candidate))),
+                        float(reference.max() - reference.min()), float(same.mean()), real,
+                        worst[1] >= min_agreement,
+                        f"per-class agreement with fp32's decisions at the thresholds >= {min_agreement:.0%} for "
+                        f"every class over the {where}", class_agreement=measured)
 
 
 # ---------------------------------------------------------------- the export
@@ -384,7 +416,8 @@ def export_onnx(
                 candidate = None
                 notes.append(f"the {precision} file could not run on this CPU to be verified "
                              f"({str(exc).splitlines()[0][:120]}).")
-            check = compare(reference, candidate, n_real, precision, min_agreement) if candidate is not None else None
+            check = (compare(reference, candidate, n_real, precision, min_agreement, card)
+                     if candidate is not None else None)
 
         report = ExportReport(path=path, precision=precision, exporter=used, opset=actual_opset,
                               dynamic_batch=dynamic_batch, simplified=simplify,
@@ -410,6 +443,10 @@ def _failure(fp32_check: Verification | None, check: Verification | None, precis
     if fp32_check is not None and not fp32_check.passed:
         return (f"the ONNX graph does not match PyTorch: max |diff| of logits {fp32_check.max_abs_diff:.3g} is "
                 f"{fp32_check.relative_diff:.3g} of the logit range (allowed {FP32_RELATIVE_TOLERANCE:g})")
+    if check is not None and not check.passed and check.class_agreement is not None:
+        name, agreement = check.class_agreement.worst_decisive or check.class_agreement.worst
+        return (f"the {precision} file's decisions at the thresholds agree with fp32's for only {agreement:.1%} of "
+                f"inputs for class {name!r} ({check.criterion})")
     if check is not None and not check.passed:
         agreement = next(a for a in (check.confident_top1_agreement, check.real_top1_agreement, check.top1_agreement)
                          if a is not None)
@@ -469,7 +506,11 @@ def export_model(
         output = default_output(spec, card.arch, precision)
         refuse_existing(output, force)
     report = export_onnx(model, card, output, calib_images=calib, verify_images=verify_images, replace=force, **options)
-    if precision == "int8-static":  # what int8 costs on the user's own held-out images, when the model records them
+    if card.multilabel and precision != "fp32":  # per-class agreement at the thresholds on the recorded val set
+        from cnncli.export.multilabel_judge import judge_multilabel_export
+
+        report.judged = judge_multilabel_export(model, card, report.path, precision.split("-")[0])  # int8, fp16
+    elif precision == "int8-static":  # what int8 costs on the user's own held-out images, when the model records them
         from cnncli.export.judge import judge_int8_export
 
         report.judged = judge_int8_export(model, card, report.path)

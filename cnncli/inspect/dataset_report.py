@@ -43,7 +43,9 @@ def render_dataset_report(report: DatasetReport, fmt: str, stream: IO[str]) -> N
 
 def _print_summary(console: Console, report: DatasetReport) -> None:
     console.print(f"dataset {report.root}", overflow="fold")
-    console.print(f"layout: {report.layout}; {len(report.classes)} classes; {report.n_images} images")
+    multilabel = report.task == "multilabel"
+    console.print(f"layout: {report.layout}{' (multi-label)' if multilabel else ''}; {len(report.classes)} classes; "
+                  f"{report.n_images} images")
     splits = list(report.counts)
     table = Table(title="classes (index order)", title_justify="left")
     table.add_column("#", justify="right")
@@ -52,14 +54,37 @@ def _print_summary(console: Console, report: DatasetReport) -> None:
         table.add_column(split, justify="right")
     for index, name in enumerate(report.classes):
         table.add_row(str(index), name, *[_count_cell(report.counts[split].get(name, 0)) for split in splits])
-    table.add_section()
-    table.add_row("", "total", *[str(sum(report.counts[split].values())) for split in splits])
+    if not multilabel:  # an image with several labels is counted once per label: no total
+        table.add_section()
+        table.add_row("", "total", *[str(sum(report.counts[split].values())) for split in splits])
     console.print(table)
+    if multilabel:
+        console.print("(images showing each class: an image counts once for each of its labels)")
     ratio = report.imbalance_ratio
     ratio_text = f"{ratio:.2f}" if math.isfinite(ratio) else "n/a (no train images)"
-    console.print(f"imbalance ratio (train images, largest / smallest non-empty class): {ratio_text}")
+    what = "most / least frequent label" if multilabel else "largest / smallest non-empty class"
+    console.print(f"imbalance ratio (train images, {what}): {ratio_text}")
+    if multilabel:
+        _print_label_report(console, report.labels)
     console.print("image sizes: " + (_counts_text(report.sizes) or "none readable"))
     console.print("modes: " + (_counts_text(report.modes) or "none readable"))
+
+
+def _print_label_report(console: Console, labels: dict) -> None:
+    """Label cardinality, images with no label, and the most frequent label pairs (JSON: the whole matrix)."""
+    no_label = labels["no_label"]
+    console.print(f"labels per image: {labels['label_cardinality']:.2f} on average; {no_label} "
+                  f"image{'' if no_label == 1 else 's'} with no label")
+    if not labels["top_pairs"]:
+        console.print("co-occurrence: no two labels share an image")
+        return
+    console.print("most frequent label pairs (--format json has the whole co-occurrence matrix):")
+    table = Table()
+    table.add_column("labels", overflow="fold")
+    table.add_column("images", justify="right")
+    for pair in labels["top_pairs"]:
+        table.add_row(" + ".join(pair["labels"]), str(pair["images"]))
+    console.print(table)
 
 
 def _print_lists(console: Console, report: DatasetReport) -> None:

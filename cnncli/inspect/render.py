@@ -80,6 +80,8 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
             (f"architecture {meta.get('arch')} ({meta.get('source')}), "
              f"pretrained weights: {meta.get('weights') or 'none'}"),
             f"classes      {shown}",
+            *([f"task         multi-label, a sigmoid per class; thresholds {_thresholds_text(meta)}"]
+              if meta.get("task") == "multilabel" else []),
             (f"preprocess   {'x'.join(str(s) for s in pre.get('input_size', []))} {pre.get('resize_mode')} "
              f"crop_pct {pre.get('crop_pct')} {pre.get('interpolation')} mean {pre.get('mean')} std {pre.get('std')}"),
         ]
@@ -91,6 +93,11 @@ def render_model_summary(summary, stream: IO[str] | None = None) -> None:
             lines.append(f"policy       {extra['trainable']}" + (f" ({n:,} trainable)" if isinstance(n, int) else ""))
     for line in lines:
         console.print(line)
+
+
+def _thresholds_text(meta: dict, limit: int = 5) -> str:
+    pairs = [f"{name}: {t:.3f}" for name, t in zip(meta.get("classes") or [], meta.get("thresholds") or [])]
+    return ", ".join(pairs[:limit]) + (f", ... ({len(pairs)} in all)" if len(pairs) > limit else "")
 
 
 def _brief(d: dict, limit: int = 8) -> str:
@@ -121,6 +128,8 @@ def render_onnx_summary(summary, stream: IO[str] | None = None) -> None:
         classes = meta.get("classes") or []
         console.print(f"cnncli card  {meta.get('arch')}, {len(classes)} classes "
                       f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}), "
-                      f"input {'x'.join(str(s) for s in meta['preprocessing']['input_size'])}")
+                      f"input {'x'.join(str(s) for s in meta['preprocessing']['input_size'])}"
+                      + (f"; multi-label, thresholds {_thresholds_text(meta)}" if meta.get("task") == "multilabel"
+                         else ""))
     else:
         console.print("no cnncli metadata in this file.")

@@ -231,8 +231,9 @@ def summarize_model(
 
 def card_metadata(card: ModelCard) -> dict[str, Any]:
     d = card.shown_dict()
-    return {k: d[k] for k in ("arch", "source", "weights", "num_classes", "classes", "preprocessing", "training",
-                              "extra", "cnncli_version")}
+    keys = ("arch", "source", "weights", "num_classes", "classes", "preprocessing", "training", "extra",
+            "cnncli_version") + (("task", "thresholds") if card.multilabel else ())  # single-label: as it was
+    return {k: d[k] for k in keys}
 
 
 def apply_trainable_record(model: nn.Module, card: ModelCard) -> dict | None:

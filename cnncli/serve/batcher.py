@@ -7,6 +7,10 @@ Admission is counted in slots (one per image, reserved by a request once its bod
 stalls mid-upload holds none): at most ``max_queue`` images are in the service at once, so its memory is bounded;
 beyond that requests are refused (503) instead of queued.
 
+An image is either decoded uint8 pixels (H x W x C, normalised here with the whole batch, as predict does) or, for
+clients that preprocess (the Open Inference Protocol's ``pixels`` input), a float32 C x H x W array that is already
+normalised and goes to the engine as it is.
+
 Every image waiting here ends with a result or an error: an engine error or an answer with the wrong number of rows
 fails that batch's images (:class:`BatchFailed`, a 500) and the next batch runs; the task itself is supervised, so
 if it ever ends (a bug, a ``BaseException`` from the engine) every waiting image fails with :class:`BatcherStopped`,
@@ -20,6 +24,7 @@ import asyncio
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -54,8 +59,10 @@ class BatcherStopped(BatchFailed):
 class DynamicBatcher:
     """Owns the engine: every forward pass runs on its single engine thread."""
 
-    def __init__(self, engine, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256) -> None:
+    def __init__(self, engine, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
         self.engine = engine
+        self.on_batch = on_batch  # (images, seconds) after every forward pass: the service's metrics
         self.pre = engine.card.preprocessing
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -143,7 +150,8 @@ class DynamicBatcher:
 
     # ---------------------------------------------------------------- work
     async def classify(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities for one preprocessed image (uint8 H x W x C), computed in some batch."""
+        """Probabilities for one image (uint8 H x W x C, or a normalised float32 C x H x W), computed in some
+        batch."""
         if self.failure is not None:
             raise self._stopped_error()
         if self._stopping:
@@ -154,7 +162,18 @@ class DynamicBatcher:
 
     def _forward(self, pixels: list[np.ndarray]) -> np.ndarray:
         # the same arithmetic as predict: stack uint8, normalise the whole batch, one engine call
-        probs = self.engine.predict_proba(normalize(np.stack(pixels), self.pre))
+        decoded = [i for i, px in enumerate(pixels) if px.dtype == np.uint8]
+        if len(decoded) == len(pixels):
+            batch = normalize(np.stack(pixels), self.pre)
+        else:  # some came normalised already (float32 C x H x W): the others are normalised together, as usual
+            shape = next(px.shape for px in pixels if px.dtype != np.uint8)
+            batch = np.empty((len(pixels), *shape), np.float32)
+            for i, px in enumerate(pixels):
+                if px.dtype != np.uint8:
+                    batch[i] = px
+            if decoded:
+                batch[decoded] = normalize(np.stack([pixels[i] for i in decoded]), self.pre)
+        probs = self.engine.predict_proba(batch)
         return self._checked(probs, len(pixels))
 
     def _checked(self, probs, images: int) -> np.ndarray:
@@ -204,11 +223,14 @@ class DynamicBatcher:
                         fut.set_exception(exc)
                 self._batch = []
                 continue
-            self.stats.forward_ms += (time.perf_counter() - start) * 1000
+            seconds = time.perf_counter() - start
+            self.stats.forward_ms += seconds * 1000
             self.stats.batches += 1
             self.stats.images += len(live)
             self.stats.largest_batch = max(self.stats.largest_batch, len(live))
             self.stats.sizes[len(live)] += 1
+            if self.on_batch is not None:
+                self.on_batch(len(live), seconds)
             for (_, fut), row in zip(live, probs, strict=True):  # _checked made the lengths equal
                 if not fut.done():
                     fut.set_result(row)

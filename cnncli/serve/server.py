@@ -238,18 +238,35 @@ def serve(app, sock: socket.socket, banner: str, *, timeout: float = 30.0, max_c
         logging.getLogger(name).addFilter(OneLineLog())
     server = _uvicorn_server(config, sock, max_connections, min(HEADER_TIMEOUT_S, timeout), app.state, log)
 
+    reloading: set[asyncio.Task] = set()
+
+    def reload_on_hangup() -> None:
+        if reloading:
+            print("cnncli serve: SIGHUP: a reload is already in progress.", file=sys.stderr, flush=True)
+            return
+        print("cnncli serve: SIGHUP: reloading the model files that changed.", file=sys.stderr, flush=True)
+        task = asyncio.ensure_future(app.state.reload_all())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
     async def run() -> None:
         task = asyncio.create_task(server.serve())
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
         if server.started:
+            if hasattr(signal, "SIGHUP") and hasattr(app.state, "reload_all"):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_on_hangup)
             print(banner, file=sys.stderr, flush=True)
         await task
+        for pending in list(reloading):
+            pending.cancel()
 
     # uvicorn handles SIGINT/SIGTERM while it serves, then re-raises the signal to the handlers that were there
     # before; these no-op handlers make that a normal return (exit 0) instead of a death by signal.
     stopped: list[int] = []
     previous = {sig: signal.signal(sig, lambda s, _f: stopped.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGHUP"):  # a SIGHUP before the service listens must not end it (its default action)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(run())
     finally:
@@ -262,10 +279,16 @@ def serve(app, sock: socket.socket, banner: str, *, timeout: float = 30.0, max_c
 
 
 def serve_engine(engine, settings, host: str = "127.0.0.1", port: int = 0, max_connections: int = 1000) -> None:
-    """``cnncli serve`` once its engine is open: bind, build the app, print the startup line, serve until stopped.
-    (Tests run it on an engine wrapper of theirs: tests/serve_engines.py.)"""
+    """``cnncli serve`` of one open engine (tests run it on an engine wrapper of theirs: tests/serve_engines.py)."""
+    serve_models(engine, settings, host, port, max_connections)
+
+
+def serve_models(served, settings, host: str = "127.0.0.1", port: int = 0, max_connections: int = 1000) -> None:
+    """``cnncli serve`` once its engines are open (``served``: what :func:`cnncli.serve.app.create_app` takes):
+    bind, build the app, print the startup line, serve until stopped."""
     from cnncli.core.console import warn
     from cnncli.serve.app import create_app
+    from cnncli.serve.auth import is_loopback
 
     sock = bind_socket(host, port)
     cap, lowered = connection_cap(max_connections)
@@ -273,9 +296,14 @@ def serve_engine(engine, settings, host: str = "127.0.0.1", port: int = 0, max_c
         warn(lowered)
     settings.max_connections = cap
     url = url_of(sock)
-    card = engine.card
-    exposed = "" if host in ("127.0.0.1", "localhost", "::1") else " (reachable from the network)"
-    banner = (f"cnncli serve: {card.arch} ({card.num_classes} classes) on {engine.name}, {settings.precision}; "
-              f"listening on {url}{exposed}; API docs {url}/docs; Ctrl-C stops.")
-    serve(create_app(engine, settings), sock, banner, timeout=settings.timeout, max_connections=cap,
-          log=settings.log)
+    app = create_app(served, settings)
+    models = list(app.state.models.values())
+    first = models[0].current
+    exposed = "" if is_loopback(host) else " (reachable from the network)"
+    exposed += ", API key required" if settings.api_key else ("" if is_loopback(host) else ", NO API key (--no-auth)")
+    others = f" and {len(models) - 1} more ({', '.join(m.name for m in models[1:])})" if len(models) > 1 else ""
+    banner = (f"cnncli serve: {models[0].name} = {first.card.arch} ({first.card.num_classes} classes) on "
+              f"{first.engine.name}, {settings.precision}{others}; listening on {url}{exposed}; API docs "
+              f"{url}/docs; Ctrl-C stops" + (", SIGHUP reloads changed model files" if any(
+                  m.source and m.source.path for m in models) else "") + ".")
+    serve(app, sock, banner, timeout=settings.timeout, max_connections=cap, log=settings.log)

@@ -147,7 +147,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)} - {"explicit"}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"data": "", **{k: v for k, v in d.items() if k in known}})
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

@@ -8,6 +8,7 @@ one :class:`TrainStep`; :func:`validate` takes one :class:`ValStep`. Both sum th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -93,23 +94,27 @@ def train_epoch(step: TrainStep, epoch: int, flag: StopFlag) -> EpochTotals:
             with step.on.autocast():
                 logits = step.forward(x)
                 loss = step.criterion(logits.float(), target)
-            if not torch.isfinite(loss):
-                step.on_diverged(f"the loss became {loss.item()} at epoch {epoch}, step {i + 1}")
+            hard = target.argmax(1) if target.ndim == 2 else target
+            # one device sync a step: the loss and the batch's correct count read together
+            batch_loss, batch_correct = torch.stack(
+                [loss.detach().float(), (logits.argmax(1) == hard).sum().float()]).tolist()
+            if not math.isfinite(batch_loss):
+                step.on_diverged(f"the loss became {batch_loss} at epoch {epoch}, step {i + 1}")
             step.scaler.scale(loss / step.accumulate).backward()
             pending += 1
             if pending == step.accumulate or i == n_batches - 1:
                 _optimiser_step(step, params)
                 pending = 0
             n = y.shape[0]
-            batch_loss = loss.item()
             loss_sum += batch_loss * n
-            hard = target.argmax(1) if target.ndim == 2 else target
-            correct += (logits.argmax(1) == hard).sum().item()
+            correct += batch_correct
             seen += n
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             bar.advance(1, info=f"loss {batch_loss:.4f} acc {correct / seen:.3f} {rate:.0f} img/s")
             if flag.stop:
                 break
+        if pending:  # the epoch's last batches were unreadable (or Ctrl-C): their gradients still count
+            _optimiser_step(step, params)
     loss_sum, correct, seen = step.dist.all_sum([loss_sum, correct, seen])
     return EpochTotals(loss_sum / max(seen, 1), correct / max(seen, 1), seen)
 

@@ -1,7 +1,8 @@
-"""The two ways a training run stops with an error of its own: the loss diverged, or Ctrl-C."""
+"""The two ways a training run stops with an error of its own: the loss diverged, or Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
+from cnncli.core import signals
 from cnncli.core.errors import CnncliError
 
 
@@ -10,6 +11,8 @@ class TrainingDiverged(CnncliError):
 
 
 class TrainingInterrupted(CnncliError):
-    """Ctrl-C: the resumable state is on disk."""
+    """Ctrl-C or SIGTERM: the resumable state is on disk. Exit 128 + the signal (130, 143)."""
 
-    exit_code = 130
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = signals.exit_code()

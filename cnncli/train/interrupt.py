@@ -1,29 +1,9 @@
-"""Ctrl-C during training: the first one sets a flag that the epoch loop checks after each step (so the epoch
-stops cleanly and the last finished epoch's files stay resumable); a second one gives up at once."""
+"""Ctrl-C or SIGTERM during training: the first one sets a flag that the epoch loop checks after each step and
+after each saved epoch (so the epoch stops cleanly and the last finished epoch's files stay resumable); a second
+one gives up at once. The mechanism is the one for every command, :mod:`cnncli.core.signals`."""
 
 from __future__ import annotations
 
-import signal
-import threading
+from cnncli.core.signals import DeferredStop as StopFlag
 
-
-class StopFlag:
-    """A context manager that owns SIGINT while training; ``stop`` turns true on the first Ctrl-C."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.previous = None
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, *_) -> None:
-        if self.stop:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.stop = True
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+__all__ = ["StopFlag"]

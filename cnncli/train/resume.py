@@ -67,6 +67,28 @@ def resume_config(cfg: TrainConfig) -> ResumedConfig:
     return ResumedConfig(replace(saved, **changes), planned_epochs=saved.epochs)
 
 
+def check_dataset_unchanged(run: Path, cfg: TrainConfig) -> None:
+    """--resume only on the dataset the run started on, file for file: a seeded split of a changed file list is
+    another split, and images trained on could land in validation without a word. The run's last checkpoint
+    records the list's fingerprint (``training.split``); a changed list is refused in one sentence."""
+    from cnncli.data.eval_split import dataset_fingerprint
+    from cnncli.models.checkpoint import read_card
+
+    last = run / "last.safetensors"
+    if not last.is_file():
+        return
+    record = (read_card(last).training or {}).get("split") or {}
+    if not record.get("fingerprint"):
+        return
+    now, n_now = dataset_fingerprint(cfg.data, cfg.val_csv, cfg.allow_outside)
+    if now == record["fingerprint"]:
+        return
+    counts = f" ({n_now} images now, {record.get('n_images', '?')} recorded)" if n_now is not None else ""
+    raise UsageError(f"{cfg.data} has changed since {run} started{counts}: resuming would split it anew and could "
+                     "move images it trained on into validation; put the dataset back as it was, or start a new "
+                     "run on it.")
+
+
 # ---------------------------------------------------------------- random generators
 
 

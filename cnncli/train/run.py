@@ -44,6 +44,7 @@ from cnncli.train.policy import apply_trainable, set_train_mode, trainable_names
 from cnncli.train.resume import (
     STATE_FILE,
     RunRecord,
+    check_dataset_unchanged,
     load_state,
     replan_schedule,
     restore_rng,
@@ -268,9 +269,15 @@ class TrainingRun:
         if cfg.resume:
             if self.dist.main:
                 folder.lock = run_folder.lock_for_resume(folder.path)
+            check_dataset_unchanged(folder.path, cfg)
             state = load_state(folder.state_path)
-            self.model.load_state_dict(state["model"])
-            self.step.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.model.load_state_dict(state["model"])
+                self.step.optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise UsageError(f"{folder.state_path} does not fit the model that {folder.path / 'args.json'} "
+                                 f"describes ({cfg.arch}, {len(self.classes)} classes): was args.json edited? Put "
+                                 "it back as the run wrote it, or start a new run.") from exc
             if cfg.epochs < int(state["epoch"]):
                 raise UsageError(f"{folder.path} has already trained {state['epoch']} epochs; --epochs must be at "
                                  f"least {state['epoch']} to resume it.")
@@ -378,12 +385,13 @@ class TrainingRun:
         """The epoch's results row and the score --monitor picks the best epoch by (higher is better)."""
         return row, (-val["loss"] if self.cfg.monitor == "val_loss" else val["acc"])
 
-    def _interrupted(self, epoch: int) -> None:
+    def _interrupted(self, epoch: int, after: bool = False) -> None:
         if not self.dist.main:
             raise TrainingInterrupted("interrupted.")
         saved, out = self.record.saved_epoch, self.folder.path
+        when = f"after epoch {epoch}" if after else f"during epoch {epoch}"
         if saved:
-            raise TrainingInterrupted(f"interrupted during epoch {epoch}; the state after epoch {saved} is "
+            raise TrainingInterrupted(f"interrupted {when}; the state after epoch {saved} is "
                                       f"in {out}; continue with --resume {out}.")
         raise TrainingInterrupted(f"interrupted during epoch {epoch}, before any epoch finished, so there is nothing "
                                   "to resume and nothing was kept; run the same command again to start over.")
@@ -444,6 +452,8 @@ class TrainingRun:
                     self.dist.barrier()
                     if on_epoch_end is not None:
                         on_epoch_end(epoch, self.model)
+                    if flag.stop:  # the signal came during validation or saving: the epoch is kept, then stop
+                        self._interrupted(epoch, after=True)
                     if cfg.patience is not None and self.record.bad_epochs >= cfg.patience:
                         stopped = "early-stopped"
                         self.say(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")

@@ -35,6 +35,55 @@ def check_backends(names) -> list[str]:
     return names
 
 
+PROBE_SECONDS = 5.0  # how long the start-up probe of a tracking server waits
+
+
+def probe_backends(names) -> None:
+    """Before any work: each tracker asked for is installed and its store can be reached and written, else one
+    sentence and exit 2. An MLflow server is asked once within :data:`PROBE_SECONDS` (mlflow itself retries with
+    back-off for minutes); a file store's folder must be writable. MLflow's own requests get a bounded timeout
+    and retry count, so a server that goes away later cannot hang the run either."""
+    import importlib.util
+
+    for name in check_backends(names):
+        module = "tensorboard" if name == "tensorboard" else "mlflow"
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"--log {name} needs the {module} package: pip install 'cnncli[track]'.")
+        if name == "mlflow":
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            _probe_mlflow(os.environ.get("MLFLOW_TRACKING_URI", ""))
+
+
+def _probe_mlflow(uri: str) -> None:
+    from urllib.parse import unquote, urlparse
+
+    from cnncli.core.paths import output_location_problem
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:  # any HTTP answer means a server is there; mlflow's own /health route answers "OK"
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS):
+                pass
+        except urllib.error.HTTPError:
+            pass
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UsageError(f"MLFLOW_TRACKING_URI {uri} does not answer ({reason}, waited up to "
+                             f"{PROBE_SECONDS:.0f} s); start the tracking server, fix the variable, or drop "
+                             "--log mlflow.") from None
+    elif parsed.scheme in ("", "file"):  # a file store (no variable: ./mlruns); other schemes are mlflow's own
+        folder = (unquote(parsed.path) if parsed.scheme == "file" else uri) or "mlruns"
+        problem = output_location_problem(folder, folder=True)
+        if problem is not None:
+            where = f"MLFLOW_TRACKING_URI {uri}" if uri else f"./mlruns ({Path(folder).resolve()})"
+            raise UsageError(f"cannot write the MLflow store {where}: {problem}; point MLFLOW_TRACKING_URI at a "
+                             "folder you can write to, or drop --log mlflow.")
+
+
 def epoch_metrics(row: dict) -> dict[str, float]:
     return {k: float(row[k]) for k in METRICS if isinstance(row.get(k), (int, float))}
 
