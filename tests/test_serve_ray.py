@@ -26,8 +26,8 @@ def cached_tiny(tiny_model_file) -> Path:
 def test_the_deployment_is_the_same_app_in_each_replica(cached_tiny, monkeypatch):
     from fastapi.testclient import TestClient
 
+    from cnncli.scale.ray_serve import deployment, replica_app_builder
     from cnncli.serve.app import ServeSettings
-    from cnncli.serve.ray_serve import deployment, ray_address, replica_app_builder
 
     settings = ServeSettings(api_key=KEY, log=False)
     bound = deployment([str(cached_tiny)], "tiny", {"device": "cpu"}, settings, replicas=2, cpus_per_replica=1)
@@ -38,15 +38,26 @@ def test_the_deployment_is_the_same_app_in_each_replica(cached_tiny, monkeypatch
         assert http.get("/v1/models").status_code == 401  # the same key
         assert [m["name"] for m in http.get("/v1/models", headers={"X-API-Key": KEY}).json()] == ["tiny"]
         assert http.get("/v2/health/live").json() == {"live": True}
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert ray_address("") is None and ray_address("local") is None and ray_address("10.0.0.5:6379") == "10.0.0.5:6379"
-    monkeypatch.setenv("RAY_ADDRESS", "10.1.1.1:6379")
-    assert ray_address("") == "10.1.1.1:6379" and ray_address("local") is None
 
 
 def test_replicas_without_ray_is_a_usage_error(run_cli):
     result = run_cli("serve", "--replicas", "2", "--port", "0")
     assert result.code == 2 and "--replicas needs --ray" in result.err
+
+
+def test_an_unreachable_or_malformed_ray_address_is_refused_in_seconds(cached_tiny, run_cli, monkeypatch):
+    """The same address checks as predict's --ray: before, serve --ray waited as long as ray.init does."""
+    import time
+
+    t0 = time.monotonic()
+    unreachable = run_cli("serve", "-m", cached_tiny, "--ray", "127.0.0.1:2", "--port", "0")
+    assert unreachable.code == 2 and "cannot reach the Ray cluster at 127.0.0.1:2" in unreachable.err
+    garbage = run_cli("serve", "-m", cached_tiny, "--ray", "garbage::::", "--port", "0")
+    assert garbage.code == 2 and "is not a Ray address" in garbage.err, garbage.err
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:2")
+    from_env = run_cli("serve", "-m", cached_tiny, "--ray", "--port", "0")
+    assert from_env.code == 2 and "from RAY_ADDRESS" in from_env.err, from_env.err
+    assert time.monotonic() - t0 < 60
 
 
 @pytest.mark.slow

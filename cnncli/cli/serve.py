@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
                                  timeout=timeout, api_key=api_key, watch_s=watch,
                                  threshold=threshold)
         if ray is not None:
-            from cnncli.serve.ray_serve import serve_on_ray
+            from cnncli.scale.ray_serve import serve_on_ray
 
             serve_on_ray(specs, name, open_kwargs, settings, host, port, ray, replicas)
             return

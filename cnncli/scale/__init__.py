@@ -3,6 +3,6 @@ manifest so an interrupted job resumes exactly, and the same job on a Ray cluste
 hands a command to :func:`cnncli.scale.job.run` when :func:`cnncli.scale.uris.wants_scale` says so; nothing
 here is imported on the plain local path. Training at scale lives here too: a run folder in object storage
 (:mod:`cnncli.scale.run_store`, ``train -o s3://...``) and training on Ray Train (:mod:`cnncli.scale.ray_train`,
-``train --ray``).
+``train --ray``), and serving on Ray Serve (:mod:`cnncli.scale.ray_serve`, ``serve --ray``).
 
-May import: cnncli.train and every room below it; not serve or inspect."""
+May import: cnncli.serve, cnncli.train and every room below them; not inspect."""

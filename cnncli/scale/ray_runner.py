@@ -85,8 +85,9 @@ def _prepare_environment(address: str | None) -> None:
             os.environ["RAY_AUTH_MODE"] = "token"  # Ray >= 2.52 clusters started with a token expect it
 
 
-def connect(address: str | None):
-    """Start a local Ray or join ``address``; UsageError in one sentence when that fails."""
+def connect(address: str | None, num_cpus: int | None = None):
+    """Start a local Ray (``num_cpus``: default the usable cores) or join ``address``; UsageError in one sentence
+    when that fails."""
     _prepare_environment(address)
     import ray
 
@@ -96,7 +97,7 @@ def connect(address: str | None):
             from cnncli.scale.ray_reaper import start_reaper
 
             start_reaper()  # nothing of this local Ray outlives the driver, even after kill -9
-            ray.init(address="local", num_cpus=usable_cores(), **quiet)
+            ray.init(address="local", num_cpus=num_cpus or usable_cores(), **quiet)
         else:
             quiet.pop("include_dashboard")
             ray.init(address=address, **quiet)

@@ -4,7 +4,7 @@ answered or failed), :mod:`.app` builds the FastAPI app (API, limits, JSON error
 :mod:`.uploads` reading bodies, :mod:`.deadline` bounding each request by ``--timeout``, :mod:`.auth` (API keys),
 :mod:`.metrics` (Prometheus) and :mod:`.inference_v2` (the Open Inference Protocol); :mod:`.server` runs it with its
 own connection-capped listener, the h11 protocol of :mod:`.protocol` (header deadline, JSON for malformed
-requests), graceful shutdown, SIGHUP reloads and the startup line; :mod:`.ray_serve` runs the same app in Ray Serve
-replicas; :mod:`.errors` is the one error shape. One process owns each model.
+requests), graceful shutdown, SIGHUP reloads and the startup line; :mod:`.errors` is the one error shape. One
+process owns each model; :mod:`cnncli.scale.ray_serve` runs the same app in Ray Serve replicas.
 
-May import: cnncli.predict and every room below it; not scale or inspect."""
+May import: cnncli.train and every room below it; not scale or inspect."""

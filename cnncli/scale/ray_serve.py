@@ -5,9 +5,10 @@ the models itself and builds the app of :func:`cnncli.serve.app.create_app`, so 
 API key, limits, metrics and its own batcher per model; Ray Serve's HTTP proxy spreads requests over the replicas.
 The driver (this process) first opens the models once itself, so a bad spec is one sentence before Ray starts;
 then it starts a local Ray (no ADDRESS, or ``local``) or joins ``ADDRESS`` (``HOST:PORT``, ``ray://HOST:PORT``,
-``auto``; a bare ``--ray`` takes RAY_ADDRESS when set), deploys, prints the URL and waits for SIGTERM or Ctrl-C,
-then shuts the deployment (and a local Ray) down. On a cluster the model specs must resolve on every node (a
-registry name, or a path on a shared volume).
+``auto``; a bare ``--ray`` takes RAY_ADDRESS when set), through the same address checks, reachability probe
+and orphan reaper as predict's ``--ray`` (:mod:`cnncli.scale.ray_runner`), deploys, prints the URL and waits
+for SIGTERM or Ctrl-C, then shuts the deployment (and a local Ray) down. On a cluster the model specs must
+resolve on every node (a registry name, or a path on a shared volume).
 
 What stays per replica: ``/metrics`` and ``/v1/stats`` are the replica's that answered (scrape Ray's own metrics
 for the cluster's), ``--watch`` reloads in each replica; SIGHUP reaches only the driver and is not used here.
@@ -16,14 +17,13 @@ for the cluster's), ``--watch`` reloads in each replica; SIGHUP reaches only the
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import sys
 import threading
 
 from cnncli.core.cpus import usable_cores
-from cnncli.core.errors import UsageError
+from cnncli.scale.ray_runner import check_reachable, connect, disconnect, resolve_address
 
 APP_NAME = "cnncli"
 
@@ -54,16 +54,6 @@ def deployment(specs: list, name: str | None, open_kwargs: dict, settings, repli
     return Deployment.bind()
 
 
-def ray_address(address: str) -> str | None:
-    """``--ray`` as given (``""``: bare) -> the cluster to join, or None for a local Ray."""
-    if address == "local":
-        return None
-    if address == "":
-        env = os.environ.get("RAY_ADDRESS", "").strip()
-        return None if env in ("", "local") else env
-    return address
-
-
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
@@ -80,25 +70,16 @@ def serve_on_ray(specs: list, name: str | None, open_kwargs: dict, settings, hos
                             weights=open_kwargs.get("weights"))
     names = [e[0] for e in entries]
     del entries
-    target = ray_address(address)
+    target, source = resolve_address(address)
+    if target is not None:
+        check_reachable(target, source)  # within seconds, as predict's --ray (Ray itself waits a minute)
     cores = usable_cores()
     cpus = max(1, cores // replicas) if target is None else 1
     open_kwargs = {**open_kwargs, "threads": open_kwargs.get("threads") or cpus}
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # `uv run` would ship the whole venv to workers
-    import ray
+    ray = connect(target, num_cpus=max(cores, replicas * cpus))  # a local Ray gets the reaper: no orphans
     from ray import serve
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its INFO lines would drown the startup line
-    try:
-        if target is None:
-            ray.init(address="local", num_cpus=max(cores, replicas * cpus), include_dashboard=False,
-                     logging_level=logging.ERROR, log_to_driver=False)
-        else:
-            ray.init(address=target, logging_level=logging.ERROR, log_to_driver=False)
-    except Exception as exc:
-        where = f"the Ray cluster at {target}" if target else "a local Ray"
-        raise UsageError(f"cannot start or join {where} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})."
-                         ) from None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -117,7 +98,7 @@ def serve_on_ray(specs: list, name: str | None, open_kwargs: dict, settings, hos
         try:
             serve.shutdown()
         finally:
-            ray.shutdown()
+            disconnect(ray)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     print("cnncli serve: stopped (Ray Serve).", file=sys.stderr, flush=True)
