@@ -191,3 +191,44 @@ def test_a_teacher_with_other_classes_is_refused(digits, tmp_path):
     message = str(err.value)
     assert "predicts 3 classes" in message and "10" in message and message.count(". ") == 0
     assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------- the head phase and the recipe line
+
+
+def test_head_phase_trains_the_head_alone_on_cached_features_then_the_run_goes_on(digits, teacher, tmp_path):
+    """--head-epochs 5 from a trained LeNet-5 whose head is reset: the head's weights move and the backbone's do
+    not; the probe beats chance on the held-out digits by far; the run's optimiser starts afresh; the first line
+    says the recipe and the log reports the phase before epoch 1."""
+    from types import SimpleNamespace
+
+    from cnncli.models.registry import head_name
+    from cnncli.train.head_phase import train_head_first
+
+    cfg = config(digits, tmp_path / "a", command="finetune", arch=None, weights=str(teacher), head_epochs=5,
+                 optimizer="adamw", lr=1e-2)
+    run = TrainingRun.prepare(cfg)
+    try:
+        run.model.get_submodule(head_name(run.model)).reset_parameters()
+        head = set(run.final_plan.head)
+        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        phase = train_head_first(run, SimpleNamespace(stop=False))
+        moved = {n for n, p in run.model.named_parameters() if not torch.equal(p, before[n])}
+        assert moved == head
+        assert phase.epochs == 5 and phase.val_acc > 0.4, phase  # 10 classes: chance is 0.1
+        assert not run.step.optimizer.state
+    finally:
+        run.abandon()
+    said: list[str] = []
+    run = TrainingRun.prepare(replace_cfg(cfg, out=str(tmp_path / "b"), quiet=False), log=said.append)
+    run.fit()
+    first = next(i for i, line in enumerate(said) if "recipe: " in line)
+    assert "recipe: 5 head epochs on cached features, then 1 epochs of all, adamw lr 0.01" in said[first]
+    phase_line = next(i for i, line in enumerate(said) if line.startswith("head phase: 5 epochs"))
+    assert first < phase_line < next(i for i, line in enumerate(said) if line.startswith("epoch 1/1"))
+
+
+def replace_cfg(cfg: TrainConfig, **changes) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **changes)
