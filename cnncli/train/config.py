@@ -152,9 +152,6 @@ class TrainConfig:
         if self.teacher and self.cache_features:
             raise UsageError("--teacher needs the images (its own input), not cached features; drop "
                              "--cache-features.")
-        if self.head_epochs and self.cache_features:
-            raise UsageError("--head-epochs already trains the head on cached features; drop --cache-features "
-                             "(or --head-epochs 0).")
         from cnncli.train.tracking import check_backends
 
         log = check_backends(self.log)

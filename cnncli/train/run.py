@@ -164,6 +164,9 @@ class TrainingRun:
         self.folder = RunFolder(Path(cfg.resume or cfg.out or next_run_dir(cfg.command)),
                                 default_named=not (cfg.resume or cfg.out))
         self.cfg = replace(cfg, out=str(self.folder.path))
+        if cfg.head_epochs and (self.dist.enabled or self.splits.stream is not None):
+            self.cfg = replace(self.cfg, head_epochs=0)
+            self.say("the head phase (--head-epochs) runs in one process on files; skipped for this run")
 
     def _build_model(self) -> None:
         cfg = self.cfg
