@@ -21,6 +21,7 @@ from cnncli.cli.common import (
     workers_option,
 )
 from cnncli.train.config import AMP_MODES, AUGMENTS, BALANCES, BN_MODES, INITS, LOSSES, MONITORS, OPTIMIZERS, SCHEDULES
+from cnncli.train.recipe import FINETUNE_DEFAULTS as FT
 
 DATA_HELP = ("A folder of class sub-folders, a folder with train/ and val/ (valid/, validation/), a CSV manifest "
              "path,label, a packed dataset (a folder or URI with dataset.json, from `cnncli data pack`), or an "
@@ -75,17 +76,32 @@ def _options(command: str):
                                           help="Continue the run in this folder from its last saved epoch, with its "
                                                "saved settings and data; a larger --epochs extends it (the schedule is"
                                                " re-planned), other differing options are refused."),
-        epochs: int = typer.Option(10, "--epochs", "-e", parser=v.POSITIVE_INT, metavar="N", help="Epochs to train."),
+        epochs: int = typer.Option(FT["epochs"] if finetune else 10, "--epochs", "-e", parser=v.POSITIVE_INT,
+                                   metavar="N",
+                                   help="Epochs to train" + (" (after the --head-epochs)." if finetune else ".")),
         batch_size: int = batch_size_option(),
         optimizer: Optimizer = typer.Option("adamw", "--optimizer", metavar=choices(*OPTIMIZERS),
                                             help="The optimizer."),
-        lr: float | None = typer.Option(None, "--lr", parser=v.POSITIVE_FLOAT, metavar="LR",
-                                        help="Learning rate (default: 0.01 for sgd and adagrad, 1e-3 otherwise)."),
+        lr: str | None = typer.Option(None, "--lr", parser=v.learning_rate, metavar="LR|auto",
+                                      help="Learning rate (default: 0.01 for sgd and adagrad, 1e-3 otherwise); auto: "
+                                           "an LR range test picks it (steepest descent of the smoothed loss; "
+                                           "the curve in RUN/lr_find.png)."),
         momentum: float = typer.Option(0.9, "--momentum", parser=v.UNIT_INTERVAL, metavar="M",
                                        help="Momentum (sgd, rmsprop), in [0, 1]."),
         nesterov: bool = typer.Option(False, "--nesterov", help="Nesterov momentum (sgd)."),
         weight_decay: float = typer.Option(1e-4, "--weight-decay", parser=v.NON_NEGATIVE_FLOAT, metavar="WD",
-                                           help="Weight decay, >= 0."),
+                                           help="Weight decay, >= 0 (not on biases and normalisation parameters "
+                                                "unless --decay-norm-bias)."),
+        decay_norm_bias: bool = typer.Option(False, "--decay-norm-bias/--no-decay-norm-bias",
+                                             help="Weight decay on biases and normalisation parameters too."),
+        layer_decay: float | None = typer.Option(None, "--layer-decay", parser=v.DECAY_FACTOR, metavar="X",
+                                                 help="Layer-wise LR decay: each backbone stage trains at X times "
+                                                      "the rate of the stage after it, in (0, 1]."),
+        ema: bool = typer.Option(False, "--ema/--no-ema",
+                                 help="Keep a model EMA (with warm-up); each epoch scores both, best keeps the "
+                                      "better."),
+        ema_decay: float = typer.Option(0.9998, "--ema-decay", parser=v.EMA_DECAY, metavar="D",
+                                        help="EMA decay per optimiser step, in (0, 1)."),
         schedule: Schedule = typer.Option("cosine", "--schedule", metavar=choices(*SCHEDULES),
                                           help="Learning-rate schedule."),
         warmup_epochs: float = typer.Option(0.0, "--warmup-epochs", parser=v.NON_NEGATIVE_FLOAT, metavar="N",
@@ -94,7 +110,8 @@ def _options(command: str):
                                         help="step schedule: decay every N epochs."),
         gamma: float = typer.Option(0.1, "--gamma", parser=v.POSITIVE_FLOAT, metavar="G",
                                     help="step/exponential schedule: decay factor (per step / per epoch)."),
-        label_smoothing: float = typer.Option(0.0, "--label-smoothing", parser=v.PROBABILITY_HALF_OPEN, metavar="E",
+        label_smoothing: float = typer.Option(FT["label_smoothing"] if finetune else 0.0, "--label-smoothing",
+                                              parser=v.PROBABILITY_HALF_OPEN, metavar="E",
                                               help="Label smoothing, in [0, 1)."),
         dropout: float | None = typer.Option(None, "--dropout", parser=v.PROBABILITY_HALF_OPEN, metavar="P",
                                              help="Dropout on the head's input while training, in [0, 1)."),
@@ -109,8 +126,10 @@ def _options(command: str):
                                  help="multilabel: several labels per image (a sigmoid per class); auto: multilabel "
                                       "when a CSV manifest row holds two labels (a|b)."),
         balance: Balance = typer.Option("none", "--balance", metavar=choices(*BALANCES), help="Imbalanced classes."),
-        augment: Augment = typer.Option("light", "--augment", metavar=choices(*AUGMENTS),
-                                        help="light (default, safe for any task: small shifts, scaling and rotation "
+        augment: Augment = typer.Option(FT["augment"] if finetune else "light", "--augment", metavar=choices(*AUGMENTS),
+                                        help="auto (finetune's default: standard when fine-tuning ImageNet weights on"
+                                             " colour images, else light); light (train's default, safe for any "
+                                             "task: small shifts, scaling and rotation "
                                              "scaled to the input size); standard (random-resized crops, colour "
                                              "jitter: natural photos); strong (+ TrivialAugment, random erasing: large"
                                              " photo datasets, long runs); none."),
@@ -121,13 +140,24 @@ def _options(command: str):
                                     help="MixUp alpha (0: off)."),
         cutmix: float = typer.Option(0.0, "--cutmix", parser=v.NON_NEGATIVE_FLOAT, metavar="ALPHA",
                                      help="CutMix alpha (0: off)."),
-        trainable: str = typer.Option("head" if finetune else "all", "--trainable", metavar="head|last:N|all",
+        trainable: str = typer.Option(FT["trainable"] if finetune else "all", "--trainable", metavar="head|last:N|all",
                                       help="last:N: the last N backbone stages and the head."),
         freeze_epochs: int = typer.Option(0, "--freeze-epochs", parser=v.NON_NEGATIVE_INT, metavar="K",
                                           help="Train the head only for K epochs, then everything."),
-        backbone_lr_mult: float = typer.Option(0.1 if finetune else 1.0, "--backbone-lr-mult",
+        backbone_lr_mult: float = typer.Option(FT["backbone_lr_mult"] if finetune else 1.0, "--backbone-lr-mult",
                                                parser=v.NON_NEGATIVE_FLOAT, metavar="X",
                                                help="Learning-rate factor for the unfrozen backbone."),
+        head_epochs: int = typer.Option(FT["head_epochs"] if finetune else 0, "--head-epochs",
+                                        parser=v.NON_NEGATIVE_INT, metavar="K",
+                                        help="First train the head alone for K epochs on cached backbone features "
+                                             "(seconds), then the --epochs of --trainable."),
+        teacher: str | None = typer.Option(None, "--teacher", metavar="MODEL",
+                                           help="Distil from this model (a cnncli .safetensors or a registry name "
+                                                "with weights) with the same classes."),
+        distill_weight: float = typer.Option(0.5, "--distill-weight", parser=v.UNIT_INTERVAL, metavar="W",
+                                             help="Weight of the distillation term (the label loss weighs 1 - W)."),
+        distill_temperature: float = typer.Option(2.0, "--distill-temperature", parser=v.POSITIVE_FLOAT,
+                                                  metavar="T", help="Softmax temperature of the distillation term."),
         bn: BnMode = typer.Option("frozen", "--bn", metavar=choices(*BN_MODES),
                                   help="BatchNorm in frozen parts: eval mode or training mode."),
         cache_features: bool = typer.Option(False, "--cache-features",

@@ -122,6 +122,18 @@ NON_NEGATIVE_FLOAT = number(float, ge=0)
 FRACTION_OPEN = number(float, gt=0, lt=1)  # --val-split
 PROBABILITY_HALF_OPEN = number(float, ge=0, lt=1)  # --label-smoothing, --dropout
 UNIT_INTERVAL = number(float, ge=0, le=1)  # --momentum
+DECAY_FACTOR = number(float, gt=0, le=1)  # --layer-decay
+EMA_DECAY = number(float, gt=0, lt=1)  # --ema-decay
+
+
+def learning_rate(value):
+    """--lr: a positive number, or ``auto`` (the LR range test picks it)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return POSITIVE_FLOAT(value)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(f"{exc.message} (or auto)") from None
 
 
 def check_batch_memory(batch_size: int, image_size: int | tuple[int, int], channels: int = 3,

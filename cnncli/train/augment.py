@@ -5,7 +5,8 @@ decides the horizontal flip.
 (shift up to 10% of it, scale 0.9-1.1, rotation up to 10 degrees) with the border replicated, so digits, text,
 signs and medical images keep their meaning. ``standard`` adds random-resized crops (down to 35% of the area) and
 colour jitter; ``strong`` adds TrivialAugment and random erasing: both suit natural photos and large datasets.
-``none`` is the eval preprocessing alone.
+``none`` is the eval preprocessing alone. ``auto`` (the ``finetune`` default) is ``standard`` when the data are
+presumed natural photos (below) and ``light`` otherwise.
 
 The horizontal flip changes the meaning of anything with a handedness (digits, letters, traffic signs), so it is
 off unless asked for (``--flip``) or the data are presumed natural photos: ``finetune`` from ImageNet weights on
@@ -58,13 +59,21 @@ def is_imagenet_weights(weights: str | None) -> bool:
     return "/" not in weights and "." not in weights
 
 
+def presumed_photos(command: str, weights: str | None, channels: int) -> bool:
+    """``finetune`` from ImageNet weights on 3-channel images: the data are presumed natural photos."""
+    return command == "finetune" and is_imagenet_weights(weights) and channels == 3
+
+
 def plan_augmentation(preset: str, flip: bool | None, command: str, weights: str | None, channels: int) -> AugmentPlan:
-    """The preset and the flip decision with its reason (see the module docstring)."""
+    """The preset (``auto``: ``standard`` for presumed photos, else ``light``) and the flip decision with its
+    reason (see the module docstring)."""
+    if preset == "auto":
+        preset = "standard" if presumed_photos(command, weights, channels) else "light"
     if flip is True:
         return AugmentPlan(preset, True, "asked for with --flip")
     if flip is False:
         return AugmentPlan(preset, False, "--no-flip")
-    if command == "finetune" and is_imagenet_weights(weights) and channels == 3:
+    if presumed_photos(command, weights, channels):
         return AugmentPlan(preset, True, "fine-tuning ImageNet weights on colour images: natural photos presumed; "
                                          "--no-flip if mirroring changes the class")
     return AugmentPlan(preset, False, "mirrored digits, letters and signs change meaning; --flip adds it")

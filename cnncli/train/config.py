@@ -12,7 +12,7 @@ from cnncli.core.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("cosine", "step", "exponential", "onecycle", "constant")
-AUGMENTS = ("none", "light", "standard", "strong")
+AUGMENTS = ("auto", "none", "light", "standard", "strong")  # auto: standard for photos, else light
 LOSSES = ("ce", "hinge", "bce", "asl")  # bce, asl: multi-label data only
 TASKS = ("auto", "single", "multilabel")  # auto: multilabel when a CSV manifest row holds two labels
 BALANCES = ("none", "sampler", "weights")
@@ -20,6 +20,9 @@ BN_MODES = ("frozen", "train")
 INITS = ("default", "kaiming", "xavier")
 MONITORS = ("val_loss", "val_acc")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+# settings an args.json from before an option existed is read with: what that cnncli did (a resumed run goes on
+# as it started)
+LEGACY = {"decay_norm_bias": True}
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
 
 
@@ -56,14 +59,23 @@ class TrainConfig:
     bn: str = "frozen"
     dropout: float | None = None
     cache_features: bool = False
+    head_epochs: int = 0  # epochs of the head alone on cached backbone features before the run's epochs
+    teacher: str | None = None  # knowledge distillation: a cnncli model file or registry name with weights
+    distill_weight: float = 0.5  # the KL term's weight; the label loss weighs 1 - this
+    distill_temperature: float = 2.0
     # optimisation
     epochs: int = 10
     batch_size: int = 32
     optimizer: str = "adamw"
-    lr: float | None = None
+    lr: float | str | None = None  # "auto": the LR range test (cnncli.train.lr_find) picks it
+    lr_find: dict | None = None  # what --lr auto found: the rate, the rule, the sweep
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
+    decay_norm_bias: bool = False  # weight decay on biases and normalisation parameters too (timm: off)
+    layer_decay: float | None = None  # layer-wise LR decay over the backbone's stages
+    ema: bool = False  # keep a model EMA (timm ModelEmaV3, with warm-up); best is the better of EMA and raw
+    ema_decay: float = 0.9998
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     step_epochs: int = 10  # step schedule: decay every N epochs
@@ -88,7 +100,9 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        if self.lr == "auto":  # a provisional base until the LR range test sets the rates
+            return DEFAULT_LR[self.optimizer]
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     def validate(self) -> TrainConfig:
         """This configuration, checked and with --log normalised; impossible combinations are refused with one
@@ -125,6 +139,19 @@ class TrainConfig:
             if self.bn != "frozen":
                 raise UsageError("--cache-features needs --bn frozen (with --bn train the backbone's features change "
                                  "every step).")
+        if self.lr is not None and self.lr != "auto" and not isinstance(self.lr, (int, float)):
+            raise UsageError(f"--lr takes a positive number or auto, not {self.lr!r}.")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UsageError(f"--layer-decay must be in (0, 1] (e.g. 0.75), not {self.layer_decay}.")
+        if not 0 < self.ema_decay < 1:
+            raise UsageError(f"--ema-decay must be between 0 and 1 (e.g. 0.9998), not {self.ema_decay}.")
+        if not 0 <= self.distill_weight <= 1:
+            raise UsageError(f"--distill-weight must be in [0, 1], not {self.distill_weight}.")
+        if self.head_epochs < 0:
+            raise UsageError(f"--head-epochs must be at least 0, not {self.head_epochs}.")
+        if self.teacher and self.cache_features:
+            raise UsageError("--teacher needs the images (its own input), not cached features; drop "
+                             "--cache-features.")
         from cnncli.train.tracking import check_backends
 
         log = check_backends(self.log)
@@ -147,7 +174,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)} - {"explicit"}
-        return cls(**{"data": "", **{k: v for k, v in d.items() if k in known}})
+        return cls(**{"data": "", **LEGACY, **{k: v for k, v in d.items() if k in known}})
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

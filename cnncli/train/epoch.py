@@ -59,6 +59,7 @@ class TrainStep:
     on_diverged: Callable[[str], None]  # raises: a NaN or infinite loss
     epochs: int  # the run's total, for the progress bar's "epoch N/M"
     show_progress: bool
+    after_step: Callable[[], None] | None = None  # after each optimiser step: the model EMA's update
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ def _optimiser_step(step: TrainStep, params: list[torch.Tensor]) -> None:
     step.scaler.update()
     step.optimizer.zero_grad(set_to_none=True)
     step.scheduler.step()
+    if step.after_step is not None:
+        step.after_step()
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,10 @@ class MultiLabelTrainingRun(TrainingRun):
                              "weights (per-class positive weights).")
         if cfg.cache_features:
             raise UsageError("--cache-features is single-label only; drop it for multi-label data.")
-        self.cfg = replace(cfg, task=MULTILABEL)
+        if cfg.ema or cfg.teacher:
+            raise UsageError(f"--{'ema' if cfg.ema else 'teacher'} is single-label only for now; drop it for "
+                             "multi-label data.")
+        self.cfg = replace(cfg, task=MULTILABEL, head_epochs=0)  # the head phase is single-label
 
     def _load_data(self) -> None:
         from cnncli.data.multilabel import load_multilabel_dataset
@@ -126,7 +129,7 @@ class MultiLabelTrainingRun(TrainingRun):
         self.summary_base = {"command": cfg.command, "dataset": record["dataset"], "layout": "csv",
                              "task": MULTILABEL, "n_train": len(labelled.train), "n_val": len(labelled.val),
                              "policy": cfg.trainable, "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed,
-                             "optimizer": cfg.optimizer, "lr": cfg.learning_rate, "augment": cfg.augment,
+                             "optimizer": cfg.optimizer, "lr": cfg.learning_rate, "augment": self.augment.preset,
                              "flip": self.augment.flip, "loss": "asl" if cfg.loss == "asl" else "bce",
                              "calibration": calibration, "split": record}
         cardinality = float(label_matrix(labelled.train, len(self.classes)).sum(axis=1).mean())

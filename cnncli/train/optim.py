@@ -1,5 +1,6 @@
 """Optimisers (sgd with momentum/nesterov, adam, adamw, rmsprop, adagrad) with a discriminative learning rate for
-the backbone, and learning-rate schedules (cosine, step, exponential, onecycle, constant) with linear warmup.
+the backbone (optionally decayed stage by stage), no weight decay on biases and normalisation parameters, and
+learning-rate schedules (cosine, step, exponential, onecycle, constant) with linear warmup.
 
 Schedules step once per optimiser step; all are torch.optim.lr_scheduler classes, so their state saves as plain
 tensors and numbers (train_state.pt loads with weights_only=True).
@@ -13,15 +14,42 @@ from torch import nn
 from cnncli.train.config import TrainConfig
 
 
-def param_groups(model: nn.Module, head: list[str], include: list[str], lr: float,
-                 backbone_lr_mult: float) -> list[dict]:
-    """Two groups: the head at ``lr`` and the backbone parameters in ``include`` at ``lr * backbone_lr_mult``."""
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """timm's rule (``param_groups_weight_decay``): biases and every 1-d parameter (normalisation scales and
+    shifts) take no weight decay."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def param_groups(model: nn.Module, head: list[str], include: list[str], lr: float, backbone_lr_mult: float, *,
+                 weight_decay: float = 0.0, decay_norm_bias: bool = True, layer_decay: float | None = None,
+                 stages: list[tuple[str, list[str]]] | None = None) -> list[dict]:
+    """The optimiser's groups over the parameters in ``include``: the head at ``lr`` (always the first group), the
+    backbone at ``lr * backbone_lr_mult``; with ``layer_decay`` each backbone stage (``stages``, in forward order)
+    at that rate times ``layer_decay ** (stages after it + 1)``, as timm's layer-wise decay (parameters in no stage
+    count as the first). Without ``decay_norm_bias`` each group splits into a decayed part and a ``weight_decay
+    0`` part for its biases and normalisation parameters."""
     params = dict(model.named_parameters())
     head_set = set(head)
-    groups = [{"params": [params[n] for n in include if n in head_set], "lr": lr, "name": "head"}]
-    backbone = [params[n] for n in include if n not in head_set]
-    if backbone:
-        groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"})
+    units: list[tuple[str, float, list[str]]] = [("head", lr, [n for n in include if n in head_set])]
+    backbone = [n for n in include if n not in head_set]
+    if backbone and layer_decay is not None and stages:
+        stage_of = {n: i for i, (_, names) in enumerate(stages) for n in names}
+        count = len(stages)
+        for i, (stage, _) in enumerate(stages):
+            names = [n for n in backbone if stage_of.get(n, 0) == i]
+            units.append((f"backbone.{stage}", lr * backbone_lr_mult * layer_decay ** (count - i), names))
+    elif backbone:
+        units.append(("backbone", lr * backbone_lr_mult, backbone))
+    groups = []
+    for name, rate, names in units:
+        decayed = [n for n in names if decay_norm_bias or not no_decay(n, params[n])]
+        plain = [n for n in names if n not in set(decayed)]
+        if decayed or name == "head":
+            groups.append({"params": [params[n] for n in decayed], "lr": rate, "name": name,
+                           "weight_decay": weight_decay})
+        if plain:
+            groups.append({"params": [params[n] for n in plain], "lr": rate, "name": name + ".no_decay",
+                           "weight_decay": 0.0})
     return groups
 
 

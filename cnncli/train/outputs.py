@@ -11,7 +11,8 @@ from cnncli.core.atomic import write_bytes_atomic
 from cnncli.core.text import json_text
 
 RESULT_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "seconds")
-EXTRA_COLUMNS = ("val_map",)  # a multi-label run's validation mAP
+EXTRA_COLUMNS = ("val_map",  # a multi-label run's validation mAP
+                 "kept", "val_acc_raw", "val_acc_ema", "val_loss_raw", "val_loss_ema")  # --ema: which weights
 
 
 def write_results_csv(path: Path, history: list[dict]) -> None:

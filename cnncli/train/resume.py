@@ -152,9 +152,10 @@ class RunRecord:
                    bad_epochs=int(state["bad_epochs"]), saved_epoch=epoch)
 
 
-def save_state(path: Path, epoch: int, model: nn.Module, step: TrainStep, record: RunRecord) -> None:
+def save_state(path: Path, epoch: int, model: nn.Module, step: TrainStep, record: RunRecord,
+               ema: dict | None = None) -> None:
     """train_state.pt after ``epoch``, written atomically: the model, ``step``'s optimiser, schedule and loss scaler,
-    ``record``, and the random generators."""
+    ``record``, the model EMA (--ema) and the random generators."""
     scaler = step.scaler
     state = {
         "model": model.state_dict(), "optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
@@ -162,6 +163,8 @@ def save_state(path: Path, epoch: int, model: nn.Module, step: TrainStep, record
         "history": record.history, "best_epoch": record.best_epoch, "best_score": record.best_score,
         "bad_epochs": record.bad_epochs, "rng": rng_state(),
     }
+    if ema is not None:
+        state["ema"] = ema
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

@@ -164,6 +164,9 @@ class TrainingRun:
         self.folder = RunFolder(Path(cfg.resume or cfg.out or next_run_dir(cfg.command)),
                                 default_named=not (cfg.resume or cfg.out))
         self.cfg = replace(cfg, out=str(self.folder.path))
+        if cfg.head_epochs and (self.dist.enabled or self.splits.stream is not None):
+            self.cfg = replace(self.cfg, head_epochs=0)
+            self.say("the head phase (--head-epochs) runs in one process on files; skipped for this run")
 
     def _build_model(self) -> None:
         cfg = self.cfg
@@ -235,13 +238,16 @@ class TrainingRun:
 
     def _build_optimisation(self) -> None:
         """The optimiser, schedule and losses, as the :class:`TrainStep` and :class:`ValStep` of every epoch."""
+        from cnncli.models.registry import backbone_stages
         from cnncli.train.optim import build_optimizer, build_scheduler, param_groups
 
         cfg, model, classes = self.cfg, self.model, self.classes
         self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.accumulate))
         # with gradual unfreezing every parameter is in the optimiser from the start; frozen ones get no gradient
         in_optimizer = [n for n, _ in model.named_parameters()] if cfg.freeze_epochs else self.final_plan.trainable
-        groups = param_groups(model, self.final_plan.head, in_optimizer, cfg.learning_rate, cfg.backbone_lr_mult)
+        groups = param_groups(model, self.final_plan.head, in_optimizer, cfg.learning_rate, cfg.backbone_lr_mult,
+                              weight_decay=cfg.weight_decay, decay_norm_bias=cfg.decay_norm_bias,
+                              layer_decay=cfg.layer_decay, stages=backbone_stages(model) if cfg.layer_decay else None)
         optimizer = build_optimizer(groups, cfg)
         weights = (class_weights([s.label for s in self.splits.train], len(classes), self.device)
                    if cfg.balance == "weights" else None)
@@ -258,6 +264,12 @@ class TrainingRun:
             show_progress=self.dist.main and not cfg.quiet)
         self.val = ValStep(module=self.step_module, loader=self.val_loader, criterion=val_criterion, on=self.on,
                            dist=self.dist, note_errors=self.note_errors, num_classes=len(classes))
+        self._add_recipe_parts()  # --teacher, --lr auto, --ema
+
+    def _add_recipe_parts(self) -> None:
+        from cnncli.train.recipe import add_recipe_parts
+
+        add_recipe_parts(self)
 
     def _restore_or_create(self) -> None:
         """A resumed run locks its folder and loads its saved state; a new one claims its run folder (refusing a
@@ -292,6 +304,8 @@ class TrainingRun:
                     cfg.save(folder.path / "args.json")  # the new total: what a later --resume plans over
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
+            if self.average is not None and state.get("ema"):
+                self.average.load_state_dict(state["ema"])
             self.record = RunRecord.from_state(state)
             self.saved_rng = state.get("rng")
             self.say(f"resuming {folder.path} after epoch {self.record.saved_epoch}")
@@ -304,6 +318,10 @@ class TrainingRun:
                 folder.lock, folder.created = run_folder.claim_run_folder(folder.path, cfg.exist_ok)
             folder.claimed = True
             cfg.save(folder.path / "args.json")
+            if self.lr_test is not None:
+                from cnncli.train.lr_find import plot
+
+                plot(self.lr_test, folder.path / "lr_find.png")
 
     def _wrap_for_training(self) -> None:
         from cnncli.data.eval_split import split_record
@@ -328,11 +346,18 @@ class TrainingRun:
         self.summary_base = {"command": cfg.command, "dataset": record["dataset"], "layout": splits.layout,
                              "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
                              "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
-                             "lr": cfg.learning_rate, "augment": cfg.augment, "flip": self.augment.flip,
+                             "lr": cfg.learning_rate, "augment": self.augment.preset, "flip": self.augment.flip,
                              "calibration": calibration_record(splits), "split": record}
+        from cnncli.train.recipe import describe_recipe
+
         self.say(f"{cfg.command} {self.card.arch} on {len(splits.train)} train / {len(splits.val)} val images, "
                  f"{len(self.classes)} classes, trainable {cfg.trainable} ({self.final_params:,} parameters), "
-                 f"device {device}, out {self.folder.path}; {self.augment.describe(self.card.preprocessing)}")
+                 f"device {device}, out {self.folder.path}; {describe_recipe(cfg)}; "
+                 f"{self.augment.describe(self.card.preprocessing)}")
+        if self.lr_test is not None:
+            test = self.lr_test
+            self.say(f"--lr auto: {test.lr:.3g} from an LR range test over {len(test.lrs)} steps ({test.rule}); the "
+                     f"curve: {self.folder.path / 'lr_find.png'}")
         for note in self.resume_notes:
             self.say(note)
 
@@ -366,6 +391,9 @@ class TrainingRun:
         if flag.stop:
             self._interrupted(epoch)
         val = self._validate()
+        kept = self._score_average(val)
+        if kept is not None:
+            val = kept
         if not (math.isfinite(trained.loss) and math.isfinite(val["loss"])):
             self._diverged(f"the {'validation' if math.isfinite(trained.loss) else 'training'} loss became "
                            f"{val['loss'] if math.isfinite(trained.loss) else trained.loss} at epoch {epoch}")
@@ -374,8 +402,24 @@ class TrainingRun:
         row = {"epoch": epoch, "lr": lr, "train_loss": trained.loss,
                "train_acc": trained.acc, "val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"],
                "seconds": round(time.perf_counter() - t0, 2), "train_img_s": trained.seen / max(train_seconds, 1e-9)}
+        if kept is not None:
+            row.update(val["ema_columns"])
         row, score = self._scored_row(row, val)
         return EpochOutcome(row, self.record.add(row, score))
+
+    def _score_average(self, raw: dict) -> dict | None:
+        """With --ema: the EMA weights' scores too, and the better of the two (with the results.csv columns that
+        say which and both accuracies); None without --ema."""
+        if self.average is None:
+            return None
+        from cnncli.train.ema import pick
+
+        averaged = validate(replace(self.val, module=self.average.submodule(self.step_module)))
+        self.kept_weights = pick(raw, averaged, self.cfg.monitor)
+        better = averaged if self.kept_weights == "ema" else raw
+        return dict(better, ema_columns={"kept": self.kept_weights, "val_acc_raw": raw["acc"],
+                                         "val_acc_ema": averaged["acc"], "val_loss_raw": raw["loss"],
+                                         "val_loss_ema": averaged["loss"]})
 
     def _validate(self) -> dict:
         """The validation pass of an epoch (the multi-label run scores mAP and tunes thresholds instead)."""
@@ -415,9 +459,11 @@ class TrainingRun:
                        val_loss=best["val_loss"])
         self.card = model_card_for(self.card, cfg, summary, self.final_params)
         if outcome.improved:
-            save_model(out / "best.safetensors", self.model, self.card)
+            chosen = self.average.module if outcome.row.get("kept") == "ema" else self.model
+            save_model(out / "best.safetensors", chosen, self.card)
         save_model(out / "last.safetensors", self.model, self.card)
-        save_state(self.folder.state_path, epoch, self.model, self.step, record)
+        save_state(self.folder.state_path, epoch, self.model, self.step, record,
+                   ema=self.average.state_dict() if self.average is not None else None)
         write_results_csv(out / "results.csv", record.history)
         record.saved_epoch = epoch
         row = outcome.row
@@ -445,6 +491,8 @@ class TrainingRun:
             if on_epoch_end is not None:
                 on_epoch_end(first - 1, self.model)
             with StopFlag() as flag:
+                if first == 1 and cfg.head_epochs and cfg.trainable != "head":
+                    self._train_head_first(flag)
                 for epoch in range(first, cfg.epochs + 1):
                     outcome = self.run_epoch(epoch, flag)
                     self.save_checkpoint(epoch, outcome)
@@ -469,6 +517,19 @@ class TrainingRun:
             self.release()
         trackers.finish(self.folder.path, "FINISHED")
         return result
+
+    def _train_head_first(self, flag: StopFlag) -> None:
+        from cnncli.train.head_phase import train_head_first
+
+        phase = train_head_first(self, flag)
+        if phase is None:
+            self._interrupted(1)
+        self.say(phase.describe())
+        if self.average is not None:  # the average starts from the trained head
+            from cnncli.train.ema import ModelAverage
+
+            self.average = ModelAverage(self.model, self.cfg.ema_decay)
+            self.step.after_step = self.average.update
 
     def abandon(self) -> None:
         """The run stops with an error: a new run with no saved epoch leaves nothing behind (so the same command

@@ -1,0 +1,234 @@
+"""The training recipe's parts (issue 20): no weight decay on biases and normalisation parameters, --layer-decay,
+--ema (the better of the EMA and the raw weights kept as best), --lr auto (the LR range test), knowledge
+distillation (--teacher), and the head phase on cached features (--head-epochs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_data import write_digits, write_textures
+
+from cnncli.core.errors import UsageError
+from cnncli.train.config import TrainConfig
+from cnncli.train.run import TrainingRun
+
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits"), per_class=10)
+
+
+def config(data: Path, out: Path, **options) -> TrainConfig:
+    base = dict(data=str(data), arch="lenet5", grayscale=True, augment="none", epochs=1, batch_size=BATCH,
+                optimizer="sgd", lr=0.05, momentum=0.0, weight_decay=0.0, schedule="constant", out=str(out),
+                quiet=True, workers=0)
+    return TrainConfig(**(base | options))
+
+
+def groups_by_param(run: TrainingRun) -> dict[str, dict]:
+    """Each parameter's name -> the optimiser group it is in."""
+    group_of = {id(p): g for g in run.step.optimizer.param_groups for p in g["params"]}
+    return {name: group_of[id(p)] for name, p in run.model.named_parameters() if id(p) in group_of}
+
+
+# ---------------------------------------------------------------- weight decay and layer-wise rates
+
+
+def test_biases_and_normalisation_parameters_get_no_weight_decay(digits, tmp_path):
+    """simplecnn has BatchNorm layers: their scales and shifts and every bias are in a weight_decay 0 group, every
+    conv and linear weight at --weight-decay; --decay-norm-bias puts all of them back at --weight-decay."""
+    run = TrainingRun.prepare(config(digits, tmp_path / "a", arch="simplecnn", weight_decay=0.05))
+    try:
+        groups = groups_by_param(run)
+        shapes = {n: p.ndim for n, p in run.model.named_parameters()}
+        assert any("bn" in n or shapes[n] == 1 and not n.endswith(".bias") for n in groups)  # norm parameters exist
+        for name, group in groups.items():
+            expected = 0.0 if shapes[name] <= 1 else 0.05
+            assert group["weight_decay"] == expected, name
+        assert run.step.optimizer.param_groups[0]["name"] == "head"  # the epoch's logged lr is the head's
+    finally:
+        run.abandon()
+    run = TrainingRun.prepare(config(digits, tmp_path / "b", arch="simplecnn", weight_decay=0.05,
+                                     decay_norm_bias=True))
+    try:
+        assert {g["weight_decay"] for g in groups_by_param(run).values()} == {0.05}
+    finally:
+        run.abandon()
+
+
+def test_layer_decay_scales_each_backbone_stage_by_its_depth(digits, tmp_path):
+    """lenet5's stages conv1, conv2, fc1, fc2 and its head: with --layer-decay 0.5 the head trains at lr, fc2 at
+    lr/2, fc1 at lr/4, conv2 at lr/8, conv1 at lr/16 (times --backbone-lr-mult)."""
+    lr = 0.08
+    run = TrainingRun.prepare(config(digits, tmp_path / "a", lr=lr, layer_decay=0.5, backbone_lr_mult=0.5))
+    try:
+        groups = groups_by_param(run)
+        depth = {"conv1": 4, "conv2": 3, "fc1": 2, "fc2": 1}
+        head = set(run.final_plan.head)
+        for name, group in groups.items():
+            if name in head:
+                assert group["lr"] == pytest.approx(lr), name
+            else:
+                stage = name.split(".")[0]
+                assert group["lr"] == pytest.approx(lr * 0.5 * 0.5 ** depth[stage]), name
+        assert len(groups) == sum(1 for _ in run.model.parameters())  # every parameter is trained
+    finally:
+        run.abandon()
+
+
+# ---------------------------------------------------------------- EMA
+
+
+def _ema_run(digits, out, monkeypatch=None, force=None):
+    if force is not None:
+        import cnncli.train.ema as ema
+
+        monkeypatch.setattr(ema, "pick", lambda raw, averaged, monitor: force)
+    run = TrainingRun.prepare(config(digits, out, epochs=2, lr=0.1, ema=True, ema_decay=0.99))
+    seen: dict[int, dict] = {}
+
+    def keep(epoch, model):
+        if epoch:
+            seen[epoch] = {"ema": {k: v.clone() for k, v in run.average.module.state_dict().items()},
+                           "raw": {k: v.clone() for k, v in model.state_dict().items()}}
+
+    run.fit(on_epoch_end=keep)
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return rows, seen
+
+
+def _same(saved: dict, state: dict) -> bool:
+    return all(torch.equal(saved[k], state[k]) for k in saved)
+
+
+def test_ema_weights_differ_from_the_raw_ones_and_best_holds_the_better(digits, tmp_path, monkeypatch):
+    rows, seen = _ema_run(digits, tmp_path / "real")
+    for row in rows:  # both scores recorded, and the kept one is the better by val loss (the monitor)
+        better = "ema" if float(row["val_loss_ema"]) < float(row["val_loss_raw"]) else "raw"
+        assert row["kept"] == better, row
+        assert float(row["val_loss"]) == pytest.approx(float(row[f"val_loss_{better}"]), rel=1e-5)
+        assert {"val_acc_ema", "val_acc_raw"} <= set(row)
+    assert not _same(seen[2]["ema"], seen[2]["raw"])  # the average is not the weights
+
+    # when the EMA is the better, best.safetensors holds its weights, not the raw ones (and the other way round)
+    for force in ("ema", "raw"):
+        rows, seen = _ema_run(digits, tmp_path / force, monkeypatch, force)
+        best_epoch = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"])) + 1
+        best = load_file(str(tmp_path / force / "best.safetensors"))
+        assert _same(best, seen[best_epoch][force]) and not _same(best, seen[best_epoch]["ema" if force == "raw"
+                                                                                         else "raw"])
+        assert {r["kept"] for r in rows} == {force}
+
+
+# ---------------------------------------------------------------- --lr auto
+
+
+def test_lr_auto_picks_a_rate_inside_the_sweep_and_records_it(digits, tmp_path):
+    said: list[str] = []
+    run = TrainingRun.prepare(config(digits, tmp_path / "auto", lr="auto", optimizer="adamw", quiet=False),
+                              log=said.append)
+    start = {k: v.clone() for k, v in run.model.state_dict().items()}
+    test = run.lr_test
+    assert test is not None and len(test.lrs) >= 10
+    assert test.lrs[0] < test.lr < test.lrs[-1]  # inside the sweep, not an end of it
+    assert run.step.optimizer.param_groups[0]["lr"] == pytest.approx(test.lr)
+    assert _same(start, {k: v.clone() for k, v in run.model.state_dict().items()})  # the sweep's steps undone
+    run.fit()
+    args = json.loads((tmp_path / "auto" / "args.json").read_text())
+    assert args["lr"] == pytest.approx(test.lr) and args["lr_find"]["rule"] == test.rule
+    assert args["lr_find"]["sweep"][0] <= args["lr"] <= args["lr_find"]["sweep"][1]
+    assert (tmp_path / "auto" / "lr_find.png").stat().st_size > 1000
+    assert any(f"--lr auto: {test.lr:.3g}" in line and "steepest descent" in line for line in said), said
+
+
+# ---------------------------------------------------------------- distillation
+
+
+@pytest.fixture(scope="module")
+def teacher(digits, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    TrainingRun.prepare(config(digits, out, epochs=4, optimizer="adamw", lr=3e-3)).fit()
+    return out / "best.safetensors"
+
+
+def _kl_to(teacher_model, student, loader) -> float:
+    from cnncli.train.distill import distillation_kl
+
+    student.eval()
+    with torch.no_grad():
+        total = [distillation_kl(student(b.images), teacher_model(b.images), 1.0).item() for b in loader]
+    return sum(total) / len(total)
+
+
+def test_distillation_moves_the_student_toward_the_teacher(digits, teacher, tmp_path):
+    """With --distill-weight 1 the loss is the KL term alone: the student's KL to the teacher on the validation
+    images falls; the teacher ran once per training image over 4 epochs (its logits kept: no augmentation)."""
+    from cnncli.models.checkpoint import load_model
+
+    teacher_model, _ = load_model(teacher)
+    run = TrainingRun.prepare(config(digits, tmp_path / "s", epochs=4, optimizer="adamw", lr=3e-3, teacher=str(teacher),
+                                     distill_weight=1.0, distill_temperature=1.0, seed=1))
+    before = _kl_to(teacher_model, run.model, run.val_loader)
+    run.fit()
+    after = _kl_to(teacher_model, run.model, run.val_loader)
+    assert after < before / 3, (before, after)
+    assert run.step.criterion.teacher_images == len(run.train_ds)
+
+
+def test_a_teacher_with_other_classes_is_refused(digits, tmp_path):
+    other = write_textures(tmp_path / "textures", per_class=4)
+    TrainingRun.prepare(config(other, tmp_path / "t", grayscale=False)).fit()
+    with pytest.raises(UsageError) as err:
+        TrainingRun.prepare(config(digits, tmp_path / "s", teacher=str(tmp_path / "t" / "best.safetensors")))
+    message = str(err.value)
+    assert "predicts 3 classes" in message and "10" in message and message.count(". ") == 0
+    assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------- the head phase and the recipe line
+
+
+def test_head_phase_trains_the_head_alone_on_cached_features_then_the_run_goes_on(digits, teacher, tmp_path):
+    """--head-epochs 5 from a trained LeNet-5 whose head is reset: the head's weights move and the backbone's do
+    not; the probe beats chance on the held-out digits by far; the run's optimiser starts afresh; the first line
+    says the recipe and the log reports the phase before epoch 1."""
+    from types import SimpleNamespace
+
+    from cnncli.models.registry import head_name
+    from cnncli.train.head_phase import train_head_first
+
+    cfg = config(digits, tmp_path / "a", command="finetune", arch=None, weights=str(teacher), head_epochs=5,
+                 optimizer="adamw", lr=1e-2)
+    run = TrainingRun.prepare(cfg)
+    try:
+        run.model.get_submodule(head_name(run.model)).reset_parameters()
+        head = set(run.final_plan.head)
+        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        phase = train_head_first(run, SimpleNamespace(stop=False))
+        moved = {n for n, p in run.model.named_parameters() if not torch.equal(p, before[n])}
+        assert moved == head
+        assert phase.epochs == 5 and phase.val_acc > 0.4, phase  # 10 classes: chance is 0.1
+        assert not run.step.optimizer.state
+    finally:
+        run.abandon()
+    said: list[str] = []
+    run = TrainingRun.prepare(replace_cfg(cfg, out=str(tmp_path / "b"), quiet=False), log=said.append)
+    run.fit()
+    first = next(i for i, line in enumerate(said) if "recipe: " in line)
+    assert "recipe: 5 head epochs on cached features, then 1 epochs of all, adamw lr 0.01" in said[first]
+    phase_line = next(i for i, line in enumerate(said) if line.startswith("head phase: 5 epochs"))
+    assert first < phase_line < next(i for i, line in enumerate(said) if line.startswith("epoch 1/1"))
+
+
+def replace_cfg(cfg: TrainConfig, **changes) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **changes)
