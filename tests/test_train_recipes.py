@@ -232,3 +232,15 @@ def replace_cfg(cfg: TrainConfig, **changes) -> TrainConfig:
     from dataclasses import replace
 
     return replace(cfg, **changes)
+
+
+def test_lr_takes_a_number_or_auto_and_the_teacher_refusal_exits_2(digits, tmp_path, run_cli):
+    result = run_cli("train", digits, "--arch", "lenet5", "--lr", "fast")
+    assert result.code == 2 and "--lr: must be a number > 0 or auto, not 'fast'" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    other = write_digits(tmp_path / "two", per_class=4, classes=2)
+    TrainingRun.prepare(config(other, tmp_path / "t")).fit()
+    result = run_cli("train", digits, "--arch", "lenet5", "--grayscale", "--teacher", tmp_path / "t" /
+                     "best.safetensors", "-o", tmp_path / "s", "-q")
+    assert result.code == 2 and "predicts 2 classes" in result.err, result
+    assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
