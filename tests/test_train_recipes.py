@@ -248,3 +248,15 @@ def test_lr_takes_a_number_or_auto_and_the_teacher_refusal_exits_2(digits, tmp_p
                      "best.safetensors", "-o", tmp_path / "s", "-q")
     assert result.code == 2 and "predicts 2 classes" in result.err, result
     assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_augment_auto_is_the_photo_recipe_for_presumed_photos_and_light_otherwise():
+    from cnncli.models.registry import default_preprocessing
+    from cnncli.train.augment import plan_augmentation
+
+    photos = plan_augmentation("auto", None, "finetune", "default", 3)
+    assert (photos.preset, photos.flip, photos.auto) == ("standard", True, True)
+    assert photos.describe(default_preprocessing("efficientnet_lite0")).startswith("augment auto -> standard")
+    for args in (("train", "none", 3), ("finetune", "default", 1), ("finetune", "runs/x/best.safetensors", 3)):
+        plan = plan_augmentation("auto", None, *args)
+        assert (plan.preset, plan.flip) == ("light", False), args
