@@ -117,15 +117,19 @@ def test_ema_weights_differ_from_the_raw_ones_and_best_holds_the_better(digits, 
         assert float(row["val_loss"]) == pytest.approx(float(row[f"val_loss_{better}"]), rel=1e-5)
         assert {"val_acc_ema", "val_acc_raw"} <= set(row)
     assert not _same(seen[2]["ema"], seen[2]["raw"])  # the average is not the weights
+    _best_holds_the_kept_weights(rows, seen, tmp_path / "real")
 
-    # when the EMA is the better, best.safetensors holds its weights, not the raw ones (and the other way round)
-    for force in ("ema", "raw"):
-        rows, seen = _ema_run(digits, tmp_path / force, monkeypatch, force)
-        best_epoch = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"])) + 1
-        best = load_file(str(tmp_path / force / "best.safetensors"))
-        assert _same(best, seen[best_epoch][force]) and not _same(best, seen[best_epoch]["ema" if force == "raw"
-                                                                                         else "raw"])
-        assert {r["kept"] for r in rows} == {force}
+    # when the EMA is the better (made so here), best.safetensors holds its weights, not the raw ones
+    rows, seen = _ema_run(digits, tmp_path / "ema", monkeypatch, "ema")
+    assert {r["kept"] for r in rows} == {"ema"}
+    _best_holds_the_kept_weights(rows, seen, tmp_path / "ema")
+
+
+def _best_holds_the_kept_weights(rows: list[dict], seen: dict, out: Path) -> None:
+    best_epoch = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"])) + 1
+    kept = rows[best_epoch - 1]["kept"]
+    best = load_file(str(out / "best.safetensors"))
+    assert _same(best, seen[best_epoch][kept]) and not _same(best, seen[best_epoch]["ema" if kept == "raw" else "raw"])
 
 
 # ---------------------------------------------------------------- --lr auto
@@ -232,3 +236,27 @@ def replace_cfg(cfg: TrainConfig, **changes) -> TrainConfig:
     from dataclasses import replace
 
     return replace(cfg, **changes)
+
+
+def test_lr_takes_a_number_or_auto_and_the_teacher_refusal_exits_2(digits, tmp_path, run_cli):
+    result = run_cli("train", digits, "--arch", "lenet5", "--lr", "fast")
+    assert result.code == 2 and "--lr: must be a number > 0 or auto, not 'fast'" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    other = write_digits(tmp_path / "two", per_class=4, classes=2)
+    TrainingRun.prepare(config(other, tmp_path / "t")).fit()
+    result = run_cli("train", digits, "--arch", "lenet5", "--grayscale", "--teacher", tmp_path / "t" /
+                     "best.safetensors", "-o", tmp_path / "s", "-q")
+    assert result.code == 2 and "predicts 2 classes" in result.err, result
+    assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_augment_auto_is_the_photo_recipe_for_presumed_photos_and_light_otherwise():
+    from cnncli.models.registry import default_preprocessing
+    from cnncli.train.augment import plan_augmentation
+
+    photos = plan_augmentation("auto", None, "finetune", "default", 3)
+    assert (photos.preset, photos.flip, photos.auto) == ("standard", True, True)
+    assert photos.describe(default_preprocessing("efficientnet_lite0")).startswith("augment auto -> standard")
+    for args in (("train", "none", 3), ("finetune", "default", 1), ("finetune", "runs/x/best.safetensors", 3)):
+        plan = plan_augmentation("auto", None, *args)
+        assert (plan.preset, plan.flip) == ("light", False), args

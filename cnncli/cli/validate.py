@@ -133,7 +133,7 @@ def learning_rate(value):
     try:
         return POSITIVE_FLOAT(value)
     except typer.BadParameter as exc:
-        raise typer.BadParameter(f"{exc.message} (or auto)") from None
+        raise typer.BadParameter(exc.message.replace(", not ", " or auto, not ", 1)) from None
 
 
 def check_batch_memory(batch_size: int, image_size: int | tuple[int, int], channels: int = 3,

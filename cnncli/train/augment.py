@@ -15,7 +15,7 @@ off unless asked for (``--flip``) or the data are presumed natural photos: ``fin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ class AugmentPlan:
     preset: str
     flip: bool
     flip_reason: str
+    auto: bool = False  # --augment auto chose the preset
 
     def describe(self, pre: Preprocessing) -> str:
         """One sentence for the log line that opens the run."""
@@ -46,6 +47,8 @@ class AugmentPlan:
         else:
             what = (f"augment {self.preset}: random-resized crop down to {CROP_AREA[self.preset]:.0%} of the area, "
                     "colour jitter" + (", TrivialAugment, random erasing" if self.preset == "strong" else ""))
+        if self.auto:
+            what = what.replace("augment ", "augment auto -> ", 1)
         if self.preset == "none":
             return what
         return what + ("; horizontal flip" if self.flip else "; no horizontal flip") + f" ({self.flip_reason})"
@@ -68,7 +71,8 @@ def plan_augmentation(preset: str, flip: bool | None, command: str, weights: str
     """The preset (``auto``: ``standard`` for presumed photos, else ``light``) and the flip decision with its
     reason (see the module docstring)."""
     if preset == "auto":
-        preset = "standard" if presumed_photos(command, weights, channels) else "light"
+        chosen = "standard" if presumed_photos(command, weights, channels) else "light"
+        return replace(plan_augmentation(chosen, flip, command, weights, channels), auto=True)
     if flip is True:
         return AugmentPlan(preset, True, "asked for with --flip")
     if flip is False:

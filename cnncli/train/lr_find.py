@@ -20,7 +20,7 @@ import torch
 
 START, END = 1e-7, 10.0
 MIN_STEPS, MAX_STEPS = 30, 100
-SMOOTHING = 0.98  # the loss EMA's beta
+SMOOTHING = 0.9  # the loss EMA's beta (fastai: 0.98 over 100 steps; these sweeps are 30-100 steps)
 DIVERGED = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
 RULE = "steepest descent of the smoothed loss before its minimum, at most a tenth of the rate at the minimum"
 
