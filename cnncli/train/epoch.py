@@ -85,13 +85,7 @@ def train_epoch(step: TrainStep, epoch: int, flag: StopFlag) -> EpochTotals:
                 step.note_errors(batch.errors)
             if batch.images is None:
                 continue
-            x = batch.images.to(step.on.device, non_blocking=True)
-            y = batch.labels.to(step.on.device, non_blocking=True)
-            if step.on.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = y
-            if step.mixer is not None:
-                x, target = step.mixer(x, y)
+            x, y, target = step_inputs(step, batch)
             with step.on.autocast():
                 logits = step.forward(x)
                 loss = step.criterion(logits.float(), target)
@@ -118,6 +112,19 @@ def train_epoch(step: TrainStep, epoch: int, flag: StopFlag) -> EpochTotals:
             _optimiser_step(step, params)
     loss_sum, correct, seen = step.dist.all_sum([loss_sum, correct, seen])
     return EpochTotals(loss_sum / max(seen, 1), correct / max(seen, 1), seen)
+
+
+def step_inputs(step: TrainStep, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's images and labels on the device (channels_last when asked), and the target the loss sees (the
+    labels, or the soft targets of mixup/cutmix)."""
+    x = batch.images.to(step.on.device, non_blocking=True)
+    y = batch.labels.to(step.on.device, non_blocking=True)
+    if step.on.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if step.mixer is not None:
+        x, target = step.mixer(x, y)
+        return x, y, target
+    return x, y, y
 
 
 def _optimiser_step(step: TrainStep, params: list[torch.Tensor]) -> None:

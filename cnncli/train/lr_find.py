@@ -53,6 +53,7 @@ def choose(lrs: list[float], losses: list[float]) -> float:
 def range_test(step, module: torch.nn.Module, steps: int, bn: str) -> RangeTest:
     """Run the sweep with ``step`` (a :class:`cnncli.train.epoch.TrainStep`: its loader, criterion, mixer and
     device settings; its optimiser's groups give the rate ratios), then restore everything it changed."""
+    from cnncli.train.epoch import step_inputs
     from cnncli.train.policy import set_train_mode
     from cnncli.train.resume import restore_rng, rng_state
 
@@ -73,13 +74,7 @@ def range_test(step, module: torch.nn.Module, steps: int, bn: str) -> RangeTest:
                     continue
                 for g, r in zip(groups, ratios):
                     g["lr"] = lr * r
-                x = batch.images.to(step.on.device)
-                y = batch.labels.to(step.on.device)
-                if step.on.channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                target = y
-                if step.mixer is not None:
-                    x, target = step.mixer(x, y)
+                x, _, target = step_inputs(step, batch)
                 with step.on.autocast():
                     loss = step.criterion(module(x).float(), target)
                 step.optimizer.zero_grad(set_to_none=True)
