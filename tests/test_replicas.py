@@ -157,3 +157,15 @@ def test_the_better_pipeline_is_the_faster_or_on_a_tie_the_cheaper(replicas, dec
     figures = {"replicas": {"img_s": replicas[0], "cpu_ms": replicas[1]},
                "decoders": {"img_s": decoders[0], "cpu_ms": decoders[1]}}
     assert pipeline_module.better(figures) == best
+
+
+def test_predict_verbose_says_which_pipeline_ran_and_a_bad_one_is_refused(run_cli, tiny_model_file, folder,
+                                                                          fresh_figures):
+    args = ["predict", folder, "--model", tiny_model_file, "-f", "json", "--device", "cpu", "--batch-size", "2"]
+    result = run_cli(*args, "--verbose", "--pipeline", "decoders")
+    assert result.code == 1  # the bad file
+    assert "pipeline: decoders (CNNCLI_PIPELINE/--pipeline decoders)" in result.err
+    assert "engine: onnxruntime" in result.err
+    assert "pipeline:" not in run_cli(*args).err  # only with --verbose
+    result = run_cli(*args, "--pipeline", "fastest")
+    assert result.code == 2 and result.err.strip().count("\n") == 0 and "--pipeline 'fastest'" in result.err
