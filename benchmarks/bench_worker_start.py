@@ -89,8 +89,8 @@ def main() -> None:
                 steps = list(runs[0])
                 med = {s: statistics.median(r[s] for r in runs) for s in steps}
                 deltas = [med[steps[0]]] + [med[b] - med[a] for a, b in zip(steps, steps[1:])]
-                rows.append([mode, role, *(f"{d:.3f}" for d in deltas),
-                             f"{med['session']:.3f}", f"{(med['batch 2'] - med['batch 1']) / args.batch_size * 1e3:.2f}"])
+                steady_ms = (med["batch 2"] - med["batch 1"]) / args.batch_size * 1e3
+                rows.append([mode, role, *(f"{d:.3f}" for d in deltas), f"{med['session']:.3f}", f"{steady_ms:.2f}"])
     print_table(f"Worker CPU seconds per step, median of {args.runs} ({machine_line()}, load "
                 f"{os.getloadavg()[0]:.1f}); batch {args.batch_size}, {Path(model).name}",
                 ["bytecode", "worker", "interpreter", "main module", "imports", "session / card", "batch 1",
