@@ -149,6 +149,11 @@ def test_small_jobs_keep_the_rule_without_a_probe(tiny_model_file, folder, fresh
     assert (choice.pipeline, choice.source) == ("decoders", "rule")
 
 
+@pytest.mark.parametrize(("images", "batches"), [(256, 3), (512, 3), (1280, 6), (1600, 8), (100_000, 8)])
+def test_the_probe_grows_with_the_job_within_bounds(images, batches):
+    assert pipeline_module.probe_batches(images, 32) == batches
+
+
 @pytest.mark.parametrize(("replicas", "decoders", "best"), [
     ((100, 20), (150, 13), "decoders"), ((150, 20), (100, 13), "replicas"), ((100, 20), (101, 13), "decoders"),
     ((101, 13), (100, 20), "replicas"),

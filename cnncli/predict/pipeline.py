@@ -6,12 +6,16 @@ each process decodes and runs its own batches on a single-threaded copy of the e
 depends on the CPU: on one 2-core EPYC replicas cost 40% more CPU per image, on another they were the faster one.
 
 ``auto`` (the default): a job of :data:`PROBE_MIN_BATCHES` batches or more on an engine that replicates runs its
-first batches as a probe, :data:`PROBE_BATCHES` with each pipeline (their results are the job's results, in order),
+first batches as a probe, 3 to 8 with each pipeline (:func:`probe_batches`; their results are the job's, in order),
 measures wall img/s and CPU ms per image (this process and its children, ``os.times``), keeps the better pipeline
 for the rest of the job and writes the figures to ``<cache>/pipelines.json``, keyed by the CPU model, the usable
 cores, the engine, the model file's sha256, its input size and the batch size, so later jobs on this machine skip
 the probe. Smaller jobs, and any failure of the probe's bookkeeping, keep the rule of before: replicas for two
 batches or more. ``CNNCLI_PIPELINE`` (or ``--pipeline``) ``replicas`` or ``decoders`` forces one.
+
+Each candidate's figures are for its whole segment, its pool's start-up included (what a job pays): on a short probe
+that weighs against the pipeline with more worker processes to start (the decoders, at 2 cores), more so where no
+bytecode is cached (benchmarks/README.md, issue 24).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from cnncli.data.inputs import InputItem
 PIPELINE_ENV = "CNNCLI_PIPELINE"
 PIPELINES = ("auto", "replicas", "decoders")
 PROBE_MIN_BATCHES = 8  # a job this large repays a probe (and two extra pool start-ups) the first time
-PROBE_BATCHES = 3  # batches each candidate runs in the probe
+PROBE_BATCHES = 3  # batches each candidate runs in the probe, at least...
+PROBE_SHARE = 6  # ...and up to a sixth of the job each (at most PROBE_MAX_BATCHES): the pools' start-up, which
+PROBE_MAX_BATCHES = 8  # the probe's figures include, then weighs less
 FIGURES_FILE = "pipelines.json"
 FIGURES_FORMAT = 1
 CLOSE = 0.02  # img/s within 2%: the pipeline with less CPU per image wins
@@ -110,6 +116,11 @@ def better(figures: dict[str, dict]) -> str:
     return "replicas" if r["img_s"] > d["img_s"] else "decoders"
 
 
+def probe_batches(n_items: int, batch_size: int) -> int:
+    """How many batches each pipeline runs in the probe of a job of ``n_items``."""
+    return min(PROBE_MAX_BATCHES, max(PROBE_BATCHES, -(-n_items // batch_size) // PROBE_SHARE))
+
+
 def run_pipeline(name: str, engine, items: list[InputItem], batch_size: int, workers: int | None) -> Iterator:
     """:class:`~cnncli.predict.replicas.ScoredBatch` es for ``items`` from pipeline ``name``, in order."""
     from cnncli.predict.decode import decoded_batches
@@ -178,7 +189,8 @@ def _probed(engine, items, batch_size, workers, rule: str, on_choice) -> Iterato
         yield from run_pipeline(choice.pipeline, engine, items, batch_size, workers)
         return
     figures: dict[str, dict] = {}
-    step = PROBE_BATCHES * batch_size  # whole batches, so the job's batches are the same whichever pipeline runs
+    # whole batches, so the job's batches are the same whichever pipeline runs
+    step = probe_batches(len(items), batch_size) * batch_size
     yield from _measured("decoders", engine, items[:step], batch_size, workers, figures)
     yield from _measured("replicas", engine, items[step : 2 * step], batch_size, workers, figures)
     choice = PipelineChoice(better(figures), "probe", figures=figures)
