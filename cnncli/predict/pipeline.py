@@ -7,15 +7,16 @@ depends on the CPU: on one 2-core EPYC replicas cost 40% more CPU per image, on 
 
 ``auto`` (the default): a job of :data:`PROBE_MIN_BATCHES` batches or more on an engine that replicates runs its
 first batches as a probe, 3 to 8 with each pipeline (:func:`probe_batches`; their results are the job's, in order),
-measures wall img/s and CPU ms per image (this process and its children, ``os.times``), keeps the better pipeline
-for the rest of the job and writes the figures to ``<cache>/pipelines.json``, keyed by the CPU model, the usable
-cores, the engine, the model file's sha256, its input size and the batch size, so later jobs on this machine skip
-the probe. Smaller jobs, and any failure of the probe's bookkeeping, keep the rule of before: replicas for two
-batches or more. ``CNNCLI_PIPELINE`` (or ``--pipeline``) ``replicas`` or ``decoders`` forces one.
+measures img/s (from its first batch out) and CPU ms per image (this process and its children, ``os.times``),
+keeps the better pipeline for the rest of the job and writes the figures to ``<cache>/pipelines.json``, keyed by
+the CPU model, the usable cores, the engine, the model file's sha256, its input size and the batch size, so later
+jobs on this machine skip the probe. Smaller jobs, and any failure of the probe's bookkeeping, keep the rule of
+before: replicas for two batches or more. ``CNNCLI_PIPELINE`` (or ``--pipeline``) replicas or decoders forces one.
 
-Each candidate's figures are for its whole segment, its pool's start-up included (what a job pays): on a short probe
-that weighs against the pipeline with more worker processes to start (the decoders, at 2 cores), more so where no
-bytecode is cached (benchmarks/README.md, issue 24).
+A candidate's img/s leaves out the latency of its pool's start (the replicas' parent works meanwhile, the decoders'
+engine waits; a few tenths of a second, a large share of a 3-batch probe); its CPU per image counts the start-up
+(children are counted once joined), which weighs against the pipeline with more worker processes to start (the
+decoders, at 2 cores), more so where no bytecode is cached (benchmarks/README.md, issue 24); CPU only breaks ties.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ PROBE_BATCHES = 3  # batches each candidate runs in the probe, at least...
 PROBE_SHARE = 6  # ...and up to a sixth of the job each (at most PROBE_MAX_BATCHES): the pools' start-up, which
 PROBE_MAX_BATCHES = 8  # the probe's figures include, then weighs less
 FIGURES_FILE = "pipelines.json"
-FIGURES_FORMAT = 1
+FIGURES_FORMAT = 2  # 2: img/s from the first batch out
 CLOSE = 0.02  # img/s within 2%: the pipeline with less CPU per image wins
 
 
@@ -136,13 +137,22 @@ def run_pipeline(name: str, engine, items: list[InputItem], batch_size: int, wor
 
 
 def _measured(name: str, engine, items, batch_size, workers, figures: dict) -> Iterator:
-    """Run pipeline ``name`` over ``items`` (its pool started and joined inside), recording its figures."""
-    cpu, start, images = cpu_seconds(), time.perf_counter(), 0
+    """Run pipeline ``name`` over ``items`` (its pool started and joined inside), recording its figures: img/s
+    from its first batch out to its last (steady state: the pool's start-up latency left out, which would favour
+    replicas, whose parent works while its workers start), the seconds to that first batch, and CPU ms per image
+    over the whole segment (start-up included: the children's CPU is counted once they are joined)."""
+    cpu, start, images, first, after_first = cpu_seconds(), time.perf_counter(), 0, None, 0
     for batch in run_pipeline(name, engine, items, batch_size, workers):
         images += len(batch.paths)
+        if first is None:
+            first = time.perf_counter()
+        else:
+            after_first += len(batch.paths)
         yield batch
-    wall, used = time.perf_counter() - start, cpu_seconds() - cpu
-    figures[name] = {"img_s": round(images / wall, 2), "cpu_ms": round(used / images * 1e3, 3), "images": images}
+    end, used = time.perf_counter(), cpu_seconds() - cpu
+    steady = after_first / (end - first) if after_first and end > first else images / (end - start)
+    figures[name] = {"img_s": round(steady, 2), "cpu_ms": round(used / images * 1e3, 3), "images": images,
+                     "first_batch_s": round((first or end) - start, 3)}
 
 
 def pipeline_batches(engine, items: list[InputItem], batch_size: int = 32, workers: int | None = None,
