@@ -6,9 +6,10 @@
    sched_setaffinity, like `taskset`; engine threads = cores): the decode cost (core-seconds per image: read,
    decode, resize, crop, normalise, in one process), the engine's pure forward img/s at --batch-size, the cap
    ``cores / (decode core-s per image + cores / forward img/s)``, and `predict` over a folder of JPEGs with
-   the default pipeline (replicas: each worker decodes and runs its own batches) and with the pipeline before
-   issue 15 (decoder processes feeding one multi-threaded engine), each as img/s, CPU ms per image (this
-   process and its children, user+sys, worker start included) and the ratio to the cap.
+   each pipeline forced (replicas: each worker decodes and runs its own batches; decoders: decoder processes
+   feeding one multi-threaded engine) and with the default, auto (issue 24: a probe on the first job's first
+   batches picks one and keeps the figures; the next job uses them), each as img/s, CPU ms per image (this
+   process and its children, user+sys, worker start included) and the ratio to the cap; then auto's choices.
 
     uv run python benchmarks/bench_predict.py [--images 512] [--batch-size 32] [--cores 1,2] [--runs 5]
 """
@@ -54,24 +55,19 @@ def decode_core_seconds(paths: list[Path], pre) -> float:
     return (time.process_time() - start) / len(paths)
 
 
-def folder_run(engine, folder: Path, batch_size: int, replicas: bool) -> tuple[float, float, int]:
-    """(img/s, CPU ms per image, images done) for predict over ``folder``; ``replicas`` False forces the decoder
-    pipeline of before issue 15."""
-    import cnncli.predict.replicas
+def folder_run(engine, folder: Path, batch_size: int, pipeline: str) -> tuple[float, float, int, str]:
+    """(img/s, CPU ms per image, images done, the choice) for predict over ``folder`` with ``pipeline`` (replicas,
+    decoders, or auto: chosen by the probe, or by the figures a probe kept)."""
     from cnncli.data.inputs import collect_inputs
     from cnncli.predict.run import predict_items
 
     items = collect_inputs([str(folder)])
-    saved = cnncli.predict.replicas.replicable
-    if not replicas:
-        cnncli.predict.replicas.replicable = lambda engine: False
-    try:
-        cpu, start = cpu_seconds(), time.perf_counter()
-        done = sum(1 for p in predict_items(engine, items, k=5, batch_size=batch_size) if p.ok)
-        wall = time.perf_counter() - start
-    finally:
-        cnncli.predict.replicas.replicable = saved
-    return done / wall, (cpu_seconds() - cpu) / done * 1e3, done
+    choices = []
+    cpu, start = cpu_seconds(), time.perf_counter()
+    done = sum(1 for p in predict_items(engine, items, k=5, batch_size=batch_size, pipeline=pipeline,
+                                        on_choice=choices.append) if p.ok)
+    wall = time.perf_counter() - start
+    return done / wall, (cpu_seconds() - cpu) / done * 1e3, done, choices[0].describe() if choices else ""
 
 
 def cold_cpu(cmd: list[str], runs: int) -> float:
@@ -127,7 +123,7 @@ def main() -> None:
         from cnncli.data.images import load_and_preprocess
 
         batch = np.stack([load_and_preprocess(p, pre) for p in paths[: args.batch_size]])
-        rows = []
+        rows, choices = [], []
         for cores in counts:
             if cores > len(all_cores):
                 print(f"(skipping {cores} cores: this machine has {len(all_cores)})")
@@ -143,17 +139,22 @@ def main() -> None:
             for label, engine in engines:
                 fwd = forward_throughput(engine, batch, args.forward_seconds)
                 cap = cores / (decode + cores / fwd)
-                pipelines = [("replicas", True), ("decoders + engine threads", False)] if label != "torch" else \
-                    [("decoders + engine threads", False)]
-                for pipeline, replicas in pipelines:
-                    ips, cpu_ms, done = folder_run(engine, folder, args.batch_size, replicas)
-                    rows.append([cores, label, pipeline, f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}",
+                pipelines = [("replicas", "replicas"), ("decoders + engine threads", "decoders"),
+                             ("auto, first job (probe)", "auto"), ("auto, next job (kept figures)", "auto")] \
+                    if label != "torch" else [("decoders + engine threads", "decoders")]
+                for shown, pipeline in pipelines:
+                    ips, cpu_ms, done, choice = folder_run(engine, folder, args.batch_size, pipeline)
+                    if pipeline == "auto":
+                        choices.append(f"{cores} cores, {shown}: {choice}")
+                    rows.append([cores, label, shown, f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}",
                                  f"{ips:.1f}", f"{cpu_ms:.2f}", f"{ips / cap:.2f}"])
         os.sched_setaffinity(0, all_cores)
         print_table(f"Folder of {args.images} JPEGs (500x375), default model (efficientnet_lite0, fp32), batch "
                     f"{args.batch_size}; cap = cores / (decode core-s per image + cores / forward img/s)",
                     ["cores", "engine", "pipeline", "decode ms/img", "forward img/s", "cap img/s", "predict img/s",
                      "CPU ms/img", "predict / cap"], rows)
+        for line in choices:
+            print(line)
         print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (figures are only meaningful on a quiet machine)")
 
 

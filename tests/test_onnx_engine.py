@@ -47,7 +47,7 @@ def test_onnx_predict_path_leaves_torch_out(setup):
         "'-f', 'json', '--device', 'cpu'])\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm', 'openvino'))\n"
         "print(json.dumps(heavy))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

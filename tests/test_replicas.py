@@ -1,7 +1,8 @@
 """Data-parallel predict (issue 15 item 1): replicas of the CPU engine, each decoding and running its own batches,
 give bit-identical probabilities to the engine in this process, in input order, with bad images reported and the
 rest classified; the split of cores between replicas and threads. New in issue 15 (the old main had only decoder
-processes feeding one engine)."""
+processes feeding one engine). Issue 24: the pipeline chosen by measurement (forced either way, or auto with its
+probe and the figures kept per machine) gives the same probabilities, bit for bit."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from cnncli.data.inputs import collect_inputs
 from cnncli.engines.base import open_engine
+from cnncli.predict import pipeline as pipeline_module
 from cnncli.predict.replicas import replica_plan, replicable
 from cnncli.predict.run import predict_items
 
@@ -69,3 +71,106 @@ def test_workers_that_cannot_start_leave_the_work_to_this_process(tiny_model_fil
     there = list(predict_items(Unstartable(), items, k=3, batch_size=4, workers=2))
     assert [p.top for p in there] == [p.top for p in here]
     assert "worker processes stopped" in capsys.readouterr().err
+
+
+def _run(engine, items, batch_size, pipeline=None, workers=None):
+    choices = []
+    preds = list(predict_items(engine, items, k=3, batch_size=batch_size, workers=workers, pipeline=pipeline,
+                               on_choice=choices.append))
+    return preds, (choices[0] if choices else None)
+
+
+@pytest.fixture()
+def fresh_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(pipeline_module.PIPELINE_ENV, raising=False)
+    return tmp_path / "cache" / pipeline_module.FIGURES_FILE
+
+
+def test_every_pipeline_choice_gives_the_same_probabilities(tiny_model_file, folder, fresh_figures):
+    engine = open_engine(str(tiny_model_file), device="cpu", threads=2)
+    items = collect_inputs([str(folder)])
+    batch = 2  # 12 batches: a job large enough for the probe (3 batches each pipeline, then the rest)
+    assert -(-len(items) // batch) >= pipeline_module.PROBE_MIN_BATCHES
+    here, _ = _run(engine, items, batch, workers=0)
+    assert len({p.top[0]["prob"] for p in here if p.ok}) > 5  # distinct images, distinct probabilities
+    runs = {}
+    for pipeline in ("replicas", "decoders", "auto", "auto"):
+        preds, choice = _run(engine, items, batch, pipeline)
+        runs.setdefault(pipeline, []).append(choice)
+        assert [p.path for p in preds] == [it.path for it in items]
+        assert [p.top for p in preds] == [p.top for p in here], pipeline  # identical floats, every image
+        assert [p.error is None for p in preds] == [p.error is None for p in here]
+    assert [c.pipeline for c in runs["replicas"] + runs["decoders"]] == ["replicas", "decoders"]
+    assert {c.source for c in runs["replicas"] + runs["decoders"]} == {"forced"}
+    probed, cached = runs["auto"]
+    assert probed.source == "probe" and set(probed.figures) == {"replicas", "decoders"}
+    for figures in probed.figures.values():
+        assert figures["images"] == 3 * batch and figures["img_s"] > 0 and figures["cpu_ms"] > 0
+    assert probed.pipeline == pipeline_module.better(probed.figures)
+    assert fresh_figures.is_file()  # kept for this machine: the second job skips the probe
+    assert cached.source == "cached" and cached.pipeline == probed.pipeline and cached.figures == probed.figures
+    assert "pipeline: " + probed.pipeline in cached.describe() and "img/s" in cached.describe()
+
+
+def test_the_environment_forces_a_pipeline(tiny_model_file, folder, fresh_figures, monkeypatch):
+    engine = open_engine(str(tiny_model_file), device="cpu", threads=2)
+    items = collect_inputs([str(folder)])
+    monkeypatch.setenv(pipeline_module.PIPELINE_ENV, "decoders")
+    _, choice = _run(engine, items, 2)
+    assert (choice.pipeline, choice.source) == ("decoders", "forced") and not fresh_figures.exists()
+    monkeypatch.setenv(pipeline_module.PIPELINE_ENV, "fastest")
+    from cnncli.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="CNNCLI_PIPELINE 'fastest'"):
+        _run(engine, items, 2)
+
+
+def test_a_probe_that_cannot_run_falls_back_to_the_rule(tiny_model_file, folder, fresh_figures, monkeypatch):
+    engine = open_engine(str(tiny_model_file), device="cpu", threads=2)
+    items = collect_inputs([str(folder)])
+    here, _ = _run(engine, items, 2, workers=0)
+
+    def broken(*args):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(pipeline_module, "machine_key", broken)
+    preds, choice = _run(engine, items, 2)
+    assert (choice.pipeline, choice.source) == ("replicas", "rule") and "no /proc here" in choice.reason
+    assert [p.top for p in preds] == [p.top for p in here]
+
+
+def test_small_jobs_keep_the_rule_without_a_probe(tiny_model_file, folder, fresh_figures):
+    engine = open_engine(str(tiny_model_file), device="cpu", threads=2)
+    items = collect_inputs([str(folder)])
+    _, choice = _run(engine, items, 4)  # 6 batches
+    assert (choice.pipeline, choice.source) == ("replicas", "rule") and not fresh_figures.exists()
+    _, choice = _run(engine, items[:3], 4)  # one batch
+    assert (choice.pipeline, choice.source) == ("decoders", "rule")
+
+
+@pytest.mark.parametrize(("images", "batches"), [(256, 3), (512, 3), (1280, 6), (1600, 8), (100_000, 8)])
+def test_the_probe_grows_with_the_job_within_bounds(images, batches):
+    assert pipeline_module.probe_batches(images, 32) == batches
+
+
+@pytest.mark.parametrize(("replicas", "decoders", "best"), [
+    ((100, 20), (150, 13), "decoders"), ((150, 20), (100, 13), "replicas"), ((100, 20), (101, 13), "decoders"),
+    ((101, 13), (100, 20), "replicas"),
+])
+def test_the_better_pipeline_is_the_faster_or_on_a_tie_the_cheaper(replicas, decoders, best):
+    figures = {"replicas": {"img_s": replicas[0], "cpu_ms": replicas[1]},
+               "decoders": {"img_s": decoders[0], "cpu_ms": decoders[1]}}
+    assert pipeline_module.better(figures) == best
+
+
+def test_predict_verbose_says_which_pipeline_ran_and_a_bad_one_is_refused(run_cli, tiny_model_file, folder,
+                                                                          fresh_figures):
+    args = ["predict", folder, "--model", tiny_model_file, "-f", "json", "--device", "cpu", "--batch-size", "2"]
+    result = run_cli(*args, "--verbose", "--pipeline", "decoders")
+    assert result.code == 1  # the bad file
+    assert "pipeline: decoders (CNNCLI_PIPELINE/--pipeline decoders)" in result.err
+    assert "engine: onnxruntime" in result.err
+    assert "pipeline:" not in run_cli(*args).err  # only with --verbose
+    result = run_cli(*args, "--pipeline", "fastest")
+    assert result.code == 2 and result.err.strip().count("\n") == 0 and "--pipeline 'fastest'" in result.err

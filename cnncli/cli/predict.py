@@ -75,6 +75,11 @@ def register(app: typer.Typer) -> None:
         threshold: float | None = typer.Option(None, "--threshold", parser=v.UNIT_INTERVAL, metavar="P",
                                                help="Multi-label models: report the classes with probability >= P "
                                                     "(default: the per-class thresholds tuned on val, in the card)."),
+        pipeline: str | None = typer.Option(None, "--pipeline", metavar=choices("auto", "replicas", "decoders"),
+                                            help="replicas: each worker decodes and runs its own copy of the engine; "
+                                                 "decoders: worker processes decode for one engine here; auto "
+                                                 "(default, or CNNCLI_PIPELINE): measured once per machine."),
+        verbose: bool = typer.Option(False, "--verbose", help="Say which pipeline and engine ran, and why."),
         resume: bool = typer.Option(False, "--resume",
                                     help="Continue a --format parquet job in --output, skipping its finished parts "
                                          "(also automatic when the folder's manifest matches)."),
@@ -109,16 +114,29 @@ def register(app: typer.Typer) -> None:
 
         if output is not None:  # at scale, cnncli.scale.destinations.check_output does this (URIs too)
             check_output_location(output, "--output")
+        from cnncli.predict.pipeline import requested_pipeline
+
+        requested_pipeline(pipeline)  # a bad --pipeline or CNNCLI_PIPELINE is refused before the model loads
         items = collect_inputs(specs, recursive=recursive)
         engine = open_engines(model or [None], device=device, weights=weights, threads=threads, tta=tta,
-                              engine=engine_name, precision=precision, calib=str(calib) if calib else None)
+                              engine=engine_name, precision=precision, calib=str(calib) if calib else None,
+                              job_images=len(items))
         from cnncli.predict.multilabel import check_threshold_option
 
         check_threshold_option(engine.card, threshold, (model or ["the default model"])[0])
         pre = engine.card.preprocessing
         n_workers = default_workers() if workers is None else workers
         v.check_batch_memory(batch_size, pre.input_size, pre.channels, in_flight=n_workers + PREFETCH_BATCHES + 2)
-        predictions = predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers, threshold=threshold)
+        on_choice = None
+        if verbose:
+            from cnncli.core.console import info
+
+            info(f"engine: {engine.name}.")
+
+            def on_choice(choice):
+                info(choice.describe())
+        predictions = predict_items(engine, items, k=top_k, batch_size=batch_size, workers=workers, threshold=threshold,
+                                    pipeline=pipeline, on_choice=on_choice)
         result = run_predict_job(predictions, total=len(items), fmt=fmt, top_k=top_k, output=output,
                                  summary_only=summary_only, root=common_root(specs), multilabel=engine.card.multilabel)
         code = result.report()

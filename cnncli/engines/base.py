@@ -49,9 +49,9 @@ def ort_has_cuda() -> bool:
 
 def choose_engine(engine: str, device: str, precision: str = "fp32") -> str:
     """``auto``: onnxruntime on CPU (from the cached export), PyTorch on a CUDA GPU unless onnxruntime has CUDA;
-    OpenVINO for ``--precision bf16``. auto does not pick OpenVINO for fp32: importing it costs 0.3-0.6 s, which
-    would break the one-image cold start (< 0.5 s), and its fp32 gain over onnxruntime was not measured reliably
-    on a quiet machine in this version (benchmarks/README.md, bench_engines.py)."""
+    OpenVINO for ``--precision bf16``. For fp32, :func:`open_engine` moves a large job from onnxruntime to OpenVINO
+    where it is installed, exact and faster (:mod:`cnncli.engines.openvino_choice`); a small one never imports it
+    (0.3-0.6 s, which would break the one-image cold start)."""
     from cnncli.core.devices import parse_device
     from cnncli.core.errors import UsageError
 
@@ -72,7 +72,7 @@ def choose_engine(engine: str, device: str, precision: str = "fp32") -> str:
 
 def open_engine(model: str | None, device: str = "auto", weights: str | None = None,
                 threads: int | None = None, engine: str = "auto", precision: str = "fp32",
-                calib: str | None = None) -> Engine:
+                calib: str | None = None, job_images: int | None = None) -> Engine:
     """The engine for ``model``: an exported ``.onnx`` file (onnxruntime, no torch), a registry name
     (pretrained weights), a cnncli .safetensors file, or None for the default model.
 
@@ -81,7 +81,8 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
     static-int8 export calibrated on ``calib`` (a folder of images) or, without it, on the calibration set that
     train/finetune recorded in the model file. ``engine`` openvino compiles the same cached export with OpenVINO
     (:mod:`cnncli.engines.openvino_engine`): f32, bf16 with ``precision`` bf16, or the static-int8 export. ``threads``
-    sets intra-op threads.
+    sets intra-op threads. ``job_images``: how many images the engine is for; with ``engine`` auto, fp32, on the
+    CPU, a job large enough runs on OpenVINO where :func:`cnncli.engines.openvino_choice.openvino_pays`.
     """
     from cnncli.core.errors import ModelFileError, UsageError
 
@@ -90,7 +91,8 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
             raise UsageError(f"--weights does not apply to an ONNX file ({model}); its weights are inside it.")
         if engine == "torch":
             raise UsageError(f"{model} is an ONNX file: it runs on onnxruntime or OpenVINO, not --engine torch.")
-        if choose_engine(engine, device, precision) == "openvino":
+        if choose_engine(engine, device, precision) == "openvino" or \
+                _auto_openvino(model, engine, device, precision, job_images, threads):
             return _openvino(model, device, threads, "bf16" if precision == "bf16" else "fp32")
         from cnncli.engines.onnx_engine import OnnxEngine
 
@@ -121,6 +123,8 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
         from cnncli.engines.onnx_engine import OnnxEngine
 
         path = prepare_cached_onnx(model, weights, precision=precision, calib_images=calib_images)
+        if path is not None and _auto_openvino(path, engine, device, precision, job_images, threads):
+            return _openvino(path, device, threads, precision)
         if path is not None:
             try:
                 return OnnxEngine(path, device=device, threads=threads, allow_spinning=False, verbose=False)
@@ -139,6 +143,20 @@ def open_engine(model: str | None, device: str = "auto", weights: str | None = N
     return TorchEngine.from_spec(model, device=device, weights=weights)
 
 
+def _auto_openvino(path, engine: str, device: str, precision: str, job_images: int | None,
+                   threads: int | None) -> bool:
+    """``--engine auto``, fp32, on the CPU, for a job large enough: whether OpenVINO runs it (checked, cached)."""
+    if engine != "auto" or precision != "fp32" or not job_images:
+        return False
+    from cnncli.core.devices import parse_device
+    from cnncli.engines.openvino_choice import OPENVINO_MIN_IMAGES, openvino_pays
+
+    if job_images < OPENVINO_MIN_IMAGES or parse_device(device) not in ("auto", "cpu") or \
+            (parse_device(device) == "auto" and gpu_present()):
+        return False
+    return openvino_pays(path, job_images, threads)
+
+
 def _openvino(path, device: str, threads: int | None, precision: str) -> Engine:
     from cnncli.core.devices import parse_device
     from cnncli.core.errors import UsageError
@@ -151,12 +169,12 @@ def _openvino(path, device: str, threads: int | None, precision: str) -> Engine:
 
 def open_engines(models: Sequence[str | None], device: str = "auto", weights: str | None = None,
                  threads: int | None = None, tta: bool = False, engine: str = "auto", precision: str = "fp32",
-                 calib: str | None = None) -> Engine:
+                 calib: str | None = None, job_images: int | None = None) -> Engine:
     """One engine for one or several model specs (several: their averaged ensemble), with flip TTA if asked."""
     from cnncli.engines.ensemble import EnsembleEngine, FlipTTAEngine
 
     specs = list(models) or [None]
     engines = [open_engine(m, device=device, weights=weights, threads=threads, engine=engine, precision=precision,
-                           calib=calib) for m in specs]
+                           calib=calib, job_images=job_images) for m in specs]
     engine = engines[0] if len(engines) == 1 else EnsembleEngine(engines, names=[m or "default" for m in specs])
     return FlipTTAEngine(engine) if tta else engine

@@ -99,7 +99,13 @@ def scored_batches(engine, items: list[InputItem], batch_size: int = 32, workers
     replicas, per = replica_plan(workers, threads)
     replicas = max(1, min(replicas, len(jobs)))
     recipe = engine.replica_recipe()
-    local = engine if getattr(engine, "threads", None) == per else open_recipe(recipe, per)
+    opened: list = [engine] if getattr(engine, "threads", None) == per else []
+
+    def local():  # this process's replica, opened once the workers' start is under way (they start meanwhile)
+        if not opened:
+            opened.append(open_recipe(recipe, per))
+        return opened[0]
+
     pool = None
     if replicas > 1:
         pool = ProcessPoolExecutor(max_workers=replicas - 1, mp_context=mp.get_context("spawn"),
@@ -115,7 +121,7 @@ def scored_batches(engine, items: list[InputItem], batch_size: int = 32, workers
             index, head = pending[0] if pending else (None, None)
             ready = head is not None and (not isinstance(head, Future) or head.done())
             if not ready and next_job < len(jobs):  # work instead of waiting
-                pending.append((next_job, _score(*jobs[next_job], engine=local)))
+                pending.append((next_job, _score(*jobs[next_job], engine=local())))
                 next_job += 1
                 continue
             pending.popleft()
@@ -128,7 +134,7 @@ def scored_batches(engine, items: list[InputItem], batch_size: int = 32, workers
 
                         warn("the predict worker processes stopped; running the remaining images in this process.")
                     broken = True
-                    head = _score(*jobs[index], engine=local)
+                    head = _score(*jobs[index], engine=local())
             yield head
     finally:
         if pool is not None:

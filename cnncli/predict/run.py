@@ -9,7 +9,6 @@ import numpy as np
 
 from cnncli.data.inputs import InputItem
 from cnncli.engines.base import Engine
-from cnncli.predict.decode import decoded_batches
 
 
 @dataclass
@@ -54,16 +53,19 @@ def predict_items(
     workers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     threshold: float | None = None,
+    pipeline: str | None = None,
+    on_choice: Callable | None = None,
 ) -> Iterator[Prediction]:
     """Predict every item, yielding results in input order as soon as each batch is done. On CPU engines that
     replicate (onnxruntime, OpenVINO), worker processes each decode and run their own batches
-    (:mod:`cnncli.predict.replicas`); otherwise decoder processes feed the engine in this process. A multi-label
+    (:mod:`cnncli.predict.replicas`) or decoder processes feed the engine in this process, whichever this machine
+    runs faster (:mod:`cnncli.predict.pipeline`; ``pipeline`` forces one, ``on_choice`` is told). A multi-label
     model's predictions also get ``labels`` (:mod:`cnncli.predict.multilabel`; ``threshold`` overrides the card's)."""
     from cnncli.predict.multilabel import label_picker
 
     classes = engine.card.classes
     pick = label_picker(engine.card, threshold)
-    for batch in probability_batches(engine, items, batch_size, workers):
+    for batch in probability_batches(engine, items, batch_size, workers, pipeline, on_choice):
         probs = batch.probs
         row = 0
         for path, ok in zip(batch.paths, batch.ok):
@@ -77,15 +79,12 @@ def predict_items(
 
 
 def probability_batches(engine: Engine, items: list[InputItem], batch_size: int = 32,
-                        workers: int | None = None) -> Iterator:
-    """Probabilities (:class:`cnncli.predict.replicas.ScoredBatch`) for ``items``, in input order: from replicas of the
-    engine where it replicates and there are two batches or more, else from decoder processes feeding it."""
-    from cnncli.predict.replicas import ScoredBatch, replicable, scored_batches
+                        workers: int | None = None, pipeline: str | None = None,
+                        on_choice: Callable | None = None) -> Iterator:
+    """Probabilities (:class:`cnncli.predict.replicas.ScoredBatch`) for ``items``, in input order, from replicas of
+    the engine or from decoder processes feeding it, whichever this machine runs faster
+    (:mod:`cnncli.predict.pipeline`; ``pipeline`` or ``CNNCLI_PIPELINE`` forces one)."""
+    from cnncli.predict.pipeline import pipeline_batches
 
-    if workers != 0 and len(items) > max(8, batch_size) and replicable(engine):  # two batches or more
-        yield from scored_batches(engine, items, batch_size=batch_size, workers=workers,
-                                  threads=getattr(engine, "threads", None))
-        return
-    for batch in decoded_batches(items, engine.card.preprocessing, batch_size=batch_size, workers=workers):
-        probs = engine.predict_proba(batch.array) if batch.array is not None else None
-        yield ScoredBatch(paths=batch.paths, probs=probs, ok=batch.ok, errors=batch.errors)
+    yield from pipeline_batches(engine, items, batch_size=batch_size, workers=workers, pipeline=pipeline,
+                                on_choice=on_choice)

@@ -1,0 +1,101 @@
+"""``--engine auto`` on OpenVINO where it pays: a job of :data:`OPENVINO_MIN_IMAGES` images or more (enough to repay
+importing and compiling OpenVINO, a few tenths of a second), where openvino is installed, exact and faster.
+
+Exact and faster is checked once per machine and model, on the cached ONNX export itself: both engines run the same
+fixed batch (f32 logits within the export tolerance of onnxruntime's, ``FP32_RELATIVE_TOLERANCE`` of the logit
+range) and are timed (best of a few forwards each); the verdict is kept in ``<cache>/openvino_check.json``, keyed
+by the CPU model, the usable cores and the model file's sha256. Smaller jobs never look at any of this, so the
+one-image cold start imports neither OpenVINO nor torch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+OPENVINO_MIN_IMAGES = 512
+CHECK_FILE = "openvino_check.json"
+CHECK_FORMAT = 1
+CHECK_BATCH = 8
+CHECK_FORWARDS = 3
+FASTER = 1.05  # OpenVINO must beat onnxruntime by 5% to be worth the import
+
+
+def check_key(path: Path) -> str:
+    from cnncli.core.cpus import cpu_model, usable_cores
+    from cnncli.models.weights import sha256_of
+
+    return "|".join([cpu_model(), f"cores={usable_cores()}", sha256_of(path)[:16]])
+
+
+def _check_file() -> Path:
+    from cnncli.engines.cache import cache_dir
+
+    return cache_dir() / CHECK_FILE
+
+
+def read_checks() -> dict:
+    try:
+        data = json.loads(_check_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data.get("models", {}) if isinstance(data, dict) and data.get("format") == CHECK_FORMAT else {}
+
+
+def _best_img_s(engine, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    logits = engine.predict_logits(batch)  # warm-up; these logits are compared
+    best = float("inf")
+    for _ in range(CHECK_FORWARDS):
+        start = time.perf_counter()
+        engine.predict_logits(batch)
+        best = min(best, time.perf_counter() - start)
+    return logits, len(batch) / best
+
+
+def check_openvino(path: Path, threads: int | None = None) -> dict:
+    """Run onnxruntime and OpenVINO on the same fixed batch: {"exact", "relative_diff", "onnx_img_s",
+    "openvino_img_s", "faster"}."""
+    from cnncli.engines.onnx_engine import OnnxEngine
+    from cnncli.engines.openvino_engine import OpenVinoEngine
+    from cnncli.export.to_onnx import FP32_RELATIVE_TOLERANCE
+
+    onnx = OnnxEngine(path, device="cpu", threads=threads, allow_spinning=False, verbose=False)
+    pre = onnx.card.preprocessing
+    batch = np.random.default_rng(0).standard_normal((CHECK_BATCH, pre.channels, *pre.input_size)).astype(np.float32)
+    reference, onnx_img_s = _best_img_s(onnx, batch)
+    candidate, openvino_img_s = _best_img_s(OpenVinoEngine(path, threads=threads, card=onnx.card), batch)
+    spread = float(reference.max() - reference.min()) or 1.0
+    relative = float(np.abs(candidate - reference).max()) / spread
+    exact = bool(np.isfinite(candidate).all()) and relative <= FP32_RELATIVE_TOLERANCE
+    return {"exact": exact, "relative_diff": relative, "onnx_img_s": round(onnx_img_s, 1),
+            "openvino_img_s": round(openvino_img_s, 1),
+            "faster": bool(openvino_img_s >= FASTER * onnx_img_s)}
+
+
+def openvino_pays(path: Path, job_images: int | None, threads: int | None = None) -> bool:
+    """Whether ``--engine auto`` should run this fp32 ONNX file on OpenVINO for a job of ``job_images`` images.
+    Any failure of the check means no (onnxruntime, as before)."""
+    if not job_images or job_images < OPENVINO_MIN_IMAGES:
+        return False
+    from cnncli.engines.openvino_engine import openvino_available
+
+    if not openvino_available():
+        return False
+    try:
+        key = check_key(Path(path))
+        checks = read_checks()
+        verdict = checks.get(key)
+        if verdict is None:
+            from cnncli.core.atomic import write_bytes_atomic
+            from cnncli.engines.cache import writable_cache_dir
+
+            verdict = check_openvino(Path(path), threads)
+            checks[key] = verdict
+            data = json.dumps({"format": CHECK_FORMAT, "models": checks}, indent=1, sort_keys=True)
+            write_bytes_atomic(writable_cache_dir() / CHECK_FILE, data.encode())
+        return bool(verdict.get("exact") and verdict.get("faster"))
+    except Exception:  # noqa: BLE001 - OpenVINO missing a kernel, a read-only cache...: onnxruntime runs it
+        return False
