@@ -84,6 +84,7 @@ def _run(engine, items, batch_size, pipeline=None, workers=None):
 def fresh_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNCLI_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(pipeline_module.PIPELINE_ENV, raising=False)
+    monkeypatch.setattr(pipeline_module, "PROBE_MIN_BATCHES", 8)  # tiny jobs here; the real floor is larger
     return tmp_path / "cache" / pipeline_module.FIGURES_FILE
 
 

@@ -31,7 +31,8 @@ from cnncli.data.inputs import InputItem
 
 PIPELINE_ENV = "CNNCLI_PIPELINE"
 PIPELINES = ("auto", "replicas", "decoders")
-PROBE_MIN_BATCHES = 8  # a job this large repays a probe (and two extra pool start-ups) the first time
+PROBE_MIN_BATCHES = 32  # a job this large repays a probe (and two extra pool start-ups) the first time: a
+# 10-batch job (320 JPEGs, Xeon, 2 cores) paid ~25% for its probe, so small jobs keep the rule
 PROBE_BATCHES = 3  # batches each candidate runs in the probe, at least...
 PROBE_SHARE = 6  # ...and up to a sixth of the job each (at most PROBE_MAX_BATCHES): the pools' start-up, which
 PROBE_MAX_BATCHES = 8  # the probe's figures include, then weighs less
