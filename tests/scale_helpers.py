@@ -69,6 +69,23 @@ def moto_s3(**server_env):
             proc.wait(10)
 
 
+@contextlib.contextmanager
+def moto_s3_environment(**server_env):
+    """:func:`moto_s3` with its environment set in this process (``os.environ``) while it runs, and the previous
+    values put back afterwards."""
+    with moto_s3(**server_env) as env:
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
 def upload_folder(env: dict, bucket: str, folder: Path, prefix: str) -> None:
     import boto3
 

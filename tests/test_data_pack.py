@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scale_helpers import moto_s3
+from scale_helpers import moto_s3_environment
 from train_data import write_digits
 
 from cnncli.data.layout import assemble_splits, scan_dataset
@@ -26,15 +26,8 @@ def sha(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def s3():
-    with moto_s3() as env:
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+    with moto_s3_environment() as env:
         yield env
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 
 import pytest
-from scale_helpers import moto_s3
+from scale_helpers import moto_s3_environment
 from train_data import write_digits
 
 MEASURED = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5")  # not the timings
@@ -20,17 +19,10 @@ MEASURED = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "va
 def s3():
     import boto3
 
-    with moto_s3() as env:
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+    with moto_s3_environment() as env:
         client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
         client.create_bucket(Bucket="runs")
         yield client
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from scale_helpers import free_port, moto_s3, upload_folder
+from scale_helpers import free_port, moto_s3_environment, upload_folder
 from train_data import write_digits
 
 from cnncli.data.pack import pack_dataset
@@ -27,15 +27,8 @@ MEASURED = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "va
 
 @pytest.fixture(scope="module")
 def s3():
-    with moto_s3() as env:
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+    with moto_s3_environment() as env:
         yield env
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
