@@ -57,6 +57,27 @@ def _cache_problem(folder: Path) -> str | None:
     return output_location_problem(folder / "onnx", folder=True)
 
 
+def read_kept(name: str, fmt: int, section: str) -> dict:
+    """The entries kept in the cache's JSON file ``name`` under ``section`` (measurements kept per machine and
+    model), or {} when the file is missing, unreadable or of another ``fmt``."""
+    try:
+        data = json.loads((cache_dir() / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    entries = data.get(section, {}) if isinstance(data, dict) and data.get("format") == fmt else {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def keep(name: str, fmt: int, section: str, key: str, entry: dict) -> None:
+    """Add or replace ``key`` in the cache's JSON file ``name`` (see :func:`read_kept`), written atomically."""
+    from cnncli.core.atomic import write_bytes_atomic
+
+    entries = read_kept(name, fmt, section)
+    entries[key] = entry
+    data = json.dumps({"format": fmt, section: entries}, indent=1, sort_keys=True)
+    write_bytes_atomic(writable_cache_dir() / name, data.encode())
+
+
 def writable_cache_dir() -> Path:
     """The cache folder to write into: the configured one when files can be made in it (its folders are created);
     else a temporary cache for this run (removed at exit), with a warning. UsageError (exit 2) when not even a

@@ -10,7 +10,6 @@ one-image cold start imports neither OpenVINO nor torch.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -31,18 +30,10 @@ def check_key(path: Path) -> str:
     return "|".join([cpu_model(), f"cores={usable_cores()}", sha256_of(path)[:16]])
 
 
-def _check_file() -> Path:
-    from cnncli.engines.cache import cache_dir
-
-    return cache_dir() / CHECK_FILE
-
-
 def read_checks() -> dict:
-    try:
-        data = json.loads(_check_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data.get("models", {}) if isinstance(data, dict) and data.get("format") == CHECK_FORMAT else {}
+    from cnncli.engines.cache import read_kept
+
+    return read_kept(CHECK_FILE, CHECK_FORMAT, "models")
 
 
 def _best_img_s(engine, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -86,16 +77,12 @@ def openvino_pays(path: Path, job_images: int | None, threads: int | None = None
         return False
     try:
         key = check_key(Path(path))
-        checks = read_checks()
-        verdict = checks.get(key)
+        verdict = read_checks().get(key)
         if verdict is None:
-            from cnncli.core.atomic import write_bytes_atomic
-            from cnncli.engines.cache import writable_cache_dir
+            from cnncli.engines.cache import keep
 
             verdict = check_openvino(Path(path), threads)
-            checks[key] = verdict
-            data = json.dumps({"format": CHECK_FORMAT, "models": checks}, indent=1, sort_keys=True)
-            write_bytes_atomic(writable_cache_dir() / CHECK_FILE, data.encode())
+            keep(CHECK_FILE, CHECK_FORMAT, "models", key, verdict)
         return bool(verdict.get("exact") and verdict.get("faster"))
     except Exception:  # noqa: BLE001 - OpenVINO missing a kernel, a read-only cache...: onnxruntime runs it
         return False

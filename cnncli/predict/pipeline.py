@@ -21,7 +21,6 @@ decoders, at 2 cores), more so where no bytecode is cached (benchmarks/README.md
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -86,28 +85,17 @@ def machine_key(engine, batch_size: int) -> str:
                      f"{kind}-{precision}", sha256_of(path)[:16], size, f"batch={batch_size}"])
 
 
-def figures_path():
-    from cnncli.engines.cache import cache_dir
-
-    return cache_dir() / FIGURES_FILE
-
-
 def read_figures() -> dict:
-    try:
-        data = json.loads(figures_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data.get("machines", {}) if isinstance(data, dict) and data.get("format") == FIGURES_FORMAT else {}
+    from cnncli.engines.cache import read_kept
+
+    return read_kept(FIGURES_FILE, FIGURES_FORMAT, "machines")
 
 
 def keep_figures(key: str, choice: PipelineChoice) -> None:
-    from cnncli.core.atomic import write_bytes_atomic
-    from cnncli.engines.cache import writable_cache_dir
+    from cnncli.engines.cache import keep
 
-    machines = read_figures()
-    machines[key] = {"pipeline": choice.pipeline, "figures": choice.figures, "measured": time.time()}
-    data = json.dumps({"format": FIGURES_FORMAT, "machines": machines}, indent=1, sort_keys=True)
-    write_bytes_atomic(writable_cache_dir() / FIGURES_FILE, data.encode())
+    keep(FIGURES_FILE, FIGURES_FORMAT, "machines", key,
+         {"pipeline": choice.pipeline, "figures": choice.figures, "measured": time.time()})
 
 
 def better(figures: dict[str, dict]) -> str:
