@@ -102,3 +102,13 @@ def tiny_model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
     save_model(path, built.model, built.card)
     return path
+
+
+@pytest.fixture(scope="module")
+def cached_tiny(tiny_model_file) -> Path:
+    """The tiny model with its onnxruntime export already in the (test session's) cache, as a user's second run
+    (once per module, as each serve test module had it)."""
+    from cnncli.engines.cache import prepare_cached_onnx
+
+    prepare_cached_onnx(str(tiny_model_file), quiet=True)
+    return tiny_model_file

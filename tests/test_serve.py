@@ -22,15 +22,6 @@ from serve_helpers import ServeProcess, children_of
 
 
 @pytest.fixture(scope="module")
-def cached_tiny(tiny_model_file) -> Path:
-    """The tiny model with its onnxruntime export already in the (test session's) cache, as a user's second run."""
-    from cnncli.engines.cache import prepare_cached_onnx
-
-    prepare_cached_onnx(str(tiny_model_file), quiet=True)
-    return tiny_model_file
-
-
-@pytest.fixture(scope="module")
 def server(cached_tiny):
     """Small limits, so each one is cheap to hit: 1 MB uploads, 4 files, 1 megapixel."""
     with ServeProcess("-m", cached_tiny, "--max-upload-mb", "1", "--max-files", "4", "--workers", "2",

@@ -15,14 +15,6 @@ NEAR_KEY = KEY[:-1] + ("y" if KEY[-1] != "y" else "z")  # the same length, one c
 
 
 @pytest.fixture(scope="module")
-def cached_tiny(tiny_model_file) -> Path:
-    from cnncli.engines.cache import prepare_cached_onnx
-
-    prepare_cached_onnx(str(tiny_model_file), quiet=True)
-    return tiny_model_file
-
-
-@pytest.fixture(scope="module")
 def keyed(cached_tiny, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("key") / "api.key"
     key_file.write_text(KEY + "\n")

@@ -24,15 +24,6 @@ from test_serve import jpeg_bytes, png_bytes
 
 
 @pytest.fixture(scope="module")
-def cached_tiny(tiny_model_file) -> Path:
-    """The tiny model with its onnxruntime export in the session cache (as in test_serve.py)."""
-    from cnncli.engines.cache import prepare_cached_onnx
-
-    prepare_cached_onnx(str(tiny_model_file), quiet=True)
-    return tiny_model_file
-
-
-@pytest.fixture(scope="module")
 def plain_server(cached_tiny):
     with ServeProcess("-m", cached_tiny) as proc:
         yield proc

@@ -8,19 +8,10 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import ServeProcess
 
 KEY = secrets.token_urlsafe(24)
-
-
-@pytest.fixture(scope="module")
-def cached_tiny(tiny_model_file) -> Path:
-    from cnncli.engines.cache import prepare_cached_onnx
-
-    prepare_cached_onnx(str(tiny_model_file), quiet=True)
-    return tiny_model_file
 
 
 def scrape(http) -> dict:

@@ -15,14 +15,6 @@ from serve_helpers import ServeProcess
 KEY = secrets.token_urlsafe(24)
 
 
-@pytest.fixture(scope="module")
-def cached_tiny(tiny_model_file) -> Path:
-    from cnncli.engines.cache import prepare_cached_onnx
-
-    prepare_cached_onnx(str(tiny_model_file), quiet=True)
-    return tiny_model_file
-
-
 def test_the_deployment_is_the_same_app_in_each_replica(cached_tiny, monkeypatch):
     from fastapi.testclient import TestClient
 

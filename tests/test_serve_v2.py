@@ -24,14 +24,6 @@ def auth() -> dict:
 
 
 @pytest.fixture(scope="module")
-def cached_tiny(tiny_model_file) -> Path:
-    from cnncli.engines.cache import prepare_cached_onnx
-
-    prepare_cached_onnx(str(tiny_model_file), quiet=True)
-    return tiny_model_file
-
-
-@pytest.fixture(scope="module")
 def server(cached_tiny):
     with ServeProcess("-m", cached_tiny, "--workers", "1", env={"CNNCLI_API_KEY": KEY}) as proc:
         yield proc
