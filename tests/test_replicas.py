@@ -114,6 +114,18 @@ def test_every_pipeline_choice_gives_the_same_probabilities(tiny_model_file, fol
     assert "pipeline: " + probed.pipeline in cached.describe() and "img/s" in cached.describe()
 
 
+def test_a_damaged_figures_file_means_a_new_probe_not_a_crash(tiny_model_file, folder, fresh_figures):
+    import json
+
+    engine = open_engine(str(tiny_model_file), device="cpu", threads=2)
+    items = collect_inputs([str(folder)])
+    key = pipeline_module.machine_key(engine, 2)
+    fresh_figures.parent.mkdir(parents=True, exist_ok=True)
+    fresh_figures.write_text(json.dumps({"format": pipeline_module.FIGURES_FORMAT, "machines": {key: "replicas"}}))
+    preds, choice = _run(engine, items, 2)
+    assert choice.source == "probe" and len(preds) == len(items)
+
+
 def test_the_environment_forces_a_pipeline(tiny_model_file, folder, fresh_figures, monkeypatch):
     engine = open_engine(str(tiny_model_file), device="cpu", threads=2)
     items = collect_inputs([str(folder)])

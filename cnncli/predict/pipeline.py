@@ -177,6 +177,7 @@ def _probed(engine, items, batch_size, workers, rule: str, on_choice) -> Iterato
     try:
         key = machine_key(engine, batch_size)
         kept = read_figures().get(key)
+        kept = kept if isinstance(kept, dict) else None  # the cache file is read, not trusted
     except Exception as exc:  # noqa: BLE001 - the bookkeeping must never stop a job
         key, kept = None, None
         choice = PipelineChoice(rule, "rule", reason=f"the probe could not run ({type(exc).__name__}: {exc})")
