@@ -21,6 +21,13 @@ images per second (training images x epochs / wall), and each row's ratios to th
     uv run python benchmarks/bench_recipes.py [--epochs 10] [--tasks photos,faces,digits] [--quick]
 
 --quick: one tiny task (4 photo classes, 8 train / 4 val views each) and 2 epochs: checks that the script runs.
+
+--distill: the photo task only, distillation for fast CPU inference: the default recipe at 224 px (the teacher),
+then a student at --student-size px (Lite0 at 128 px: about a third of the forward cost) with the default recipe
+alone and with `--teacher` the teacher's best.safetensors; val top-1, training wall time and the onnxruntime
+forward img/s of each model (batch 32, all cores).
+
+    uv run python benchmarks/bench_recipes.py --distill [--student-size 128]
 """
 
 from __future__ import annotations
@@ -184,12 +191,51 @@ def cnncli_run(data: Path, out: Path, *options: str) -> dict:
             "head_epochs": args.get("head_epochs", 0)}
 
 
+def forward_img_s(model_file: Path, seconds: float = 4.0) -> float:
+    """onnxruntime forward img/s of a trained cnncli model (its verified export, cached), batch 32."""
+    from cnncli.engines.base import open_engine
+
+    engine = open_engine(str(model_file), device="cpu", engine="onnx")
+    pre = engine.card.preprocessing
+    batch = np.random.default_rng(0).standard_normal((32, pre.channels, *pre.input_size)).astype(np.float32)
+    engine.predict_proba(batch)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.predict_proba(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - start)
+
+
+def distill_rows(tmp: Path, student_size: int) -> list[list]:
+    data = write_photos(tmp / "photos", 16, 24, 16)
+    teacher = cnncli_run(data, tmp / "teacher")
+    plain = cnncli_run(data, tmp / "student", "--image-size", str(student_size))
+    taught = cnncli_run(data, tmp / "taught", "--image-size", str(student_size), "--teacher",
+                        str(tmp / "teacher" / "best.safetensors"))
+    rows = []
+    for name, r, folder in (("teacher: default recipe, 224 px", teacher, "teacher"),
+                            (f"student: default recipe, {student_size} px", plain, "student"),
+                            (f"student + --teacher, {student_size} px", taught, "taught")):
+        rows.append([name, f"{r['acc']:.3f}", f"{r['wall']:.0f} s",
+                     f"{forward_img_s(tmp / folder / 'best.safetensors'):.0f}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10, help="the timm loop's and `cnncli all`'s epochs")
     parser.add_argument("--tasks", default="photos,faces,digits")
     parser.add_argument("--quick", action="store_true", help="one tiny task, 2 epochs: checks the script runs")
+    parser.add_argument("--distill", action="store_true", help="distillation into a smaller input size instead")
+    parser.add_argument("--student-size", type=int, default=128)
     opts = parser.parse_args()
+    if opts.distill:
+        print(machine_line())
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = distill_rows(Path(tmp), opts.student_size)
+        print_table("distillation on the photo task (384 train / 256 val; EfficientNet-Lite0, ImageNet weights)",
+                    ["model", "val top-1", "training wall", "forward img/s"], rows)
+        return
     epochs = 2 if opts.quick else opts.epochs
     tasks = ["photos"] if opts.quick else opts.tasks.split(",")
     print(machine_line())
@@ -209,10 +255,10 @@ def main() -> None:
             n_train, n_val = count_images(data / "train"), count_images(data / "val")
             timm = timm_loop(data, epochs)
             default = cnncli_run(data, tmp / f"{task}-default", *(["--epochs", str(epochs)] if opts.quick else []))
-            full = cnncli_run(data, tmp / f"{task}-all", "--head-epochs", "0", "--epochs", str(epochs))
+            full = cnncli_run(data, tmp / f"{task}-all", "--trainable", "all", "--epochs", str(epochs))
             for name, r, shown in (("timm loop", timm, f"{epochs}"),
                                    ("cnncli default", default, f"{default['head_epochs']} head + {default['epochs']}"),
-                                   ("cnncli all", full, f"{full['epochs']}")):
+                                   ("cnncli all", full, f"{full['head_epochs']} head + {full['epochs']}")):
                 rows.append([f"{task} ({n_train}/{n_val})", name, shown, f"{r['acc']:.3f}", f"{r['wall']:.0f} s",
                              f"{r['images'] / r['wall']:.1f}", f"{r['acc'] - timm['acc']:+.3f}",
                              f"{r['wall'] / timm['wall']:.2f}x"])

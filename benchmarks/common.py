@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnncli.core.cpus import usable_cores
+from cnncli.core.cpus import cpu_model, usable_cores
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "colorwheel")
@@ -118,7 +118,20 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
 
 
+def cpu_flags() -> str:
+    """The vector extensions that decide kernel speed (AVX2, AVX-512 and its VNNI/BF16, AMX), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return "flags unknown"
+    shown = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"),
+                                     ("avx512_bf16", "BF16"), ("amx_tile", "AMX")) if flag in flags]
+    return "/".join(shown) or "no AVX2"
+
+
 def machine_line() -> str:
+    """The CPU model, its vector flags, the usable cores and Python: named with every figure."""
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {usable_cores()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()} ({cpu_flags()}), {usable_cores()} cores, Python {platform.python_version()}"
