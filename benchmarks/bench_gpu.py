@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine_line, print_table, write_jpeg_folder
+from common import forward_img_s, machine_line, print_table, write_jpeg_folder
 
 
 def train_throughput(model, batch: int, amp_dtype, steps: int) -> float:
@@ -49,15 +49,6 @@ def train_throughput(model, batch: int, amp_dtype, steps: int) -> float:
         step()
     torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - start)
-
-
-def predict_throughput(engine, batch, seconds: float = 5.0) -> float:
-    engine.predict_proba(batch)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        engine.predict_proba(batch)
-        n += len(batch)
-    return n / (time.perf_counter() - start)
 
 
 def timm_epoch(data: Path, batch: int, amp_dtype) -> float:
@@ -116,15 +107,15 @@ def main() -> int:
     from cnncli.engines.base import open_engine
 
     x = np.random.default_rng(0).standard_normal((args.predict_batch, 3, 224, 224)).astype(np.float32)
-    rows = [["torch (cuda, AMP)", f"{predict_throughput(open_engine(None, device='cuda', engine='torch'), x):.0f}"]]
+    rows = [["torch (cuda, AMP)", f"{forward_img_s(open_engine(None, device='cuda', engine='torch'), x):.0f}"]]
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         rows.append(["onnxruntime CUDA",
-                     f"{predict_throughput(open_engine(None, device='cuda', engine='onnx'), x):.0f}"])
+                     f"{forward_img_s(open_engine(None, device='cuda', engine='onnx'), x):.0f}"])
     else:
         rows.append(["onnxruntime CUDA", "n/a: install cnncli[gpu] (onnxruntime-gpu)"])
-    rows.append(["onnxruntime CPU", f"{predict_throughput(open_engine(None, device='cpu', engine='onnx'), x):.0f}"])
+    rows.append(["onnxruntime CPU", f"{forward_img_s(open_engine(None, device='cpu', engine='onnx'), x):.0f}"])
     print_table(f"Predict img/s, batch {args.predict_batch}, pure forward", ["engine", "img/s"], rows)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,22 +29,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cnncli_cmd, machine_line, median_wall_time, print_table, write_jpeg_folder
+from common import cnncli_cmd, forward_img_s, machine_line, median_wall_time, print_table, write_jpeg_folder
 
 
 def cpu_seconds() -> float:
     """user+sys of this process and its waited-for children."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def forward_throughput(engine, batch: np.ndarray, seconds: float = 8.0) -> float:
-    engine.predict_proba(batch)  # warm-up
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        engine.predict_proba(batch)
-        n += len(batch)
-    return n / (time.perf_counter() - start)
 
 
 def decode_core_seconds(paths: list[Path], pre) -> float:
@@ -157,7 +148,7 @@ def main() -> None:
                 torch.set_num_threads(cores)
                 engines.append(("torch", open_engine(None, device="cpu", engine="torch", threads=cores)))
             for label, engine in engines:
-                fwd = forward_throughput(engine, batch, args.forward_seconds)
+                fwd = forward_img_s(engine, batch, args.forward_seconds)
                 cap = cores / (decode + cores / fwd)
                 pipelines = [("replicas", "replicas"), ("decoders + engine threads", "decoders"),
                              ("auto, first job (probe)", "auto"), ("auto, next job (kept figures)", "auto")] \

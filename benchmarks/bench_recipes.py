@@ -45,7 +45,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_line, print_table  # noqa: E402
+from common import forward_img_s, machine_line, print_table  # noqa: E402
 
 PHOTO_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                  "colorwheel", "china", "flower", "brick", "grass", "gravel", "camera", "coins", "moon")
@@ -191,19 +191,14 @@ def cnncli_run(data: Path, out: Path, *options: str) -> dict:
             "head_epochs": args.get("head_epochs", 0)}
 
 
-def forward_img_s(model_file: Path, seconds: float = 4.0) -> float:
+def model_forward_img_s(model_file: Path, seconds: float = 4.0) -> float:
     """onnxruntime forward img/s of a trained cnncli model (its verified export, cached), batch 32."""
     from cnncli.engines.base import open_engine
 
     engine = open_engine(str(model_file), device="cpu", engine="onnx")
     pre = engine.card.preprocessing
     batch = np.random.default_rng(0).standard_normal((32, pre.channels, *pre.input_size)).astype(np.float32)
-    engine.predict_proba(batch)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        engine.predict_proba(batch)
-        n += len(batch)
-    return n / (time.perf_counter() - start)
+    return forward_img_s(engine, batch, seconds)
 
 
 def distill_rows(tmp: Path, student_size: int) -> list[list]:
@@ -217,7 +212,7 @@ def distill_rows(tmp: Path, student_size: int) -> list[list]:
                             (f"student: default recipe, {student_size} px", plain, "student"),
                             (f"student + --teacher, {student_size} px", taught, "taught")):
         rows.append([name, f"{r['acc']:.3f}", f"{r['wall']:.0f} s",
-                     f"{forward_img_s(tmp / folder / 'best.safetensors'):.0f}"])
+                     f"{model_forward_img_s(tmp / folder / 'best.safetensors'):.0f}"])
     return rows
 
 

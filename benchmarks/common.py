@@ -93,6 +93,16 @@ def write_photo_crops(folder: Path) -> list[tuple[Path, int]]:
     return written
 
 
+def forward_img_s(engine, batch: np.ndarray, seconds: float = 5.0) -> float:
+    """Pure forward img/s of ``engine`` on ``batch`` over about ``seconds`` (after one warm-up pass)."""
+    engine.predict_proba(batch)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.predict_proba(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - start)
+
+
 def median_wall_time(cmd: list[str], runs: int = 5, env: dict | None = None) -> float:
     times = []
     for _ in range(runs):
