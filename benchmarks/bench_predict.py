@@ -11,9 +11,11 @@
    batches picks one and keeps the figures; the next job uses them), each as img/s, CPU ms per image (this
    process and its children, user+sys, worker start included) and the ratio to the cap; then the whole command
    ``cnncli predict FOLDER --format jsonl -o FILE`` (start-up, engine choice and output included) twice, the
-   first job on this cache and the next; then auto's choices.
+   first job on this cache and the next; then auto's choices. ``--rounds N`` runs every folder row N times,
+   interleaved (odd rounds in reverse order, the kept figures forgotten before each round's first jobs), and
+   shows the median img/s with the range: on a shared or virtual machine one run of a row can be 15% off.
 
-    uv run python benchmarks/bench_predict.py [--images 512] [--batch-size 32] [--cores 1,2] [--runs 5]
+    uv run python benchmarks/bench_predict.py [--images 512] [--batch-size 32] [--cores 1,2] [--runs 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -81,6 +83,15 @@ def whole_process(folder: Path, out: Path, images: int) -> tuple[float, float, s
     return images / wall, cpu / images * 1e3, said
 
 
+def forget_kept_figures(cache: str) -> None:
+    """Remove the pipeline figures and the OpenVINO check this run's cache kept: the next job is a first job."""
+    from cnncli.engines.openvino_choice import CHECK_FILE
+    from cnncli.predict.pipeline import FIGURES_FILE
+
+    for name in (FIGURES_FILE, CHECK_FILE):
+        (Path(cache) / name).unlink(missing_ok=True)
+
+
 def cold_cpu(cmd: list[str], runs: int) -> float:
     """Median CPU seconds (user+sys) of ``cmd`` as a child process."""
     values = []
@@ -100,6 +111,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="cold-start repetitions (median)")
     parser.add_argument("--forward-seconds", type=float, default=8.0)
     parser.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch engine's rows")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every folder row this many times, interleaved; the median (and the range)")
     args = parser.parse_args()
 
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # measure like an installed tool: bytecode cached
@@ -153,19 +166,29 @@ def main() -> None:
                 pipelines = [("replicas", "replicas"), ("decoders + engine threads", "decoders"),
                              ("auto, first job (probe)", "auto"), ("auto, next job (kept figures)", "auto")] \
                     if label != "torch" else [("decoders + engine threads", "decoders")]
-                for shown, pipeline in pipelines:
-                    ips, cpu_ms, done, choice = folder_run(engine, folder, args.batch_size, pipeline)
-                    if pipeline == "auto":
-                        choices.append(f"{cores} cores, {shown}: {choice}")
-                    rows.append([cores, label, shown, f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}",
-                                 f"{ips:.1f}", f"{cpu_ms:.2f}", f"{ips / cap:.2f}"])
                 if label == "onnxruntime":  # the whole command, as a user runs it: first job, then the next
-                    for shown in ("whole `cnncli predict FOLDER`, first job",
-                                  "whole `cnncli predict FOLDER`, next job"):
-                        ips, cpu_ms, said = whole_process(folder, Path(tmp) / "out.jsonl", len(paths))
-                        choices.append(f"{cores} cores, {shown}: {said}")
-                        rows.append([cores, "auto", shown, f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}",
-                                     f"{ips:.1f}", f"{cpu_ms:.2f}", f"{ips / cap:.2f}"])
+                    pipelines += [("whole `cnncli predict FOLDER`, first job", "whole"),
+                                  ("whole `cnncli predict FOLDER`, next job", "whole")]
+                measured: dict[str, list[tuple[float, float]]] = {shown: [] for shown, _ in pipelines}
+                for round_ in range(args.rounds):  # interleaved: a slow spell of the machine hits every row
+                    order = pipelines if round_ % 2 == 0 else pipelines[::-1]
+                    forget_kept_figures(cache)  # each round's first jobs are first jobs again
+                    for shown, pipeline in sorted(order, key=lambda row: "next job" in row[0]):
+                        if pipeline == "whole":
+                            ips, cpu_ms, choice = whole_process(folder, Path(tmp) / "out.jsonl", len(paths))
+                        else:
+                            ips, cpu_ms, done, choice = folder_run(engine, folder, args.batch_size, pipeline)
+                        measured[shown].append((ips, cpu_ms))
+                        if pipeline in ("auto", "whole") and round_ == 0:
+                            choices.append(f"{cores} cores, {shown}: {choice}")
+                for shown, _ in pipelines:
+                    ips = statistics.median(v for v, _ in measured[shown])
+                    cpu_ms = statistics.median(c for _, c in measured[shown])
+                    spread = "" if args.rounds == 1 else \
+                        f" ({min(v for v, _ in measured[shown]):.1f}-{max(v for v, _ in measured[shown]):.1f})"
+                    rows.append([cores, "auto" if shown.startswith("whole") else label, shown,
+                                 f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}", f"{ips:.1f}{spread}",
+                                 f"{cpu_ms:.2f}", f"{ips / cap:.2f}"])
         os.sched_setaffinity(0, all_cores)
         print_table(f"Folder of {args.images} JPEGs (500x375), default model (efficientnet_lite0, fp32), batch "
                     f"{args.batch_size}; cap = cores / (decode core-s per image + cores / forward img/s)",

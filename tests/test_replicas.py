@@ -162,6 +162,21 @@ def test_small_jobs_keep_the_rule_without_a_probe(tiny_model_file, folder, fresh
     assert (choice.pipeline, choice.source) == ("decoders", "rule")
 
 
+def test_a_small_job_follows_the_figures_a_probe_kept(tiny_model_file, folder, fresh_figures):
+    engine = open_engine(str(tiny_model_file), device="cpu", threads=2)
+    items = collect_inputs([str(folder)])
+    here, _ = _run(engine, items, 4, workers=0)
+    figures = {"replicas": {"img_s": 10.0, "cpu_ms": 5.0, "images": 12},
+               "decoders": {"img_s": 20.0, "cpu_ms": 4.0, "images": 12}}
+    pipeline_module.keep_figures(pipeline_module.machine_key(engine, 4),
+                                 pipeline_module.PipelineChoice("decoders", "probe", figures=figures))
+    preds, choice = _run(engine, items, 4)  # 6 batches: under the probe's floor, but measured here before
+    assert (choice.pipeline, choice.source, choice.figures) == ("decoders", "cached", figures)
+    assert [p.top for p in preds] == [p.top for p in here]
+    _, choice = _run(engine, items, 5)  # another batch size: nothing kept for it, the rule
+    assert (choice.pipeline, choice.source) == ("replicas", "rule")
+
+
 @pytest.mark.parametrize(("images", "batches"), [(256, 3), (512, 3), (1280, 6), (1600, 8), (100_000, 8)])
 def test_the_probe_grows_with_the_job_within_bounds(images, batches):
     assert pipeline_module.probe_batches(images, 32) == batches

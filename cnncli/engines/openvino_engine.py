@@ -36,6 +36,8 @@ def openvino_cache_dir() -> Path:
 class OpenVinoEngine:
     """An exported ONNX model compiled by OpenVINO for the CPU: ``predict_proba`` takes (N, C, H, W) float32."""
 
+    compiles_in_each_replica = True  # a worker process imports OpenVINO and compiles the model again
+
     def __init__(self, path: str | Path, threads: int | None = None, precision: str = "fp32",
                  card: ModelCard | None = None) -> None:
         if precision not in PRECISIONS:
