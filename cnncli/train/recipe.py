@@ -16,8 +16,8 @@ from dataclasses import replace
 
 from cnncli.train.config import TrainConfig
 
-FINETUNE_DEFAULTS = {"trainable": "all", "head_epochs": 10, "epochs": 5, "label_smoothing": 0.1, "augment": "auto",
-                     "backbone_lr_mult": 0.1}
+FINETUNE_DEFAULTS = {"trainable": "all", "head_epochs": 10, "epochs": 6, "label_smoothing": 0.1, "augment": "auto",
+                     "backbone_lr_mult": 1.0, "warmup_epochs": 1.0, "ema": True}
 
 
 def describe_recipe(cfg: TrainConfig) -> str:
@@ -31,6 +31,8 @@ def describe_recipe(cfg: TrainConfig) -> str:
         parts.append(f"the first {cfg.freeze_epochs} with the backbone frozen")
     lr = "auto (LR range test)" if cfg.lr == "auto" else f"{cfg.learning_rate:g}"
     rate = f"{cfg.optimizer} lr {lr}, {cfg.schedule}"
+    if cfg.warmup_epochs:
+        rate += f" after {cfg.warmup_epochs:g} warm-up epoch{'' if cfg.warmup_epochs == 1 else 's'}"
     if cfg.trainable != "head" and cfg.command == "finetune" and cfg.backbone_lr_mult != 1:
         rate += f", backbone x{cfg.backbone_lr_mult:g}"
     if cfg.layer_decay:
