@@ -4,9 +4,9 @@ decides the horizontal flip.
 ``light`` (the default) keeps the eval preprocessing's framing and adds geometric jitter scaled to the input size
 (shift up to 10% of it, scale 0.9-1.1, rotation up to 10 degrees) with the border replicated, so digits, text,
 signs and medical images keep their meaning. ``standard`` adds random-resized crops (down to 8% of the area, as
-timm and torchvision train ImageNet) and colour jitter 0.4; ``strong`` adds TrivialAugment and random erasing: both suit natural photos and large datasets.
-``none`` is the eval preprocessing alone. ``auto`` (the ``finetune`` default) is ``standard`` when the data are
-presumed natural photos (below) and ``light`` otherwise.
+timm and torchvision train ImageNet) and colour jitter 0.4; ``strong`` adds TrivialAugment and random erasing: both
+suit natural photos and large datasets. ``none`` is the eval preprocessing alone. ``auto`` (the ``finetune``
+default) is ``standard`` when the data are presumed natural photos (below) and ``light`` otherwise.
 
 The horizontal flip changes the meaning of anything with a handedness (digits, letters, traffic signs), so it is
 off unless asked for (``--flip``) or the data are presumed natural photos: ``finetune`` from ImageNet weights on
@@ -76,8 +76,8 @@ def looks_greyscale(paths, sample: int = GREY_SAMPLE) -> bool:
     paths = list(paths)
     if not paths:
         return False
-    step = max(1, len(paths) // sample)
-    for path in paths[::step][:sample]:
+    for index in np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).round().astype(int)):
+        path = paths[index]  # spread from the first to the last (sorted by class: every part of the data)
         try:
             img = load_image(path, 3, draft_size=(64, 64))
         except ImageError:
