@@ -260,3 +260,64 @@ def test_augment_auto_is_the_photo_recipe_for_presumed_photos_and_light_otherwis
     for args in (("train", "none", 3), ("finetune", "default", 1), ("finetune", "runs/x/best.safetensors", 3)):
         plan = plan_augmentation("auto", None, *args)
         assert (plan.preset, plan.flip) == ("light", False), args
+
+
+def test_finetune_defaults_are_the_measured_recipe_and_train_keeps_its_own():
+    """The recipe of benchmarks/README.md (issue 20) is what `cnncli finetune` runs with no options; `train` keeps
+    its plain defaults (no EMA, no warm-up, one rate)."""
+    from typer.main import get_command
+
+    from cnncli.cli.app import app
+
+    commands = get_command(app).commands
+    finetune = {p.name: p.default for p in commands["finetune"].params}
+    train = {p.name: p.default for p in commands["train"].params}
+    assert (finetune["head_epochs"], finetune["epochs"], finetune["trainable"]) == (10, 6, "all")
+    assert (finetune["ema"], finetune["warmup_epochs"], finetune["backbone_lr_mult"]) == (True, 1.0, 1.0)
+    assert (finetune["label_smoothing"], finetune["augment"]) == (0.1, "auto")
+    assert (train["ema"], train["warmup_epochs"], train["backbone_lr_mult"], train["head_epochs"]) == (False, 0.0,
+                                                                                                         1.0, 0)
+    assert train["augment"] == "light" and train["label_smoothing"] == 0.0
+
+
+def test_grey_images_saved_as_rgb_are_not_presumed_photos(tmp_path, photos):
+    """Digits, scans and documents are often stored as RGB: auto then picks light and no flip, and says why;
+    colour photos keep the photo recipe; a JPEG of a grey image (chroma noise) still counts as grey."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from cnncli.data.layout import Sample
+    from cnncli.models.registry import default_preprocessing
+    from cnncli.train.augment import looks_greyscale, plan_augmentation
+
+    grey = write_digits(tmp_path / "digits", per_class=3)
+    rgb_grey = []
+    for i, path in enumerate(sorted(grey.rglob("*.png"))):
+        out = tmp_path / "rgb" / f"{i}.png"
+        out.parent.mkdir(exist_ok=True)
+        Image.open(path).convert("RGB").save(out)
+        rgb_grey.append(out)
+    Image.open(photos["coffee"]).convert("L").convert("RGB").save(tmp_path / "rgb" / "scan.jpg", quality=75)
+    rgb_grey.append(tmp_path / "rgb" / "scan.jpg")
+    colour = tmp_path / "photo.png"
+    Image.open(photos["chelsea"]).convert("RGB").save(colour)
+    assert looks_greyscale(rgb_grey) and not looks_greyscale(rgb_grey + [colour]) and not looks_greyscale([])
+    pixels = np.asarray(Image.open(colour))
+    assert pixels.std(axis=2).mean() > 5  # the photo really has colour
+
+    plan = plan_augmentation("auto", None, "finetune", "default", 3, greyscale=True)
+    assert (plan.preset, plan.flip) == ("light", False)
+    assert "have no colour" in plan.describe(default_preprocessing("efficientnet_lite0"))
+    assert plan_augmentation("auto", True, "finetune", "default", 3, greyscale=True).flip  # --flip still wins
+
+    def greyscale_data(paths, **cfg):
+        run = SimpleNamespace(cfg=SimpleNamespace(**({"command": "finetune", "weights": "default",
+                                                      "augment": "auto", "flip": None} | cfg)),
+                              splits=SimpleNamespace(stream=None, train=[Sample(p, 0) for p in paths]))
+        return TrainingRun._greyscale_data(run, 3)
+
+    assert greyscale_data(rgb_grey) and not greyscale_data(rgb_grey + [colour] * 20)
+    assert not greyscale_data(rgb_grey, command="train")  # train never presumes photos: nothing to look at
+    assert not greyscale_data(rgb_grey, augment="standard", flip=False)  # both chosen by the user

@@ -97,14 +97,15 @@ def _options(command: str):
         layer_decay: float | None = typer.Option(None, "--layer-decay", parser=v.DECAY_FACTOR, metavar="X",
                                                  help="Layer-wise LR decay: each backbone stage trains at X times "
                                                       "the rate of the stage after it, in (0, 1]."),
-        ema: bool = typer.Option(False, "--ema/--no-ema",
+        ema: bool = typer.Option(FT["ema"] if finetune else False, "--ema/--no-ema",
                                  help="Keep a model EMA (with warm-up); each epoch scores both, best keeps the "
                                       "better."),
         ema_decay: float = typer.Option(0.9998, "--ema-decay", parser=v.EMA_DECAY, metavar="D",
                                         help="EMA decay per optimiser step, in (0, 1)."),
         schedule: Schedule = typer.Option("cosine", "--schedule", metavar=choices(*SCHEDULES),
                                           help="Learning-rate schedule."),
-        warmup_epochs: float = typer.Option(0.0, "--warmup-epochs", parser=v.NON_NEGATIVE_FLOAT, metavar="N",
+        warmup_epochs: float = typer.Option(FT["warmup_epochs"] if finetune else 0.0, "--warmup-epochs",
+                                            parser=v.NON_NEGATIVE_FLOAT, metavar="N",
                                             help="Linear warm-up epochs, >= 0."),
         step_epochs: int = typer.Option(10, "--step-epochs", parser=v.POSITIVE_INT, metavar="N",
                                         help="step schedule: decay every N epochs."),

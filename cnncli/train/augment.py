@@ -3,14 +3,15 @@ decides the horizontal flip.
 
 ``light`` (the default) keeps the eval preprocessing's framing and adds geometric jitter scaled to the input size
 (shift up to 10% of it, scale 0.9-1.1, rotation up to 10 degrees) with the border replicated, so digits, text,
-signs and medical images keep their meaning. ``standard`` adds random-resized crops (down to 35% of the area) and
-colour jitter; ``strong`` adds TrivialAugment and random erasing: both suit natural photos and large datasets.
-``none`` is the eval preprocessing alone. ``auto`` (the ``finetune`` default) is ``standard`` when the data are
-presumed natural photos (below) and ``light`` otherwise.
+signs and medical images keep their meaning. ``standard`` adds random-resized crops (down to 8% of the area, as
+timm and torchvision train ImageNet) and colour jitter 0.4; ``strong`` adds TrivialAugment and random erasing: both
+suit natural photos and large datasets. ``none`` is the eval preprocessing alone. ``auto`` (the ``finetune``
+default) is ``standard`` when the data are presumed natural photos (below) and ``light`` otherwise.
 
 The horizontal flip changes the meaning of anything with a handedness (digits, letters, traffic signs), so it is
 off unless asked for (``--flip``) or the data are presumed natural photos: ``finetune`` from ImageNet weights on
-3-channel images (``--no-flip`` turns it off there).
+3-channel images that have colour (``--no-flip`` turns it off there). Grey images saved as RGB (digits, scans,
+documents: :func:`looks_greyscale` samples 16 training images) are not presumed photos.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ PRESETS = ("none", "light", "standard", "strong")
 SHIFT = 0.10  # of the input size
 SCALE = (0.9, 1.1)
 DEGREES = 10.0
-CROP_AREA = {"standard": 0.35, "strong": 0.25}
+CROP_AREA = {"standard": 0.08, "strong": 0.08}  # timm's and torchvision's ImageNet floor
 
 
 @dataclass(frozen=True)
@@ -62,24 +63,55 @@ def is_imagenet_weights(weights: str | None) -> bool:
     return "/" not in weights and "." not in weights
 
 
-def presumed_photos(command: str, weights: str | None, channels: int) -> bool:
-    """``finetune`` from ImageNet weights on 3-channel images: the data are presumed natural photos."""
-    return command == "finetune" and is_imagenet_weights(weights) and channels == 3
+GREY_SAMPLE = 16  # training images looked at by looks_greyscale
+GREY_SPREAD = 8  # channel spread (0-255) under which a pixel has no colour (JPEG chroma noise stays under it)
 
 
-def plan_augmentation(preset: str, flip: bool | None, command: str, weights: str | None, channels: int) -> AugmentPlan:
+def looks_greyscale(paths, sample: int = GREY_SAMPLE) -> bool:
+    """True when every one of up to ``sample`` images, spread over ``paths``, has no colour: 99% of its pixels
+    within GREY_SPREAD between their largest and smallest channel (grey scans, digits or documents saved as RGB).
+    An unreadable image counts as colour (the check only ever takes the photo recipe away)."""
+    from cnncli.data.images import ImageError, load_image
+
+    paths = list(paths)
+    if not paths:
+        return False
+    for index in np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).round().astype(int)):
+        path = paths[index]  # spread from the first to the last (sorted by class: every part of the data)
+        try:
+            img = load_image(path, 3, draft_size=(64, 64))
+        except ImageError:
+            return False
+        img.thumbnail((64, 64))
+        pixels = np.asarray(img, dtype=np.int16)
+        if np.percentile(pixels.max(axis=2) - pixels.min(axis=2), 99) > GREY_SPREAD:
+            return False
+    return True
+
+
+def presumed_photos(command: str, weights: str | None, channels: int, greyscale: bool = False) -> bool:
+    """``finetune`` from ImageNet weights on 3-channel images that have colour: the data are presumed natural
+    photos (``greyscale``: :func:`looks_greyscale` found no colour in the training images)."""
+    return command == "finetune" and is_imagenet_weights(weights) and channels == 3 and not greyscale
+
+
+def plan_augmentation(preset: str, flip: bool | None, command: str, weights: str | None, channels: int,
+                      greyscale: bool = False) -> AugmentPlan:
     """The preset (``auto``: ``standard`` for presumed photos, else ``light``) and the flip decision with its
     reason (see the module docstring)."""
     if preset == "auto":
-        chosen = "standard" if presumed_photos(command, weights, channels) else "light"
-        return replace(plan_augmentation(chosen, flip, command, weights, channels), auto=True)
+        chosen = "standard" if presumed_photos(command, weights, channels, greyscale) else "light"
+        return replace(plan_augmentation(chosen, flip, command, weights, channels, greyscale), auto=True)
     if flip is True:
         return AugmentPlan(preset, True, "asked for with --flip")
     if flip is False:
         return AugmentPlan(preset, False, "--no-flip")
-    if presumed_photos(command, weights, channels):
+    if presumed_photos(command, weights, channels, greyscale):
         return AugmentPlan(preset, True, "fine-tuning ImageNet weights on colour images: natural photos presumed; "
                                          "--no-flip if mirroring changes the class")
+    if greyscale and presumed_photos(command, weights, channels):
+        return AugmentPlan(preset, False, "the training images have no colour (digits, scans, documents presumed); "
+                                          "--flip adds it")
     return AugmentPlan(preset, False, "mirrored digits, letters and signs change meaning; --flip adds it")
 
 
@@ -116,7 +148,7 @@ def train_transform(pre: Preprocessing, plan: AugmentPlan):
                  v2.CenterCrop(size)]
     else:
         steps = [v2.RandomResizedCrop(size, scale=(CROP_AREA[plan.preset], 1.0), interpolation=interp, antialias=True),
-                 v2.ColorJitter(0.3, 0.3, 0.3, 0.05 if pre.channels == 3 else 0)]
+                 v2.ColorJitter(0.4, 0.4, 0.4, 0.05 if pre.channels == 3 else 0)]
         if plan.preset == "strong":
             steps.append(v2.TrivialAugmentWide(interpolation=interp))
     if plan.flip:

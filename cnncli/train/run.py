@@ -198,6 +198,18 @@ class TrainingRun:
             if self.skipped.count <= self.skipped.keep and self.dist.main:
                 warn(f"skipping an unreadable image: {message}")
 
+    def _greyscale_data(self, channels: int) -> bool:
+        """Whether the training images have no colour; only looked at where it decides a default (auto augment
+        or the flip, when fine-tuning ImageNet weights on 3 channels) and for images in a folder."""
+        from cnncli.train.augment import looks_greyscale, presumed_photos
+
+        cfg = self.cfg
+        if self.splits.stream is not None or not presumed_photos(cfg.command, cfg.weights, channels):
+            return False
+        if cfg.augment != "auto" and cfg.flip is not None:
+            return False
+        return looks_greyscale(sample.path for sample in self.splits.train)
+
     def _build_loaders(self) -> None:
         from cnncli.train.augment import plan_augmentation
 
@@ -205,7 +217,8 @@ class TrainingRun:
         pre = self.card.preprocessing
         self.workers = cfg.workers if cfg.workers is not None else default_workers(len(self.splits.train))
         self.generator = torch.Generator()
-        self.augment = plan_augmentation(cfg.augment, cfg.flip, cfg.command, cfg.weights, pre.channels)
+        self.augment = plan_augmentation(cfg.augment, cfg.flip, cfg.command, cfg.weights, pre.channels,
+                                         self._greyscale_data(pre.channels))
         if self.splits.stream is not None:  # packed shards or an object store: read as a stream
             from cnncli.train.streaming import stream_datasets
 
