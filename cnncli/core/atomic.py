@@ -95,18 +95,15 @@ def _sync_folder(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (already created, empty); on success it replaces ``path`` in one
-    rename. On any exception the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
+def _temporary_beside(path: Path) -> Iterator[tuple[Path, int, int]]:
+    """Create an empty temporary file beside ``path`` and yield (its path, an open descriptor, its mode: 0666 less
+    the umask). A full disk anywhere in the block becomes one sentence; the temporary is always removed at the
+    end (once committed it has been renamed away)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:
         fd = _create(tmp)
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0666 less the umask
-        os.close(fd)
-        yield tmp
-        _commit(tmp, path, mode)
+        yield tmp, fd, stat.S_IMODE(os.fstat(fd).st_mode)
     except Exception as exc:
         if is_disk_full(exc):
             raise disk_full_error(path) from None
@@ -114,6 +111,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (already created, empty); on success it replaces ``path`` in one
+    rename. On any exception the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    with _temporary_beside(path) as (tmp, fd, mode):
+        os.close(fd)
+        yield tmp
+        _commit(tmp, path, mode)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, replace: bool = True) -> bool:
@@ -121,21 +129,10 @@ def write_bytes_atomic(path: str | Path, data: bytes, replace: bool = True) -> b
     kept and never replaced, so concurrent writers of the same file write it exactly once; returns whether this
     call wrote it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        fd = _create(tmp)
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0666 less the umask
+    with _temporary_beside(path) as (tmp, fd, mode):
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return _commit(tmp, path, mode, replace)
-    except Exception as exc:
-        if is_disk_full(exc):
-            raise disk_full_error(path) from None
-        raise
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
 
 
 @contextmanager
