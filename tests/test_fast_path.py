@@ -177,6 +177,9 @@ def test_int8_calibrates_on_the_set_a_trained_model_file_records(run_cli, photos
     figures = json.loads(judged.out)["precision"]
     assert figures["precision"] == "int8" and figures["images"] == json.loads(judged.out)["n_images"] > 0
     assert figures["accuracy"] is not None and figures["speedup"] > 0
+    table = run_cli("evaluate", model, data, "--precision", "int8", "--device", "cpu", "--workers", "0")
+    assert table.code == 0, table.err
+    assert f"int8 against fp32 on the same {figures['images']} images:\n  (a) top-1 accuracy on them" in table.out
 
     shutil.rmtree(data)
     gone = run_cli("predict", photos["chelsea"], "--model", model, "--precision", "int8")

@@ -57,7 +57,13 @@ def register(app: typer.Typer) -> None:
         """Accuracy, per-class metrics and the confusion matrix of a model on a dataset."""
         from cnncli.core.console import info, to_text, warn
         from cnncli.core.errors import UsageError
-        from cnncli.evaluate.run import TABLE_ERRORS, evaluate_model, render_evaluation, save_plots
+        from cnncli.evaluate.run import (
+            TABLE_ERRORS,
+            evaluate_model,
+            render_evaluation,
+            render_precision_figures,
+            save_plots,
+        )
 
         if errors == "default":
             n_errors = None if fmt == "json" else TABLE_ERRORS
@@ -110,9 +116,7 @@ def register(app: typer.Typer) -> None:
         else:
             render_evaluation(result, sys.stdout, errors_shown=n_errors, root=data)
             if figures is not None:
-                print(f"{precision} against fp32 on the same {figures.images} images:")
-                for line in figures.lines("them"):
-                    print("  " + line)
+                render_precision_figures(figures, sys.stdout)
         if plots:
             made = save_plots(result, plots)
             info("plots: " + ", ".join(str(p) for p in made))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cnncli.core.console import info, to_text, warn
 from cnncli.evaluate.multilabel import evaluate_multilabel_model, render_multilabel, save_multilabel_plots
+from cnncli.evaluate.run import render_precision_figures
 
 
 def run_multilabel_evaluation(model: str, data: str, card, split: str, fmt: str, n_errors: int | None,
@@ -35,9 +36,7 @@ def run_multilabel_evaluation(model: str, data: str, card, split: str, fmt: str,
     else:
         render_multilabel(result, sys.stdout, errors_shown=n_errors, root=str(Path(data).parent))
         if figures is not None:
-            print(f"{precision} against fp32 on the same {figures.images} images:")
-            for line in figures.lines("them"):
-                print("  " + line)
+            render_precision_figures(figures, sys.stdout)
     if plots:
         made = save_multilabel_plots(result, plots)
         info("plots: " + ", ".join(str(p) for p in made))

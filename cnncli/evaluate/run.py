@@ -237,6 +237,13 @@ def _matrix_fits(names: list[str], matrix, width: int) -> bool:
     return label + sum(max(digits, len(str(n))) + 1 for n in range(len(names))) <= width
 
 
+def render_precision_figures(figures, stream) -> None:
+    """The lines of an int8 / bf16 judgement (single- or multi-label) under the evaluation's table."""
+    stream.write(f"{figures.precision} against fp32 on the same {figures.images} images:\n")
+    for line in figures.lines("them"):
+        stream.write("  " + line + "\n")
+
+
 def render_evaluation(result: EvalResult, stream, errors_shown: int | None = TABLE_ERRORS,
                       root: str | None = None) -> None:
     """Rich tables: which images were scored, summary, per-class scores, confusion matrix, the first
