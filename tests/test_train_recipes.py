@@ -321,3 +321,60 @@ def test_grey_images_saved_as_rgb_are_not_presumed_photos(tmp_path, photos):
     assert greyscale_data(rgb_grey) and not greyscale_data(rgb_grey + [colour] * 20)
     assert not greyscale_data(rgb_grey, command="train")  # train never presumes photos: nothing to look at
     assert not greyscale_data(rgb_grey, augment="standard", flip=False)  # both chosen by the user
+
+
+def test_random_resized_crops_train_smaller_than_the_model_evaluates():
+    """torchvision's recipe (FixRes): under random-resized crops a 224 model trains at 176 px and evaluates at 224,
+    and the run's first line says so; light (digits, grey images) keeps the eval size unless --train-size asks;
+    small models keep theirs; --augment none has nothing to resize."""
+    from PIL import Image
+    from skimage import data
+
+    from cnncli.models.registry import default_preprocessing
+    from cnncli.train.augment import plan_augmentation, train_transform, training_size
+
+    pre = default_preprocessing("efficientnet_lite0")
+    image = Image.fromarray(data.astronaut())
+    photos = plan_augmentation("auto", None, "finetune", "default", 3, eval_size=pre.input_size)
+    assert (photos.preset, photos.train_size) == ("standard", (176, 176))
+    assert "trains at 176 px, evaluates at 224 (crops train smaller" in photos.describe(pre)
+    assert tuple(train_transform(pre, photos)(image).shape) == (3, 176, 176)
+
+    grey = plan_augmentation("auto", None, "finetune", "default", 3, greyscale=True, eval_size=pre.input_size)
+    assert grey.preset == "light" and grey.train_size == (224, 224) and "trains at" not in grey.describe(pre)
+    assert tuple(train_transform(pre, grey)(image).shape) == (3, 224, 224)
+
+    asked = plan_augmentation("light", None, "train", "none", 3, eval_size=pre.input_size, train_size=160)
+    assert asked.train_size == (160, 160) and "trains at 160 px, evaluates at 224 (--train-size)" in asked.describe(pre)
+    assert tuple(train_transform(pre, asked)(image).shape) == (3, 160, 160)
+
+    assert training_size("standard", (64, 64)) == (64, 64)  # below the floor: the eval size
+    assert training_size("strong", (160, 160)) == (128, 128)
+    assert training_size("standard", (256, 192)) == (200, 152)  # each side, to 8 px
+    assert training_size("none", (224, 224), 160) == (224, 224)
+
+
+def test_train_size_reaches_the_batches_and_the_record_and_is_refused_without_augmentation(tmp_path, run_cli):
+    """The training batches have the --train-size shape while validation keeps the model's size, the card and
+    args.json record it, and --train-size with --augment none is refused in one sentence before any run folder
+    exists."""
+    textures = write_textures(tmp_path / "tex", per_class=6, crop=48)
+    run = TrainingRun.prepare(config(textures, tmp_path / "r", arch="simplecnn", grayscale=False, image_size=48,
+                                     augment="light", train_size=40))
+    try:
+        images = next(iter(run.train_loader)).images
+        val_images = next(iter(run.val_loader)).images
+        assert tuple(images.shape[1:]) == (3, 40, 40) and tuple(val_images.shape[1:]) == (3, 48, 48)
+        run.fit()
+    finally:
+        run.abandon()
+    from cnncli.models.checkpoint import read_card
+
+    card = read_card(tmp_path / "r" / "best.safetensors")
+    assert card.training["train_size"] == [40, 40] and list(card.preprocessing.input_size) == [48, 48]
+    assert json.loads((tmp_path / "r" / "args.json").read_text())["train_size"] == 40
+
+    result = run_cli("train", textures, "--arch", "simplecnn", "--augment", "none", "--train-size", "40",
+                     "-o", tmp_path / "none")
+    assert result.code == 2 and "--train-size resizes the augmented training images" in result.err, result
+    assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "none").exists()

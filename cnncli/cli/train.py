@@ -173,6 +173,10 @@ def _options(command: str):
                                                 "paths)."),
         grayscale: bool = typer.Option(False, "--grayscale", help="1-channel input."),
         image_size: int | None = image_size_option(),
+        train_size: int | None = typer.Option(None, "--train-size", parser=v.IMAGE_SIZE, metavar="PIXELS",
+                                              help="Size of the training images (default: 176 for a 224 model "
+                                                   "under random-resized crops, 0.79x its size, as torchvision "
+                                                   "trains; else the model's size)."),
         workers: int | None = workers_option("DataLoader worker processes (default: 0 for small datasets)."),
         shuffle_buffer: int = typer.Option(1000, "--shuffle-buffer", parser=v.POSITIVE_INT, metavar="N",
                                            help="Streamed data (packed shards, an object store): samples each "
@@ -291,8 +295,9 @@ def check_machine_limits(cfg) -> None:
 
     channels = 1 if cfg.grayscale else 3
     arch = cfg.arch or ("efficientnet_lite0" if not str(cfg.weights).endswith(".safetensors") else None)
-    if cfg.image_size is not None:
-        check_image_size(arch, cfg.image_size, channels)
+    for given in (cfg.image_size, cfg.train_size):
+        if given is not None:
+            check_image_size(arch, given, channels)
     size = cfg.image_size
     if size is None and arch is not None:
         from cnncli.models.registry import check_arch, default_preprocessing

@@ -8,6 +8,11 @@ timm and torchvision train ImageNet) and colour jitter 0.4; ``strong`` adds Triv
 suit natural photos and large datasets. ``none`` is the eval preprocessing alone. ``auto`` (the ``finetune``
 default) is ``standard`` when the data are presumed natural photos (below) and ``light`` otherwise.
 
+Random-resized crops train at a smaller size than the model is evaluated at (:func:`training_size`: 176 px for
+224, torchvision's 2021 recipe): the crops make objects look larger than in the eval framing, so testing at the
+larger size matches their apparent size again (Touvron et al., FixRes), and each step costs 0.62x the pixels.
+``--train-size`` sets it for any preset.
+
 The horizontal flip changes the meaning of anything with a handedness (digits, letters, traffic signs), so it is
 off unless asked for (``--flip``) or the data are presumed natural photos: ``finetune`` from ImageNet weights on
 3-channel images that have colour (``--no-flip`` turns it off there). Grey images saved as RGB (digits, scans,
@@ -28,6 +33,8 @@ SHIFT = 0.10  # of the input size
 SCALE = (0.9, 1.1)
 DEGREES = 10.0
 CROP_AREA = {"standard": 0.08, "strong": 0.08}  # timm's and torchvision's ImageNet floor
+TRAIN_SIZE_RATIO = 176 / 224  # torchvision's recipe: random-resized crops at 176 px, evaluation at 224
+TRAIN_SIZE_FLOOR = 128  # eval sizes below it train at the eval size (their last feature maps are small already)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class AugmentPlan:
     flip: bool
     flip_reason: str
     auto: bool = False  # --augment auto chose the preset
+    train_size: tuple[int, int] | None = None  # (height, width) of the training images; None: the eval size
+    train_size_asked: bool = False  # --train-size gave it
 
     def describe(self, pre: Preprocessing) -> str:
         """One sentence for the log line that opens the run."""
@@ -50,6 +59,10 @@ class AugmentPlan:
                     "colour jitter" + (", TrivialAugment, random erasing" if self.preset == "strong" else ""))
         if self.auto:
             what = what.replace("augment ", "augment auto -> ", 1)
+        if self.train_size is not None and tuple(self.train_size) != tuple(pre.input_size):
+            height, width = self.train_size
+            why = "--train-size" if self.train_size_asked else "crops train smaller, evaluation sees the larger size"
+            what += f"; trains at {height if height == width else f'{height}x{width}'} px, evaluates at {size} ({why})"
         if self.preset == "none":
             return what
         return what + ("; horizontal flip" if self.flip else "; no horizontal flip") + f" ({self.flip_reason})"
@@ -95,13 +108,32 @@ def presumed_photos(command: str, weights: str | None, channels: int, greyscale:
     return command == "finetune" and is_imagenet_weights(weights) and channels == 3 and not greyscale
 
 
+def training_size(preset: str, eval_size: tuple[int, int], asked: int | None = None) -> tuple[int, int]:
+    """(height, width) of the training images: ``asked`` (square) when given; for random-resized crops at an eval
+    size of TRAIN_SIZE_FLOOR or more, the eval size times TRAIN_SIZE_RATIO rounded to 8 px (224 -> 176); else the
+    eval size."""
+    if preset == "none":
+        return tuple(eval_size)
+    if asked is not None:
+        return (asked, asked)
+    if preset in CROP_AREA and min(eval_size) >= TRAIN_SIZE_FLOOR:
+        return tuple(max(8, int(round(n * TRAIN_SIZE_RATIO / 8)) * 8) for n in eval_size)
+    return tuple(eval_size)
+
+
 def plan_augmentation(preset: str, flip: bool | None, command: str, weights: str | None, channels: int,
-                      greyscale: bool = False) -> AugmentPlan:
-    """The preset (``auto``: ``standard`` for presumed photos, else ``light``) and the flip decision with its
-    reason (see the module docstring)."""
+                      greyscale: bool = False, eval_size: tuple[int, int] | None = None,
+                      train_size: int | None = None) -> AugmentPlan:
+    """The preset (``auto``: ``standard`` for presumed photos, else ``light``), the flip decision with its
+    reason and, given the eval size, the training size (see the module docstring)."""
     if preset == "auto":
         chosen = "standard" if presumed_photos(command, weights, channels, greyscale) else "light"
-        return replace(plan_augmentation(chosen, flip, command, weights, channels, greyscale), auto=True)
+        return replace(plan_augmentation(chosen, flip, command, weights, channels, greyscale, eval_size, train_size),
+                       auto=True)
+    if eval_size is not None:
+        plan = plan_augmentation(preset, flip, command, weights, channels, greyscale)
+        return replace(plan, train_size=training_size(preset, eval_size, train_size),
+                       train_size_asked=train_size is not None)
     if flip is True:
         return AugmentPlan(preset, True, "asked for with --flip")
     if flip is False:
@@ -137,6 +169,7 @@ def train_transform(pre: Preprocessing, plan: AugmentPlan):
     from torchvision.transforms import InterpolationMode, v2
 
     size = list(pre.input_size)
+    trained = list(plan.train_size or size)
     interp = InterpolationMode(pre.interpolation)
     if plan.preset == "light":
         # pad by replicating the border, jitter, crop the centre back: the corners a shift or a rotation uncovers
@@ -146,8 +179,11 @@ def train_transform(pre: Preprocessing, plan: AugmentPlan):
         steps = [EvalFraming(pre), v2.Pad(pad, padding_mode="edge"),
                  v2.RandomAffine(DEGREES, translate=shift, scale=SCALE, interpolation=interp),
                  v2.CenterCrop(size)]
+        if trained != size:
+            steps.append(v2.Resize(trained, interpolation=interp, antialias=True))
     else:
-        steps = [v2.RandomResizedCrop(size, scale=(CROP_AREA[plan.preset], 1.0), interpolation=interp, antialias=True),
+        steps = [v2.RandomResizedCrop(trained, scale=(CROP_AREA[plan.preset], 1.0), interpolation=interp,
+                                      antialias=True),
                  v2.ColorJitter(0.4, 0.4, 0.4, 0.05 if pre.channels == 3 else 0)]
         if plan.preset == "strong":
             steps.append(v2.TrivialAugmentWide(interpolation=interp))

@@ -44,6 +44,7 @@ class TrainConfig:
     allow_outside: bool = False  # a CSV manifest may name files outside its folder
     grayscale: bool = False
     image_size: int | None = None
+    train_size: int | None = None  # training images' size; None: cnncli.train.augment.training_size's rule
     augment: str = "light"  # cnncli.train.augment: light is safe for any task
     flip: bool | None = None  # horizontal flip: None = the rule in cnncli.train.augment
     mixup: float = 0.0  # alpha; 0 = off
@@ -129,6 +130,9 @@ class TrainConfig:
         if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs and self.freeze_epochs:
             raise UsageError(f"--freeze-epochs must be between 0 and --epochs - 1 ({self.epochs - 1}), "
                              f"not {self.freeze_epochs}.")
+        if self.train_size is not None and self.augment == "none":
+            raise UsageError("--train-size resizes the augmented training images, and --augment none trains on the "
+                             "eval preprocessing: drop --train-size or choose an --augment preset.")
         if self.cache_features:
             if self.trainable != "head" or self.freeze_epochs:
                 raise UsageError("--cache-features needs a fully frozen backbone: use it with --trainable head and "

@@ -130,7 +130,9 @@ class MultiLabelTrainingRun(TrainingRun):
                              "task": MULTILABEL, "n_train": len(labelled.train), "n_val": len(labelled.val),
                              "policy": cfg.trainable, "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed,
                              "optimizer": cfg.optimizer, "lr": cfg.learning_rate, "augment": self.augment.preset,
-                             "flip": self.augment.flip, "loss": "asl" if cfg.loss == "asl" else "bce",
+                             "flip": self.augment.flip,
+                             "train_size": list(self.augment.train_size or self.card.preprocessing.input_size),
+                             "loss": "asl" if cfg.loss == "asl" else "bce",
                              "calibration": calibration, "split": record}
         cardinality = float(label_matrix(labelled.train, len(self.classes)).sum(axis=1).mean())
         how = labelled.notes[0] if labelled.notes else f"val: {len(labelled.val)} images from --val-csv"

@@ -218,7 +218,8 @@ class TrainingRun:
         self.workers = cfg.workers if cfg.workers is not None else default_workers(len(self.splits.train))
         self.generator = torch.Generator()
         self.augment = plan_augmentation(cfg.augment, cfg.flip, cfg.command, cfg.weights, pre.channels,
-                                         self._greyscale_data(pre.channels))
+                                         self._greyscale_data(pre.channels), eval_size=pre.input_size,
+                                         train_size=cfg.train_size)
         if self.splits.stream is not None:  # packed shards or an object store: read as a stream
             from cnncli.train.streaming import stream_datasets
 
@@ -360,6 +361,7 @@ class TrainingRun:
                              "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
                              "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
                              "lr": cfg.learning_rate, "augment": self.augment.preset, "flip": self.augment.flip,
+                             "train_size": list(self.augment.train_size or self.card.preprocessing.input_size),
                              "calibration": calibration_record(splits), "split": record}
         from cnncli.train.recipe import describe_recipe
 
