@@ -325,13 +325,14 @@ def test_grey_images_saved_as_rgb_are_not_presumed_photos(tmp_path, photos):
 
 def test_random_resized_crops_train_smaller_than_the_model_evaluates():
     """torchvision's recipe (FixRes): under random-resized crops a 224 model trains at 176 px and evaluates at 224,
-    and the run's first line says so; light (digits, grey images) keeps the eval size unless --train-size asks;
-    small models keep theirs; --augment none has nothing to resize."""
+    and the run's first line says so; light (digits, grey images) resizes progressively (its last third of the
+    epochs at the eval size); --train-size sets every epoch's size; small models keep theirs; --augment none has
+    nothing to resize."""
     from PIL import Image
     from skimage import data
 
     from cnncli.models.registry import default_preprocessing
-    from cnncli.train.augment import plan_augmentation, train_transform, training_size
+    from cnncli.train.augment import epoch_train_size, plan_augmentation, train_transform, training_size
 
     pre = default_preprocessing("efficientnet_lite0")
     image = Image.fromarray(data.astronaut())
@@ -341,13 +342,21 @@ def test_random_resized_crops_train_smaller_than_the_model_evaluates():
     assert tuple(train_transform(pre, photos)(image).shape) == (3, 176, 176)
 
     grey = plan_augmentation("auto", None, "finetune", "default", 3, greyscale=True, eval_size=pre.input_size)
-    assert grey.preset == "light" and grey.train_size == (224, 224) and "trains at" not in grey.describe(pre)
-    assert tuple(train_transform(pre, grey)(image).shape) == (3, 224, 224)
+    assert (grey.preset, grey.train_size, grey.progressive) == ("light", (176, 176), True)
+    assert "trains at 176 px for 4 of 6 epochs, then at 224 (progressive resizing)" in grey.describe(pre, 6)
+    assert "trains at" not in grey.describe(pre, 1)  # one epoch: at the eval size
+    assert [epoch_train_size(grey, pre.input_size, e, 6)[0] for e in range(1, 7)] == [176] * 4 + [224] * 2
+    assert [epoch_train_size(grey, pre.input_size, e, 10)[0] for e in range(1, 11)] == [176] * 7 + [224] * 3
+    assert epoch_train_size(grey, pre.input_size, 1, 1) == (224, 224)
+    assert tuple(train_transform(pre, grey, (176, 176))(image).shape) == (3, 176, 176)
+    assert tuple(train_transform(pre, grey, (224, 224))(image).shape) == (3, 224, 224)
+    assert epoch_train_size(photos, pre.input_size, 6, 6) == (176, 176)  # crops: every epoch (FixRes)
 
     asked = plan_augmentation("light", None, "train", "none", 3, eval_size=pre.input_size, train_size=160)
     assert asked.train_size == (160, 160) and "trains at 160 px, evaluates at 224 (--train-size)" in asked.describe(pre)
     assert tuple(train_transform(pre, asked)(image).shape) == (3, 160, 160)
 
+    assert not asked.progressive and epoch_train_size(asked, pre.input_size, 6, 6) == (160, 160)
     assert training_size("standard", (64, 64)) == (64, 64)  # below the floor: the eval size
     assert training_size("strong", (160, 160)) == (128, 128)
     assert training_size("standard", (256, 192)) == (200, 152)  # each side, to 8 px
@@ -372,9 +381,37 @@ def test_train_size_reaches_the_batches_and_the_record_and_is_refused_without_au
 
     card = read_card(tmp_path / "r" / "best.safetensors")
     assert card.training["train_size"] == [40, 40] and list(card.preprocessing.input_size) == [48, 48]
+    assert card.training["train_size_epochs"] == 1
     assert json.loads((tmp_path / "r" / "args.json").read_text())["train_size"] == 40
 
     result = run_cli("train", textures, "--arch", "simplecnn", "--augment", "none", "--train-size", "40",
                      "-o", tmp_path / "none")
     assert result.code == 2 and "--train-size resizes the augmented training images" in result.err, result
     assert len(result.err.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
+
+
+def test_progressive_resizing_changes_the_batches_at_the_last_third_of_the_epochs(tmp_path, monkeypatch):
+    """light at a 128-px model: epochs 1-2 of 3 train on 104-px images, epoch 3 at 128, validation at 128 in
+    every epoch; the card records the size and its epochs."""
+    import cnncli.train.run as run_module
+    from cnncli.models.checkpoint import read_card
+
+    seen, original = [], run_module._train_epoch
+
+    def recording(step, epoch, flag):
+        seen.append((epoch, tuple(next(iter(step.loader)).images.shape[2:])))
+        return original(step, epoch, flag)
+
+    monkeypatch.setattr(run_module, "_train_epoch", recording)
+    textures = write_textures(tmp_path / "tex", per_class=4, crop=48)
+    run = TrainingRun.prepare(config(textures, tmp_path / "r", arch="simplecnn", grayscale=False, image_size=128,
+                                     augment="light", epochs=3))
+    try:
+        run.fit()
+        val_images = next(iter(run.val_loader)).images
+    finally:
+        run.release()
+    assert seen == [(1, (104, 104)), (2, (104, 104)), (3, (128, 128))]
+    assert tuple(val_images.shape[2:]) == (128, 128)
+    training = read_card(tmp_path / "r" / "last.safetensors").training
+    assert (training["train_size"], training["train_size_epochs"]) == ([104, 104], 2)

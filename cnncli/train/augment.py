@@ -11,7 +11,9 @@ default) is ``standard`` when the data are presumed natural photos (below) and `
 Random-resized crops train at a smaller size than the model is evaluated at (:func:`training_size`: 176 px for
 224, torchvision's 2021 recipe): the crops make objects look larger than in the eval framing, so testing at the
 larger size matches their apparent size again (Touvron et al., FixRes), and each step costs 0.62x the pixels.
-``--train-size`` sets it for any preset.
+``light`` keeps the eval framing, so there the smaller size is progressive resizing (fastai's): the first epochs
+at 176, the last third (at least one) at the eval size, where the model ends on what it will be shown
+(:func:`epoch_train_size`). ``--train-size`` sets the size for every epoch under any preset.
 
 The horizontal flip changes the meaning of anything with a handedness (digits, letters, traffic signs), so it is
 off unless asked for (``--flip``) or the data are presumed natural photos: ``finetune`` from ImageNet weights on
@@ -35,6 +37,7 @@ DEGREES = 10.0
 CROP_AREA = {"standard": 0.08, "strong": 0.08}  # timm's and torchvision's ImageNet floor
 TRAIN_SIZE_RATIO = 176 / 224  # torchvision's recipe: random-resized crops at 176 px, evaluation at 224
 TRAIN_SIZE_FLOOR = 128  # eval sizes below it train at the eval size (their last feature maps are small already)
+FULL_SIZE_SHARE = 1 / 3  # light's progressive resizing: the last third of the epochs (at least one) at the eval size
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,10 @@ class AugmentPlan:
     auto: bool = False  # --augment auto chose the preset
     train_size: tuple[int, int] | None = None  # (height, width) of the training images; None: the eval size
     train_size_asked: bool = False  # --train-size gave it
+    progressive: bool = False  # train_size until the last epochs, then the eval size (light)
 
-    def describe(self, pre: Preprocessing) -> str:
-        """One sentence for the log line that opens the run."""
+    def describe(self, pre: Preprocessing, epochs: int | None = None) -> str:
+        """One sentence for the log line that opens the run (``epochs``: the run's, for progressive resizing)."""
         size = max(pre.input_size)
         if self.preset == "none":
             what = "augment none (the eval preprocessing only)"
@@ -61,8 +65,16 @@ class AugmentPlan:
             what = what.replace("augment ", "augment auto -> ", 1)
         if self.train_size is not None and tuple(self.train_size) != tuple(pre.input_size):
             height, width = self.train_size
-            why = "--train-size" if self.train_size_asked else "crops train smaller, evaluation sees the larger size"
-            what += f"; trains at {height if height == width else f'{height}x{width}'} px, evaluates at {size} ({why})"
+            shown = height if height == width else f"{height}x{width}"
+            if self.progressive:
+                smaller = smaller_size_epochs(epochs or 1)
+                if smaller:
+                    what += (f"; trains at {shown} px for {smaller} of {epochs} epochs, then at {size} (progressive "
+                             "resizing)")
+            else:
+                why = ("--train-size" if self.train_size_asked
+                       else "crops train smaller, evaluation sees the larger size")
+                what += f"; trains at {shown} px, evaluates at {size} ({why})"
         if self.preset == "none":
             return what
         return what + ("; horizontal flip" if self.flip else "; no horizontal flip") + f" ({self.flip_reason})"
@@ -109,16 +121,40 @@ def presumed_photos(command: str, weights: str | None, channels: int, greyscale:
 
 
 def training_size(preset: str, eval_size: tuple[int, int], asked: int | None = None) -> tuple[int, int]:
-    """(height, width) of the training images: ``asked`` (square) when given; for random-resized crops at an eval
-    size of TRAIN_SIZE_FLOOR or more, the eval size times TRAIN_SIZE_RATIO rounded to 8 px (224 -> 176); else the
-    eval size."""
+    """(height, width) of the (smaller) training images: ``asked`` (square) when given; at an eval size of
+    TRAIN_SIZE_FLOOR or more, the eval size times TRAIN_SIZE_RATIO rounded to 8 px (224 -> 176); else the eval
+    size. ``light`` uses it for its first epochs only (:func:`epoch_train_size`)."""
     if preset == "none":
         return tuple(eval_size)
     if asked is not None:
         return (asked, asked)
-    if preset in CROP_AREA and min(eval_size) >= TRAIN_SIZE_FLOOR:
+    if min(eval_size) >= TRAIN_SIZE_FLOOR:
         return tuple(max(8, int(round(n * TRAIN_SIZE_RATIO / 8)) * 8) for n in eval_size)
     return tuple(eval_size)
+
+
+def smaller_size_epochs(epochs: int) -> int:
+    """Progressive resizing: how many of ``epochs`` train at the smaller size (the last third, at least one, at
+    the eval size)."""
+    return max(0, epochs - max(1, round(epochs * FULL_SIZE_SHARE)))
+
+
+def size_record(plan: AugmentPlan, eval_size: tuple[int, int], epochs: int) -> dict:
+    """What the model card records: the training size and in how many epochs it was used (the rest: the eval
+    size)."""
+    size = tuple(plan.train_size or eval_size)
+    if size == tuple(eval_size):
+        return {"train_size": list(size), "train_size_epochs": epochs}
+    return {"train_size": list(size), "train_size_epochs": smaller_size_epochs(epochs) if plan.progressive else epochs}
+
+
+def epoch_train_size(plan: AugmentPlan, eval_size: tuple[int, int], epoch: int, epochs: int) -> tuple[int, int]:
+    """The training images' (height, width) in epoch ``epoch`` (1-based) of ``epochs``."""
+    if plan.train_size is None:
+        return tuple(eval_size)
+    if plan.progressive and epoch > smaller_size_epochs(epochs):
+        return tuple(eval_size)
+    return tuple(plan.train_size)
 
 
 def plan_augmentation(preset: str, flip: bool | None, command: str, weights: str | None, channels: int,
@@ -133,7 +169,7 @@ def plan_augmentation(preset: str, flip: bool | None, command: str, weights: str
     if eval_size is not None:
         plan = plan_augmentation(preset, flip, command, weights, channels, greyscale)
         return replace(plan, train_size=training_size(preset, eval_size, train_size),
-                       train_size_asked=train_size is not None)
+                       train_size_asked=train_size is not None, progressive=preset == "light" and train_size is None)
     if flip is True:
         return AugmentPlan(preset, True, "asked for with --flip")
     if flip is False:
@@ -162,14 +198,15 @@ class EvalFraming:
         return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
 
 
-def train_transform(pre: Preprocessing, plan: AugmentPlan):
-    """The torchvision v2 pipeline for ``plan`` (PIL image in, normalised float tensor out); None for ``none``."""
+def train_transform(pre: Preprocessing, plan: AugmentPlan, trained_size: tuple[int, int] | None = None):
+    """The torchvision v2 pipeline for ``plan`` (PIL image in, normalised float tensor out) making images of
+    ``trained_size`` (default: the plan's first epoch's); None for ``none``."""
     if plan.preset == "none":
         return None
     from torchvision.transforms import InterpolationMode, v2
 
     size = list(pre.input_size)
-    trained = list(plan.train_size or size)
+    trained = list(trained_size or plan.train_size or size)
     interp = InterpolationMode(pre.interpolation)
     if plan.preset == "light":
         # pad by replicating the border, jitter, crop the centre back: the corners a shift or a rotation uncovers

@@ -19,6 +19,7 @@ import torch
 
 from cnncli.core.console import warn
 from cnncli.core.errors import UsageError
+from cnncli.train.augment import size_record
 from cnncli.train.config import TrainConfig
 from cnncli.train.final_outputs import FinishedRun
 from cnncli.train.run import RunFolder, TrainingRun
@@ -131,7 +132,7 @@ class MultiLabelTrainingRun(TrainingRun):
                              "policy": cfg.trainable, "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed,
                              "optimizer": cfg.optimizer, "lr": cfg.learning_rate, "augment": self.augment.preset,
                              "flip": self.augment.flip,
-                             "train_size": list(self.augment.train_size or self.card.preprocessing.input_size),
+                             **size_record(self.augment, self.card.preprocessing.input_size, cfg.epochs),
                              "loss": "asl" if cfg.loss == "asl" else "bce",
                              "calibration": calibration, "split": record}
         cardinality = float(label_matrix(labelled.train, len(self.classes)).sum(axis=1).mean())
@@ -141,7 +142,8 @@ class MultiLabelTrainingRun(TrainingRun):
                  f"mAP; {how}")
         self.say(f"{cfg.command} {self.card.arch} on {len(labelled.train)} train / {len(labelled.val)} val images, "
                  f"{len(self.classes)} classes, trainable {cfg.trainable} ({self.final_params:,} parameters), "
-                 f"device {self.device}, out {self.folder.path}; {self.augment.describe(self.card.preprocessing)}")
+                 f"device {self.device}, out {self.folder.path}; "
+                 f"{self.augment.describe(self.card.preprocessing, cfg.epochs)}")
         for note in self.resume_notes:
             self.say(note)
 

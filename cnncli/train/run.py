@@ -27,8 +27,10 @@ from torch import nn
 
 from cnncli.core.console import info, warn
 from cnncli.core.errors import UsageError
+from cnncli.core.memory import keep_freed_memory
 from cnncli.models.checkpoint import save_model
 from cnncli.train import run_folder
+from cnncli.train.augment import size_record
 from cnncli.train.config import TrainConfig, next_run_dir
 from cnncli.train.datasets import SampleDataset, SkippedImages
 from cnncli.train.distributed import Dist, setup_distributed
@@ -139,6 +141,8 @@ class TrainingRun:
             device = torch.device("cuda", dist.local_rank)
             torch.cuda.set_device(device)
         self.cfg, self.device, self.dist = cfg, device, dist
+        if device.type == "cpu":
+            keep_freed_memory()  # each step's activations reused, not page-faulted in again (cnncli.core.memory)
         self.say = (log or info) if (dist.main and not cfg.quiet) else (lambda _msg: None)
         if dist.enabled and (cfg.cache_features or cfg.balance == "sampler"):
             raise UsageError("--cache-features and --balance sampler are single-process options; drop them under "
@@ -361,14 +365,14 @@ class TrainingRun:
                              "n_train": len(splits.train), "n_val": len(splits.val), "policy": cfg.trainable,
                              "freeze_epochs": cfg.freeze_epochs, "seed": cfg.seed, "optimizer": cfg.optimizer,
                              "lr": cfg.learning_rate, "augment": self.augment.preset, "flip": self.augment.flip,
-                             "train_size": list(self.augment.train_size or self.card.preprocessing.input_size),
+                             **size_record(self.augment, self.card.preprocessing.input_size, cfg.epochs),
                              "calibration": calibration_record(splits), "split": record}
         from cnncli.train.recipe import describe_recipe
 
         self.say(f"{cfg.command} {self.card.arch} on {len(splits.train)} train / {len(splits.val)} val images, "
                  f"{len(self.classes)} classes, trainable {cfg.trainable} ({self.final_params:,} parameters), "
                  f"device {device}, out {self.folder.path}; {describe_recipe(cfg)}; "
-                 f"{self.augment.describe(self.card.preprocessing)}")
+                 f"{self.augment.describe(self.card.preprocessing, cfg.epochs)}")
         if self.lr_test is not None:
             test = self.lr_test
             self.say(f"--lr auto: {test.lr:.3g} from an LR range test over {len(test.lrs)} steps ({test.rule}); the "
@@ -387,6 +391,20 @@ class TrainingRun:
                 self.step.forward = self.ddp_wrap()
             self.say(f"epoch {epoch}: unfreezing, now training {cfg.trainable} ({self.trainable_params:,} parameters)")
 
+    def _train_at_epoch_size(self, epoch: int) -> None:
+        """Progressive resizing (cnncli.train.augment): the training images' size for this epoch; the loader's
+        workers start each epoch, so they pick the new transform up."""
+        from cnncli.train.augment import epoch_train_size, train_transform
+
+        dataset = self.train_loader.dataset
+        if getattr(dataset, "transform", None) is None:
+            return
+        pre = self.card.preprocessing
+        size = epoch_train_size(self.augment, pre.input_size, epoch, self.cfg.epochs)
+        if size != getattr(dataset, "trained_size", None):
+            dataset.transform = train_transform(pre, self.augment, size)
+            dataset.trained_size = size
+
     def run_epoch(self, epoch: int, flag: StopFlag) -> EpochOutcome:
         """Train epoch ``epoch`` and validate; raises TrainingInterrupted when Ctrl-C stopped it."""
         cfg = self.cfg
@@ -394,6 +412,7 @@ class TrainingRun:
         epoch_seed = cfg.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
         self.generator.manual_seed(epoch_seed)
+        self._train_at_epoch_size(epoch)
         if hasattr(self.train_loader.dataset, "set_epoch"):  # a stream orders its shards by (seed, epoch)
             self.train_loader.dataset.set_epoch(epoch)
         elif self.dist.enabled:
