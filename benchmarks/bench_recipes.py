@@ -13,7 +13,8 @@ Rows per task:
                      update), LabelSmoothingCrossEntropy(0.1), ModelEmaV3 (warm-up); the best epoch of the raw or
                      the EMA weights is reported
   cnncli default     `cnncli finetune DATA` (the default recipe; --epochs E in --quick)
-  cnncli all         `cnncli finetune DATA --head-epochs 0 --epochs E` (every layer, at the timm loop's epochs)
+  cnncli all         `cnncli finetune DATA --trainable all --epochs E` (the default's head phase, then every layer
+                     for the timm loop's epochs)
 
 Columns: val top-1 of the best epoch, wall time (cnncli rows: the whole process, start-up included), training
 images per second (training images x epochs / wall), and each row's ratios to the timm loop of its task.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -133,6 +135,7 @@ def timm_loop(data: Path, epochs: int, batch_size: int = 32) -> dict:
     from cnncli.models.registry import create_model
 
     torch.manual_seed(0)
+    random.seed(0)  # timm's RandomResizedCropAndInterpolation draws from Python's random: seeded, a rerun repeats
     t0 = time.perf_counter()
     classes = sorted(p.name for p in (data / "train").iterdir())
     built = create_model("efficientnet_lite0", weights="default", classes=classes)  # the same ImageNet weights
