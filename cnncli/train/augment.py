@@ -198,6 +198,17 @@ class EvalFraming:
         return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
 
 
+def resize_for_epoch(dataset, plan: AugmentPlan, pre: Preprocessing, epoch: int, epochs: int) -> None:
+    """Give a training dataset (one with a ``transform``) the transform of epoch ``epoch``'s size; the loader's
+    workers start each epoch, so they pick it up."""
+    if getattr(dataset, "transform", None) is None:
+        return
+    size = epoch_train_size(plan, pre.input_size, epoch, epochs)
+    if size != getattr(dataset, "trained_size", None):
+        dataset.transform = train_transform(pre, plan, size)
+        dataset.trained_size = size
+
+
 def train_transform(pre: Preprocessing, plan: AugmentPlan, trained_size: tuple[int, int] | None = None):
     """The torchvision v2 pipeline for ``plan`` (PIL image in, normalised float tensor out) making images of
     ``trained_size`` (default: the plan's first epoch's); None for ``none``."""

@@ -30,7 +30,7 @@ from cnncli.core.errors import UsageError
 from cnncli.core.memory import keep_freed_memory
 from cnncli.models.checkpoint import save_model
 from cnncli.train import run_folder
-from cnncli.train.augment import size_record
+from cnncli.train.augment import resize_for_epoch, size_record
 from cnncli.train.config import TrainConfig, next_run_dir
 from cnncli.train.datasets import SampleDataset, SkippedImages
 from cnncli.train.distributed import Dist, setup_distributed
@@ -391,20 +391,6 @@ class TrainingRun:
                 self.step.forward = self.ddp_wrap()
             self.say(f"epoch {epoch}: unfreezing, now training {cfg.trainable} ({self.trainable_params:,} parameters)")
 
-    def _train_at_epoch_size(self, epoch: int) -> None:
-        """Progressive resizing (cnncli.train.augment): the training images' size for this epoch; the loader's
-        workers start each epoch, so they pick the new transform up."""
-        from cnncli.train.augment import epoch_train_size, train_transform
-
-        dataset = self.train_loader.dataset
-        if getattr(dataset, "transform", None) is None:
-            return
-        pre = self.card.preprocessing
-        size = epoch_train_size(self.augment, pre.input_size, epoch, self.cfg.epochs)
-        if size != getattr(dataset, "trained_size", None):
-            dataset.transform = train_transform(pre, self.augment, size)
-            dataset.trained_size = size
-
     def run_epoch(self, epoch: int, flag: StopFlag) -> EpochOutcome:
         """Train epoch ``epoch`` and validate; raises TrainingInterrupted when Ctrl-C stopped it."""
         cfg = self.cfg
@@ -412,7 +398,7 @@ class TrainingRun:
         epoch_seed = cfg.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
         self.generator.manual_seed(epoch_seed)
-        self._train_at_epoch_size(epoch)
+        resize_for_epoch(self.train_loader.dataset, self.augment, self.card.preprocessing, epoch, cfg.epochs)
         if hasattr(self.train_loader.dataset, "set_epoch"):  # a stream orders its shards by (seed, epoch)
             self.train_loader.dataset.set_epoch(epoch)
         elif self.dist.enabled:
