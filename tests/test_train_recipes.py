@@ -274,7 +274,8 @@ def test_finetune_defaults_are_the_measured_recipe_and_train_keeps_its_own():
     train = {p.name: p.default for p in commands["train"].params}
     assert (finetune["head_epochs"], finetune["epochs"], finetune["trainable"]) == (10, 6, "all")
     assert (finetune["ema"], finetune["warmup_epochs"], finetune["backbone_lr_mult"]) == (True, 1.0, 1.0)
-    assert (finetune["label_smoothing"], finetune["augment"]) == (0.1, "auto")
+    assert (finetune["label_smoothing"], finetune["augment"], finetune["weight_decay"]) == (0.1, "auto", 0.05)
+    assert train["weight_decay"] == 1e-4
     assert (train["ema"], train["warmup_epochs"], train["backbone_lr_mult"], train["head_epochs"]) == (False, 0.0,
                                                                                                          1.0, 0)
     assert train["augment"] == "light" and train["label_smoothing"] == 0.0

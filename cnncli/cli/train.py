@@ -89,7 +89,8 @@ def _options(command: str):
         momentum: float = typer.Option(0.9, "--momentum", parser=v.UNIT_INTERVAL, metavar="M",
                                        help="Momentum (sgd, rmsprop), in [0, 1]."),
         nesterov: bool = typer.Option(False, "--nesterov", help="Nesterov momentum (sgd)."),
-        weight_decay: float = typer.Option(1e-4, "--weight-decay", parser=v.NON_NEGATIVE_FLOAT, metavar="WD",
+        weight_decay: float = typer.Option(FT["weight_decay"] if finetune else 1e-4, "--weight-decay",
+                                           parser=v.NON_NEGATIVE_FLOAT, metavar="WD",
                                            help="Weight decay, >= 0 (not on biases and normalisation parameters "
                                                 "unless --decay-norm-bias)."),
         decay_norm_bias: bool = typer.Option(False, "--decay-norm-bias/--no-decay-norm-bias",
