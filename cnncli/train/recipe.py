@@ -1,17 +1,18 @@
-"""The training recipe: the ``finetune`` defaults (what they do, and why), the sentence the run's first line says
-about them, and the parts a run adds on top of its optimiser (``--teacher``, ``--lr auto``, ``--ema``).
+"""The training recipe: the ``finetune`` defaults (what they do, and why), the sentence the run's first line says about
+them, and the parts a run adds on top of its optimiser (``--teacher``, ``--lr auto``, ``--ema``).
 
 ``finetune`` by default (every part overridable): ``--head-epochs 10``, the new head trained alone on cached
 backbone features (seconds on a CPU; :mod:`cnncli.train.head_phase`), then ``--epochs 6`` of every layer
 (``--trainable all``) at the head's rate (``--backbone-lr-mult 1``) after ``--warmup-epochs 1``, AdamW with
 ``--weight-decay 0.05`` (timm's; none on biases and normalisation parameters), label smoothing 0.1, a model EMA
 (``--ema``; each epoch keeps the better of the EMA and the raw weights) and ``--augment auto``: the photo
-augmentation (random-resized crops down to 8% of the area, colour jitter, flip) when the data are presumed
-natural photos (ImageNet weights on colour images, :mod:`cnncli.train.augment`), else ``light``. Chosen by ``benchmarks/bench_recipes.py`` against a loop of
-timm's own factories on three small real tasks (benchmarks/README.md): the previous default (5 epochs, backbone at
-a tenth of the head's rate, crops down to 35%, no EMA, no warm-up) ended 3.6 points lower on photos (0.859 against
-0.895, AMD EPYC); weight decay 1e-4 -> 0.05 moved photos 0.887 -> 0.906, digits 0.900 -> 0.885, faces 1.000 -> 1.000
-(pilots, AMD EPYC, 2026-12-04). Nothing here imports torch at module level (the CLI reads the defaults).
+augmentation (random-resized crops down to 8% of the area, colour jitter, flip) when the data are presumed natural
+photos (ImageNet weights on colour images, :mod:`cnncli.train.augment`), else ``light``. Chosen by
+``benchmarks/bench_recipes.py`` against a loop of timm's own factories on three small real tasks
+(benchmarks/README.md): the previous default (5 epochs, backbone at a tenth of the head's rate, crops down to 35%,
+no EMA, no warm-up) ended 3.6 points lower on photos (0.859 against 0.895, AMD EPYC); weight decay 1e-4 -> 0.05
+moved photos 0.887 -> 0.906, digits 0.900 -> 0.885, faces 1.000 -> 1.000 (pilots, AMD EPYC, 2026-12-04). Nothing
+here imports torch at module level (the CLI reads the defaults).
 """
 from __future__ import annotations
 
