@@ -175,9 +175,10 @@ def _options(command: str):
         grayscale: bool = typer.Option(False, "--grayscale", help="1-channel input."),
         image_size: int | None = image_size_option(),
         train_size: int | None = typer.Option(None, "--train-size", parser=v.IMAGE_SIZE, metavar="PIXELS",
-                                              help="Size of the training images (default: 176 for a 224 model "
-                                                   "under random-resized crops, 0.79x its size, as torchvision "
-                                                   "trains; else the model's size)."),
+                                              help="Size of the training images in every epoch (default: 176 "
+                                                   "for a 224 model under random-resized crops, as torchvision "
+                                                   "trains; light: 176 first, the last third of the epochs at "
+                                                   "the model's size; models below 128 px: their size)."),
         workers: int | None = workers_option("DataLoader worker processes (default: 0 for small datasets)."),
         shuffle_buffer: int = typer.Option(1000, "--shuffle-buffer", parser=v.POSITIVE_INT, metavar="N",
                                            help="Streamed data (packed shards, an object store): samples each "

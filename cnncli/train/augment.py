@@ -143,9 +143,8 @@ def size_record(plan: AugmentPlan, eval_size: tuple[int, int], epochs: int) -> d
     """What the model card records: the training size and in how many epochs it was used (the rest: the eval
     size)."""
     size = tuple(plan.train_size or eval_size)
-    if size == tuple(eval_size):
-        return {"train_size": list(size), "train_size_epochs": epochs}
-    return {"train_size": list(size), "train_size_epochs": smaller_size_epochs(epochs) if plan.progressive else epochs}
+    used = sum(epoch_train_size(plan, eval_size, epoch, epochs) == size for epoch in range(1, epochs + 1))
+    return {"train_size": list(size), "train_size_epochs": used}
 
 
 def epoch_train_size(plan: AugmentPlan, eval_size: tuple[int, int], epoch: int, epochs: int) -> tuple[int, int]:
