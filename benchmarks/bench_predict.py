@@ -190,8 +190,11 @@ def main() -> None:
                                  f"{decode * 1e3:.2f}", f"{fwd:.1f}", f"{cap:.1f}", f"{ips:.1f}{spread}",
                                  f"{cpu_ms:.2f}", f"{ips / cap:.2f}"])
         os.sched_setaffinity(0, all_cores)
+        from cnncli.predict.replicas import REPLICA_BATCH
+
         print_table(f"Folder of {args.images} JPEGs (500x375), default model (efficientnet_lite0, fp32), batch "
-                    f"{args.batch_size}; cap = cores / (decode core-s per image + cores / forward img/s)",
+                    f"{args.batch_size} (replicas: at most {REPLICA_BATCH} per forward); cap = cores / (decode "
+                    "core-s per image + cores / forward img/s at that batch)",
                     ["cores", "engine", "pipeline", "decode ms/img", "forward img/s", "cap img/s", "predict img/s",
                      "CPU ms/img", "predict / cap"], rows)
         for line in choices:

@@ -13,6 +13,7 @@ from PIL import Image
 from cnncli.data.inputs import collect_inputs
 from cnncli.engines.base import open_engine
 from cnncli.predict import pipeline as pipeline_module
+from cnncli.predict import replicas as replicas_module
 from cnncli.predict.replicas import replica_plan, replicable
 from cnncli.predict.run import predict_items
 
@@ -40,6 +41,27 @@ def test_replicas_match_the_engine_in_this_process_bit_for_bit(tiny_model_file, 
     bad = [p for p in there if not p.ok]
     assert len(bad) == 1 and bad[0].path.endswith("img_10b.jpg") and "img_10b.jpg" in bad[0].error
     assert sum(p.ok for p in there) == 22
+
+
+def test_replicas_run_at_most_replica_batch_images_per_forward_with_identical_results(tiny_model_file, folder,
+                                                                                      monkeypatch):
+    """A --batch-size above REPLICA_BATCH: replicas forward REPLICA_BATCH images at a time (in order, the last job
+    shorter), and give the probabilities the engine gives at the full batch in this process."""
+    monkeypatch.setattr(replicas_module, "REPLICA_BATCH", 3)
+    engine = open_engine(str(tiny_model_file), device="cpu", threads=2)
+    items = collect_inputs([str(folder)])
+    jobs = replicas_module.replica_jobs(items, 8)
+    assert [len(paths) for paths, _ in jobs] == [3] * 7 + [2]  # 23 inputs
+    assert [path for paths, _ in jobs for path in paths] == [it.path for it in items]
+    here = list(predict_items(engine, items, k=3, batch_size=8, workers=0))  # batches of 8, in this process
+    sizes = []
+    forward = engine.predict_proba
+    monkeypatch.setattr(engine, "predict_proba", lambda batch: sizes.append(len(batch)) or forward(batch))
+    alone = list(predict_items(engine, items, k=3, batch_size=8, workers=1, pipeline="replicas"))  # this process
+    assert sizes and max(sizes) == 3 and sum(sizes) == 22  # the bad file never reaches the engine
+    two = list(predict_items(engine, items, k=3, batch_size=8, pipeline="replicas"))  # 1 worker + this process
+    assert [p.top for p in alone] == [p.top for p in two] == [p.top for p in here]
+    assert [p.path for p in two] == [it.path for it in items] and sum(p.ok for p in two) == 22
 
 
 def test_torch_engine_is_not_replicated(tiny_model_file):

@@ -14,7 +14,7 @@ import numpy as np
 
 from cnncli.core.cpus import usable_cores
 from cnncli.core.errors import ImageError
-from cnncli.core.processes import exit_with_parent
+from cnncli.core.processes import exit_with_parent, exit_without_teardown
 from cnncli.data.images import load_pixels, normalize
 from cnncli.data.inputs import InputItem
 from cnncli.models.card import Preprocessing
@@ -81,6 +81,7 @@ def _decoder_init(parent_pid: int) -> None:
     """Set up a decoder process: lower its priority, and make it exit when its parent is gone."""
     _lower_priority()
     exit_with_parent(parent_pid)
+    exit_without_teardown()
 
 
 def default_workers() -> int:
