@@ -122,6 +122,30 @@ def test_kill_9_mid_pack_then_rerun_gives_the_same_shards(digits, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".pack"]  # no half-written files
 
 
+def test_rerun_removes_the_temporaries_of_a_dead_writer_and_keeps_a_live_ones(digits, tmp_path):
+    """A kill -9 during a write leaves ``.NAME.<pid>-<hex>.tmp``; the next pack removes it (its writer is gone) but
+    leaves a temporary whose writer still runs (another pack writing there now)."""
+    from cnncli.data.pack import STATE_FOLDER, pack_dataset
+
+    out = tmp_path / "out"
+    (out / STATE_FOLDER).mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [out / f".train-000001.tar.{dead.pid}-0badc0de.tmp",
+                 out / STATE_FOLDER / f".train-000001.tar.json.{dead.pid}-0badc0de.tmp"]
+        running = out / f".train-000002.tar.{live.pid}-00c0ffee.tmp"
+        for path in [*stale, running]:
+            path.write_bytes(b"half a shard")
+        pack_dataset(str(digits), str(out), shard_size=2, quiet=True)
+        assert [p for p in stale if p.exists()] == []
+        assert running.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_pack_to_s3_writes_the_same_shards(s3, run_cli, digits, tmp_path):
     import boto3
 

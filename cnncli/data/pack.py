@@ -12,7 +12,8 @@ reports them.
 Each shard is written whole (the atomic writer locally, one upload on a store), then a small record of it in
 ``OUT/.pack/`` (counts, what was left out, a short digest per image for the duplicate checks); ``dataset.json``
 comes last. A re-run (after a crash or kill -9) skips every shard whose record matches its inputs and whose file
-has the recorded size, and writes the rest: the same bytes.
+has the recorded size, and writes the rest: the same bytes. Locally it first removes the temporary files a killed
+writer left in ``OUT`` and ``OUT/.pack/`` (their writer's process no longer exists).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from cnncli.core.atomic import sweep_stale_temporaries
 from cnncli.core.console import info, warn
 from cnncli.core.cpus import usable_cores
 from cnncli.core.errors import UsageError
@@ -194,6 +196,8 @@ def pack_dataset(data: str, out: str, shard_size: int = DEFAULT_SHARD_SIZE, val_
         if out_path.resolve() == Path(base).resolve() or Path(base) in out_path.resolve().parents:
             raise UsageError(f"{out} is inside the dataset {data}; write the shards somewhere else.")
         out = str(out_path)
+        for folder in (out_path, out_path / STATE_FOLDER):
+            sweep_stale_temporaries(folder)  # what a pack killed mid-write left
     planned = plan_shards(splits, base, sizes, shard_size, seed)
     known = _known_records(out)
     present = object_sizes(out)
